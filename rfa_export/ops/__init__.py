@@ -1,0 +1,1 @@
+"""Operators of rfa-export, one folder each: a naive reference beside every fast path."""

@@ -1,0 +1,60 @@
+"""Sequential reference of rfa::CausalGatedScan: one step at a time, S and z kept apart."""
+
+from typing import Optional, Tuple
+
+import torch
+
+from .readout import DEFAULT_EPS, bounded_readout
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """State/accumulation dtype: float64 for float64 inputs (testing), float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def naive_causal_gated_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    eps: float = DEFAULT_EPS,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Plain per-step recurrence, the reference every fast path is tested against.
+
+    Args:
+        q: [B, T, H, F] query features.
+        k: [B, T, H, F] key features.
+        v: [B, T, H, Dv] values.
+        g: [B, T, H] gate in [0, 1], or None (ungated).
+        initial_state: [B, H, F, Dv + 1] (S in the first Dv columns, z in the last), or None (zeros).
+        eps: normaliser constant.
+    Returns:
+        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] in the accumulation dtype.
+    """
+    B, T, H, F = q.shape
+    Dv = v.shape[-1]
+    acc = accumulation_dtype(q.dtype)
+    if initial_state is None:
+        S = q.new_zeros((B, H, F, Dv), dtype=acc)
+        z = q.new_zeros((B, H, F), dtype=acc)
+    else:
+        S = initial_state[..., :Dv].to(acc).clone()
+        z = initial_state[..., Dv].to(acc).clone()
+    outs = []
+    for t in range(T):
+        qt, kt, vt = q[:, t].to(acc), k[:, t].to(acc), v[:, t].to(acc)
+        kv = kt.unsqueeze(-1) * vt.unsqueeze(-2)
+        if g is None:
+            S = S + kv
+            z = z + kt
+        else:
+            gt = g[:, t].to(acc)
+            S = gt[..., None, None] * S + (1 - gt)[..., None, None] * kv
+            z = gt[..., None] * z + (1 - gt)[..., None] * kt
+        num = torch.einsum("bhf,bhfd->bhd", qt, S)
+        den = torch.einsum("bhf,bhf->bh", qt, z)
+        outs.append(bounded_readout(num, den, eps))
+    out = torch.stack(outs, dim=1) if outs else v.new_zeros((B, 0, H, Dv), dtype=acc)
+    final_state = torch.cat([S, z.unsqueeze(-1)], dim=-1)
+    return out.to(v.dtype), final_state

@@ -1,0 +1,72 @@
+"""The torch custom op rfa::causal_gated_scan: traceable, exportable, differentiable."""
+
+from typing import Optional, Tuple
+
+import torch
+
+from .chunk import chunk_causal_gated_scan
+from .naive import accumulation_dtype
+from .readout import DEFAULT_EPS
+from .validate import check_scan_inputs
+
+
+@torch.library.custom_op("rfa::causal_gated_scan", mutates_args=())
+def causal_gated_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    eps: float = DEFAULT_EPS,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """rfa::CausalGatedScan (docs/op_contract.md).
+
+    Args:
+        q: [B, T, H, F] query features; k: [B, T, H, F] key features; v: [B, T, H, Dv];
+        g: [B, T, H] gate or None; initial_state: [B, H, F, Dv + 1] fp32 or None.
+    Returns:
+        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] fp32.
+    """
+    check_scan_inputs(q, k, v, g, initial_state)
+    out, state = chunk_causal_gated_scan(q, k, v, g, initial_state, eps)
+    if initial_state is not None and state.data_ptr() == initial_state.data_ptr():
+        state = state.clone()
+    return out, state
+
+
+@causal_gated_scan.register_fake
+def _(q, k, v, g=None, initial_state=None, eps=DEFAULT_EPS):
+    B, T, H, F = q.shape
+    Dv = v.shape[-1]
+    out = v.new_empty((B, T, H, Dv))
+    state = q.new_empty((B, H, F, Dv + 1), dtype=accumulation_dtype(q.dtype))
+    return out, state
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, g, initial_state, eps = inputs
+    ctx.save_for_backward(q, k, v, g, initial_state)
+    ctx.eps = eps
+
+
+def _backward(ctx, grad_out, grad_state):
+    # Recompute through the differentiable plain-torch path; training-only, so simplicity wins.
+    saved = ctx.saved_tensors
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(t.is_floating_point()) if t is not None else None for t in saved]
+        out, state = chunk_causal_gated_scan(*leaves, eps=ctx.eps)
+        outputs, grads = [], []
+        for o, go in ((out, grad_out), (state, grad_state)):
+            if go is not None:
+                outputs.append(o)
+                grads.append(go)
+        wanted = [x for x, need in zip(leaves, ctx.needs_input_grad[:5]) if need and x is not None]
+        got = torch.autograd.grad(outputs, wanted, grads, allow_unused=True) if wanted else []
+    it = iter(got)
+    result = []
+    for x, need in zip(leaves, ctx.needs_input_grad[:5]):
+        result.append(next(it) if need and x is not None else None)
+    return (*result, None)
+
+
+causal_gated_scan.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,48 @@
+"""Test helpers: random inputs of the CausalGatedScan contract (realistic random-feature q/k) and errors."""
+
+import math
+
+import torch
+
+
+def random_features(shape, kind: str, dtype=torch.float64, generator=None, head_dim: int = 8) -> torch.Tensor:
+    """[B, T, H, F] features the way the model makes them: phi of random unit vectors through one fixed
+    random matrix per head, sin/cos (either sign, positive kernel on average) or ReLU (>= 0)."""
+    B, T, H, F = shape
+    D = F // 2 if kind == "gaussian" else F
+    x = torch.randn(B, T, H, head_dim, dtype=torch.float64, generator=generator)
+    x = x / x.norm(dim=-1, keepdim=True)
+    w = torch.randn(H, D, head_dim, dtype=torch.float64, generator=generator)
+    proj = torch.einsum("bthd,hfd->bthf", x, w)
+    if kind == "gaussian":
+        feat = torch.cat([proj.sin(), proj.cos()], -1) / math.sqrt(D)
+    else:
+        feat = proj.relu() * math.sqrt(2.0 / D)
+    return feat.to(dtype)
+
+
+def scan_inputs(B, T, H, F, Dv, *, gate="random", initial_state=False, kind="gaussian", dtype=torch.float64, seed=0):
+    """q, k, v, g, s0 with g one of: None, "random" (0.5..0.999), "near0" (1e-7..1e-3), "near1" (1 - 1e-7..1e-3)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k = random_features((2 * B, T, H, F), kind, dtype, gen).chunk(2)
+    v = torch.randn(B, T, H, Dv, dtype=torch.float64, generator=gen).to(dtype)
+    u = torch.rand(B, T, H, dtype=torch.float64, generator=gen)
+    g = {
+        None: None,
+        "random": 0.5 + 0.499 * u,
+        "near0": 10 ** (-7 + 4 * u),
+        "near1": 1 - 10 ** (-7 + 4 * u),
+    }[gate]
+    g = None if g is None else g.to(dtype)
+    s0 = None
+    if initial_state:
+        s0 = torch.randn(B, H, F, Dv + 1, dtype=torch.float64, generator=gen) * 0.1
+        s0[..., Dv] = s0[..., Dv].abs() + 0.5  # a plausible normaliser column
+        s0 = s0.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    return q, k, v, g, s0
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |got - ref| / max |ref|, in float64."""
+    got, ref = got.double(), ref.double()
+    return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
