@@ -1,0 +1,98 @@
+"""RFA attention layers: causal self-attention with a recurrent state, and non-causal attention."""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_scan
+from .feature_maps import RandomFeatureMap
+
+
+class _RFAHeads(nn.Module):
+    """Projections, head split and random feature map shared by the causal and non-causal layers."""
+
+    def __init__(self, d_model: int, n_heads: int, feature_map: str, num_features: int,
+                 orthogonal: bool, eps: float, dropout: float):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
+        self.n_heads, self.head_dim, self.eps = n_heads, d_model // n_heads, eps
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.o_proj = nn.Linear(d_model, d_model)
+        self.phi = RandomFeatureMap(feature_map, n_heads, self.head_dim, num_features, orthogonal)
+        self.dropout = nn.Dropout(dropout)
+
+    def heads(self, proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, d_model] -> [B, T, H, dh]"""
+        return proj(x).unflatten(-1, (self.n_heads, self.head_dim))
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        """[B, T, H, dh] -> [B, T, d_model] through the output projection."""
+        return self.dropout(self.o_proj(out.flatten(-2)))
+
+
+class CausalRFASelfAttention(_RFAHeads):
+    """Causal multi-head RFA with the optional gate g = sigmoid(w_g . x + b_g), one scalar per head and step.
+
+    The state of a layer is one fp32 tensor [B, H, F, dh + 1] (docs/op_contract.md).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, feature_map: str = "gaussian", num_features: int = 32,
+                 orthogonal: bool = True, gated: bool = True, eps: float = DEFAULT_EPS, dropout: float = 0.0):
+        super().__init__(d_model, n_heads, feature_map, num_features, orthogonal, eps, dropout)
+        self.gate = nn.Linear(d_model, n_heads) if gated else None
+
+    def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None,
+                attention_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x: [B, T, d_model]; state: [B, H, F, dh + 1] fp32 or None (zeros);
+            attention_mask: [B, T], 1 where a token is real, 0 where it is padding. A masked step leaves
+                the state unchanged.
+        Returns:
+            y [B, T, d_model], new state [B, H, F, dh + 1].
+        """
+        q_feat = self.phi(self.heads(self.q_proj, x))
+        k_feat = self.phi(self.heads(self.k_proj, x))
+        v = self.heads(self.v_proj, x)
+        g = torch.sigmoid(self.gate(x)) if self.gate is not None else None
+        if attention_mask is not None:
+            keep = attention_mask.to(x.dtype).unsqueeze(-1)  # [B, T, 1]
+            k_feat = k_feat * keep.unsqueeze(-1)
+            if g is not None:
+                g = g * keep + (1.0 - keep)
+        out, state = causal_gated_scan(q_feat, k_feat, v, g, state, self.eps)
+        return self.merge(out), state
+
+
+class RFAAttention(_RFAHeads):
+    """Non-causal multi-head RFA: encoder self-attention (memory = x) or cross-attention."""
+
+    def __init__(self, d_model: int, n_heads: int, feature_map: str = "gaussian", num_features: int = 32,
+                 orthogonal: bool = True, eps: float = DEFAULT_EPS, dropout: float = 0.0):
+        super().__init__(d_model, n_heads, feature_map, num_features, orthogonal, eps, dropout)
+
+    def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
+                memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """
+        Args:
+            x: [B, Tq, d_model] queries; memory: [B, Tk, d_model] keys/values (default x);
+            memory_mask: [B, Tk], 1 for real memory positions.
+        Returns:
+            [B, Tq, d_model]
+        """
+        memory = x if memory is None else memory
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        q_feat = self.phi(self.heads(self.q_proj, x)).to(acc)
+        k_feat = self.phi(self.heads(self.k_proj, memory)).to(acc)
+        v = self.heads(self.v_proj, memory).to(acc)
+        if memory_mask is not None:
+            k_feat = k_feat * memory_mask.to(acc)[:, :, None, None]
+        S = torch.einsum("bthf,bthd->bhfd", k_feat, v)
+        z = k_feat.sum(dim=1)  # [B, H, F]
+        num = torch.einsum("bthf,bhfd->bthd", q_feat, S)
+        den = torch.einsum("bthf,bhf->bth", q_feat, z)
+        return self.merge(bounded_readout(num, den, self.eps).to(x.dtype))

@@ -1,0 +1,102 @@
+"""A decoder-only RFA language model: parallel forward for training, a step form for decoding."""
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .attention import CausalRFASelfAttention
+from .config import RFAConfig
+
+State = List[torch.Tensor]
+
+
+def sinusoidal_positions(position_ids: torch.Tensor, d_model: int) -> torch.Tensor:
+    """[B, T] int positions -> [B, T, d_model] float32, defined for any position."""
+    half = d_model // 2
+    freq = torch.exp(torch.arange(half, device=position_ids.device, dtype=torch.float32) * (-math.log(10000.0) / half))
+    angle = position_ids.to(torch.float32).unsqueeze(-1) * freq
+    pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).flatten(-2)
+    if d_model % 2:
+        pe = torch.nn.functional.pad(pe, (0, 1))
+    return pe
+
+
+class RFABlock(nn.Module):
+    """Pre-LN block: x + attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, config: RFAConfig):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.attn = CausalRFASelfAttention(
+            config.d_model, config.n_heads, config.feature_map, config.num_features,
+            config.orthogonal_features, config.gated, config.normaliser_eps, config.dropout,
+        )
+        self.ln_ffn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = nn.Sequential(
+            nn.Linear(config.d_model, config.d_ffn), nn.GELU(), nn.Linear(config.d_ffn, config.d_model),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x, state=None, attention_mask=None):
+        y, state = self.attn(self.ln_attn(x), state, attention_mask)
+        x = x + y
+        return x + self.ffn(self.ln_ffn(x)), state
+
+
+class RFALanguageModel(nn.Module):
+    def __init__(self, config: RFAConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        nn.init.normal_(self.embed.weight, std=config.d_model ** -0.5)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(RFABlock(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def initial_state(self, batch_size: int, device=None) -> State:
+        """Zeros, one fp32 tensor [B, H, F, dh + 1] per layer."""
+        return [torch.zeros((batch_size, *self.config.state_shape), device=device) for _ in self.blocks]
+
+    @torch.no_grad()
+    def resample_features(self, generator: Optional[torch.Generator] = None) -> None:
+        for block in self.blocks:
+            block.attn.phi.resample(generator)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        state: Optional[State] = None,
+        position_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, State]:
+        """
+        Args:
+            input_ids: [B, T] int64.
+            state: per-layer [B, H, F, dh + 1] fp32, or None for an empty context.
+            position_ids: [B, T] int64 absolute positions (default 0..T-1).
+            attention_mask: [B, T], 0 on padding positions (which leave the state unchanged).
+        Returns:
+            logits [B, T, vocab], the new state.
+        """
+        B, T = input_ids.shape
+        x = self.embed(input_ids) * math.sqrt(self.config.d_model)
+        if self.config.positional == "sinusoidal":
+            if position_ids is None:
+                position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
+            x = x + sinusoidal_positions(position_ids, self.config.d_model).to(x.dtype)
+        x = self.drop(x)
+        new_state = []
+        for i, block in enumerate(self.blocks):
+            x, s = block(x, None if state is None else state[i], attention_mask)
+            new_state.append(s)
+        return self.lm_head(self.ln_f(x)), new_state
+
+    def step(self, token_ids: torch.Tensor, state: State, positions: torch.Tensor) -> Tuple[torch.Tensor, State]:
+        """One decoding step. token_ids: [B]; positions: [B] -> logits [B, vocab], new state."""
+        logits, state = self.forward(token_ids[:, None], state, positions[:, None])
+        return logits[:, 0], state
