@@ -44,5 +44,5 @@ def scan_inputs(B, T, H, F, Dv, *, gate="random", initial_state=False, kind="gau
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     """max |got - ref| / max |ref|, in float64."""
-    got, ref = got.double(), ref.double()
+    got, ref = got.detach().double(), ref.detach().double()
     return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-300))

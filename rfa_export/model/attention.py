@@ -50,8 +50,8 @@ class CausalRFASelfAttention(_RFAHeads):
         """
         Args:
             x: [B, T, d_model]; state: [B, H, F, dh + 1] fp32 or None (zeros);
-            attention_mask: [B, T], 1 where a token is real, 0 where it is padding. A masked step leaves
-                the state unchanged.
+            attention_mask: [B, T], nonzero where a token is real, 0 where it is padding. A masked step
+                leaves the state unchanged.
         Returns:
             y [B, T, d_model], new state [B, H, F, dh + 1].
         """
@@ -60,7 +60,7 @@ class CausalRFASelfAttention(_RFAHeads):
         v = self.heads(self.v_proj, x)
         g = torch.sigmoid(self.gate(x)) if self.gate is not None else None
         if attention_mask is not None:
-            keep = attention_mask.to(x.dtype).unsqueeze(-1)  # [B, T, 1]
+            keep = (attention_mask != 0).to(x.dtype).unsqueeze(-1)  # [B, T, 1]
             k_feat = k_feat * keep.unsqueeze(-1)
             if g is not None:
                 g = g * keep + (1.0 - keep)
@@ -80,7 +80,7 @@ class RFAAttention(_RFAHeads):
         """
         Args:
             x: [B, Tq, d_model] queries; memory: [B, Tk, d_model] keys/values (default x);
-            memory_mask: [B, Tk], 1 for real memory positions.
+            memory_mask: [B, Tk], nonzero for real memory positions.
         Returns:
             [B, Tq, d_model]
         """
@@ -90,7 +90,7 @@ class RFAAttention(_RFAHeads):
         k_feat = self.phi(self.heads(self.k_proj, memory)).to(acc)
         v = self.heads(self.v_proj, memory).to(acc)
         if memory_mask is not None:
-            k_feat = k_feat * memory_mask.to(acc)[:, :, None, None]
+            k_feat = k_feat * (memory_mask != 0).to(acc)[:, :, None, None]
         S = torch.einsum("bthf,bthd->bhfd", k_feat, v)
         z = k_feat.sum(dim=1)  # [B, H, F]
         num = torch.einsum("bthf,bhfd->bthd", q_feat, S)

@@ -57,9 +57,14 @@ class RandomFeatureMap(nn.Module):
         self.w_tilde.copy_(fresh.to(self.w_tilde))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., H, dh] -> [..., H, F] in x's dtype."""
-        x_hat = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-6)
-        proj = torch.einsum("...hd,hfd->...hf", x_hat * self.sigma.to(x.dtype), self.w_tilde.to(x.dtype))
+        """x: [..., H, dh] -> [..., H, F] in x's dtype (computed in fp32 for half inputs)."""
+        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xc = x.to(compute)
+        x_hat = xc / torch.linalg.vector_norm(xc, dim=-1, keepdim=True).clamp_min(1e-6)
+        w = self.w_tilde.to(compute).transpose(-1, -2)  # [H, dh, D]
+        proj = torch.matmul((x_hat * self.sigma.to(compute)).unsqueeze(-2), w).squeeze(-2)  # [..., H, D]
         if self.kind == "gaussian":
-            return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1) * (1.0 / math.sqrt(self.num_features))
-        return torch.relu(proj) * math.sqrt(2.0 / self.num_features)
+            phi = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1) * (1.0 / math.sqrt(self.num_features))
+        else:
+            phi = torch.relu(proj) * math.sqrt(2.0 / self.num_features)
+        return phi.to(x.dtype)

@@ -1,0 +1,65 @@
+"""rfa-export [export] MODEL.pt -o OUT_DIR: one stateful ONNX graph with rfa::CausalGatedScan."""
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DESCRIPTION = """Export a checkpoint to OUT_DIR/model.onnx (+ rfa_export.json describing inputs, outputs and state).
+
+One graph serves prefill and decode: inputs input_ids [batch, sequence], attention_mask
+[batch, total_sequence_length] (and position_ids when the model uses positions), and per layer
+past_key_values.{i}.recurrent_state; outputs logits and present.{i}.recurrent_state.
+
+--scan chooses how each layer's causal gated scan is lowered:
+  plugin  one rfa::CausalGatedScan node (TensorRT's parser swaps in our plugin) plus an ONNX local
+          function of standard ops that every runtime can run (default)
+  onnx    the standard LinearAttention of opset 27 plus the normaliser
+  ort     com.microsoft.LinearAttention: onnxruntime's native CPU/CUDA kernels
+"""
+
+
+def add_parser(sub):
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (the default command)", description=DESCRIPTION,
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", metavar="MODEL.pt", help="checkpoint written by rfa_export.model.checkpoint.save_checkpoint")
+    p.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", required=True, help="output directory (created if needed)")
+    p.add_argument("--scan", choices=["plugin", "onnx", "ort"], default="plugin", help="lowering of the scan (default: plugin)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="activation dtype; the state stays fp32")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=run)
+    return p
+
+
+def preflight_output_dir(out_dir: Path) -> None:
+    """Fail before any work if OUT_DIR cannot be created or written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OSError(f"output directory {out_dir} exists and is not a directory")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=".rfa-export-probe-", dir=out_dir)
+        os.rmdir(probe)
+    except OSError as e:
+        raise OSError(f"cannot write to output directory {out_dir}: {e.strerror or e}") from None
+
+
+def run(args) -> int:
+    from ..export.lm_export import language_model_to_onnx, write_export
+    from ..model.checkpoint import load_checkpoint
+    from ..progress import Progress
+
+    checkpoint, out_dir = Path(args.checkpoint), Path(args.out_dir)
+    model = load_checkpoint(checkpoint)  # every checkpoint problem surfaces here, before any output
+    preflight_output_dir(out_dir)
+    progress = Progress(enabled=not args.quiet)
+    start = time.perf_counter()
+    if not args.quiet:
+        print(f"rfa-export: {checkpoint} -> {out_dir}/model.onnx", file=sys.stderr)
+    proto, meta = language_model_to_onnx(model, args.scan, args.dtype, progress)
+    write_export(proto, meta, out_dir, progress)
+    if not args.quiet:
+        print(f"rfa-export: done in {time.perf_counter() - start:.1f} s: {len(meta.state)} state tensors, "
+              f"lowering {meta.lowering}, {meta.dtype}", file=sys.stderr)
+    print(out_dir / "model.onnx")
+    return 0

@@ -1,0 +1,1 @@
+"""Tools on top of export and runtime: verify, inspect."""

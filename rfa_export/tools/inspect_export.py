@@ -1,0 +1,76 @@
+"""rfa-export inspect: what an export directory holds."""
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict
+
+import onnx
+
+from ..export.metadata import MODEL_FILE, metadata_from_model, read_export_dir
+from ..export.scan_function import DOMAIN, OP_TYPE
+
+
+def describe_export_dir(out_dir) -> Dict[str, Any]:
+    out_dir = Path(out_dir)
+    meta = read_export_dir(out_dir)
+    model_path = out_dir / MODEL_FILE
+    model = onnx.load(str(model_path), load_external_data=False)
+    metadata_from_model(model, str(model_path))
+    files = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
+    params = sum(int(_numel(t)) for t in model.graph.initializer)
+    ops = Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in model.graph.node)
+
+    def io(values):
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+    return {
+        "directory": str(out_dir),
+        "lowering": meta.lowering,
+        "dtype": meta.dtype,
+        "genai": meta.genai,
+        "ir_version": model.ir_version,
+        "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "files": files,
+        "parameters": params,
+        "nodes": len(model.graph.node),
+        "scan_nodes": ops.get(f"{DOMAIN}::{OP_TYPE}", 0) + ops.get("LinearAttention", 0) + ops.get("com.microsoft::LinearAttention", 0),
+        "local_functions": [f"{f.domain}::{f.name}" + (f" ({f.overload})" if f.overload else "") for f in model.functions],
+        "inputs": io(model.graph.input),
+        "outputs": io(model.graph.output),
+        "state": [vars(s) for s in meta.state],
+        "config": meta.config,
+    }
+
+
+def _numel(t: onnx.TensorProto) -> int:
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n
+
+
+def format_description(d: Dict[str, Any]) -> str:
+    lines = [
+        f"export: {d['directory']}",
+        f"  lowering: {d['lowering']}    activations: {d['dtype']}    genai layout: {'yes' if d['genai'] else 'no'}",
+        f"  ONNX IR {d['ir_version']}, opsets: " + ", ".join(f"{k} {v}" for k, v in d["opsets"].items()),
+        f"  {d['parameters']:,} weight elements, {d['nodes']} nodes, {d['scan_nodes']} scan nodes"
+        + (f", local functions: {', '.join(d['local_functions'])}" if d["local_functions"] else ""),
+        "  files: " + ", ".join(f"{k} ({v / 1e6:.2f} MB)" for k, v in d["files"].items()),
+        "inputs:",
+    ]
+    lines += [f"  {v['name']:40s} {v['dtype']:8s} {v['shape']}" for v in d["inputs"]]
+    lines.append("outputs:")
+    lines += [f"  {v['name']:40s} {v['dtype']:8s} {v['shape']}" for v in d["outputs"]]
+    lines.append("state (fed back as the next call's input; initial value zeros):")
+    for s in d["state"]:
+        lines.append(f"  layer {s['layer']}: {s['input']} -> {s['output']}  {s['dtype']} {s['shape']}")
+    if d["state"]:
+        lines.append(f"  layout: {d['state'][0]['layout']}")
+    cfg = d["config"]
+    if cfg:
+        lines.append(f"model: vocab {cfg['vocab_size']}, d_model {cfg['d_model']}, {cfg['n_layers']} layers, "
+                     f"{cfg['n_heads']} heads, {cfg['feature_map']} features D={cfg['num_features']}, gated={cfg['gated']}, "
+                     f"positional={cfg['positional']}")
+    return "\n".join(lines)
