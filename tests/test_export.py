@@ -271,3 +271,19 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         write_export(proto, meta, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_external_data_above_the_threshold(tmp_path, monkeypatch):
+    """Weights past the threshold (1 GB; lowered here) go to model.onnx.data beside the model."""
+    import rfa_export.export.lm_export as lm_export
+
+    monkeypatch.setattr(lm_export, "EXTERNAL_DATA_THRESHOLD", 1000)
+    export_checkpoint(BUNDLED, tmp_path, lowering="plugin")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data", "rfa_export.json"]
+    assert (tmp_path / "model.onnx").stat().st_size < 1_000_000 < (tmp_path / "model.onnx.data").stat().st_size
+    backend = OnnxRuntimeBackend(tmp_path)
+    rows = compare_backends(backend, TorchBackend(BUNDLED), {"r": np.arange(10).reshape(1, 10)}, decode_steps=2)
+    assert max(r.max_rel for r in rows) <= 1e-4
+    monkeypatch.undo()
+    export_checkpoint(BUNDLED, tmp_path, lowering="ort")  # re-export in place: the stale data file goes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "rfa_export.json"]
