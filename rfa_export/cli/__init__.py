@@ -6,9 +6,9 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
-from . import export_cmd, inspect_cmd, verify_cmd
+from . import export_cmd, generate_cmd, inspect_cmd, verify_cmd
 
-COMMANDS = {"export": export_cmd, "verify": verify_cmd, "inspect": inspect_cmd}
+COMMANDS = {"export": export_cmd, "verify": verify_cmd, "inspect": inspect_cmd, "generate": generate_cmd}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -21,10 +21,11 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="rfa-export",
-        description="Export RFA models to ONNX, verify and inspect the result.\n\n"
+        description="Export RFA models to ONNX, verify, inspect and run the result.\n\n"
                     "  rfa-export MODEL.pt -o OUT_DIR        export (same as `rfa-export export ...`)\n"
                     "  rfa-export verify OUT_DIR --checkpoint MODEL.pt\n"
-                    "  rfa-export inspect OUT_DIR",
+                    "  rfa-export inspect OUT_DIR\n"
+                    "  rfa-export generate OUT_DIR --prompt TEXT [--backend onnxruntime|torch|tensorrt]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rfa-export {__version__}")

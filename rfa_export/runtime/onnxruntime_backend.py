@@ -1,7 +1,14 @@
-"""onnxruntime backend: runs OUT_DIR/model.onnx; the state layout comes from the model's metadata."""
+"""onnxruntime backend: runs OUT_DIR/model.onnx; the state layout comes from the model's metadata.
+
+CPU: the state is a list of numpy arrays. CUDA: the state is a list of OrtValues in device memory, bound with
+IO binding, so nothing but the tokens (in) and the logits (out) crosses to the host per step. A state passed
+to `run` is donated: its buffers are reused for a later output, so steady decoding ping-pongs between two
+buffer sets without allocating. Optionally (`cuda_graph=True`) single-token steps of a fixed batch size are
+captured as CUDA graphs and replayed.
+"""
 
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -12,11 +19,10 @@ _NUMPY = {"float32": np.float32, "int64": np.int64}
 
 
 class OnnxRuntimeBackend(DecoderBackend):
-    """CPU (default) or CUDA. State: numpy arrays on the host."""
-
     name = "onnxruntime"
 
-    def __init__(self, out_dir: Union[str, Path], device: str = "cpu", threads: Optional[int] = None):
+    def __init__(self, out_dir: Union[str, Path], device: str = "cpu", threads: Optional[int] = None,
+                 device_id: int = 0, cuda_graph: bool = False):
         import onnx
         import onnxruntime as ort
 
@@ -28,34 +34,222 @@ class OnnxRuntimeBackend(DecoderBackend):
         embedded = metadata_from_model(onnx.load(str(model_path), load_external_data=False), str(model_path))
         if embedded.state != self.spec.state:
             raise MetadataError(f"{out_dir}: {MODEL_FILE} and its metadata file disagree about the state tensors")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {device!r}")
+        self._ort = ort
+        self.device, self.device_id = device, device_id
+        self._options = ort.SessionOptions()
+        self._options.log_severity_level = 3
         if threads:
-            options.intra_op_num_threads = threads
-        self.device = device
-        providers = ["CPUExecutionProvider"]
+            self._options.intra_op_num_threads = threads
         if device == "cuda":
+            if hasattr(ort, "preload_dlls"):
+                ort.preload_dlls()
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RuntimeError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(model_path), options, providers=providers)
+            self._providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        else:
+            self._providers = ["CPUExecutionProvider"]
+        self.model_path = model_path
+        self.session = ort.InferenceSession(str(model_path), self._options, providers=self._providers)
         self._inputs = {i.name for i in self.session.get_inputs()}
-        self._outputs = ["logits"] + [s.output for s in self.spec.state] + [s.output for s in self.spec.extra_state]
+        self._state_outputs = [s.output for s in self.spec.state]
+        self._free: Dict[Tuple[int, ...], List] = {}  # device buffers ready for reuse, by shape
+        self._device_ops = None
+        self._graphs: Dict[int, "_GraphedStep"] = {}
+        self.cuda_graph = cuda_graph and device == "cuda"
 
-    def run(self, input_ids, attention_mask, position_ids, state):
+    # --- feeds ----------------------------------------------------------------------------------------
+
+    def _host_feeds(self, input_ids, attention_mask, position_ids) -> Dict[str, np.ndarray]:
+        B = input_ids.shape[0]
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                  "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
         if "position_ids" in self._inputs:
+            if position_ids is None:
+                raise ValueError("this model needs position_ids")
             feeds["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
-        for spec, value in zip(self.spec.state, state):
-            feeds[spec.input] = value
         for spec in self.spec.extra_state:
-            feeds[spec.input] = np.zeros([input_ids.shape[0], *spec.shape[1:]], dtype=_NUMPY[spec.dtype])
-        outs = self.session.run(self._outputs, feeds)
-        return outs[0], list(outs[1 : 1 + len(self.spec.state)])
+            feeds[spec.input] = np.zeros([B, *spec.shape[1:]], dtype=_NUMPY[spec.dtype])
+        return feeds
+
+    def run(self, input_ids, attention_mask, position_ids, state):
+        feeds = self._host_feeds(input_ids, attention_mask, position_ids)
+        if self.device == "cpu":
+            for spec, value in zip(self.spec.state, state):
+                feeds[spec.input] = value
+            outs = self.session.run(["logits"] + self._state_outputs, feeds)
+            return outs[0], list(outs[1:])
+        if self.cuda_graph and input_ids.shape[1] == 1:
+            graph = self._graphs.get(input_ids.shape[0])
+            if graph is None:
+                graph = self._graphs[input_ids.shape[0]] = _GraphedStep(self, input_ids.shape[0])
+            return graph.run(feeds, state)
+        return self._run_bound(self.session, feeds, state)
+
+    def _run_bound(self, session, feeds, state):
+        io = session.io_binding()
+        for name, array in feeds.items():
+            io.bind_cpu_input(name, array)
+        for spec, value in zip(self.spec.state, state):
+            io.bind_ortvalue_input(spec.input, value)
+        outputs = [self._take_buffer(v.shape()) for v in state]
+        for name, buf in zip(self._state_outputs, outputs):
+            io.bind_ortvalue_output(name, buf)
+        io.bind_output("logits", "cpu")
+        session.run_with_iobinding(io)
+        logits = io.get_outputs()[0].numpy()
+        for value in state:  # donated: reusable for the next step's output
+            self._free.setdefault(tuple(value.shape()), []).append(value)
+        return logits, outputs
+
+    def _take_buffer(self, shape):
+        pool = self._free.get(tuple(shape))
+        if pool:
+            return pool.pop()
+        return self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, "cuda", self.device_id)
+
+    # --- state ----------------------------------------------------------------------------------------
 
     def to_host(self, state) -> List[np.ndarray]:
-        return [np.asarray(s) for s in state]
+        return [np.asarray(s) if self.device == "cpu" else s.numpy() for s in state]
 
     def from_host(self, arrays: Sequence[np.ndarray]):
-        return [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+        if self.device == "cpu":
+            return arrays
+        return [self._ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for a in arrays]
+
+    def batch_size(self, state) -> int:
+        return int(state[0].shape[0] if self.device == "cpu" else state[0].shape()[0])
+
+    def select(self, state, indices):
+        if self.device == "cpu":
+            return super().select(state, indices)
+        return self._ops().gather(state, np.asarray(indices, dtype=np.int64))
+
+    def concat(self, states):
+        if self.device == "cpu":
+            return super().concat(states)
+        return self._ops().concat(states)
+
+    def _ops(self) -> "_DeviceStateOps":
+        if self._device_ops is None:
+            self._device_ops = _DeviceStateOps(self)
+        return self._device_ops
+
+
+class _DeviceStateOps:
+    """Row gather and batch concat of device-resident states, by tiny onnxruntime graphs on the same
+    device (no host round trip)."""
+
+    def __init__(self, backend: OnnxRuntimeBackend):
+        self.backend = backend
+        self._sessions = {}
+
+    def _session(self, key, build):
+        if key not in self._sessions:
+            import onnx
+
+            model = build()
+            model.ir_version = 10
+            onnx.checker.check_model(model)
+            b = self.backend
+            self._sessions[key] = b._ort.InferenceSession(model.SerializeToString(), b._options, providers=b._providers)
+        return self._sessions[key]
+
+    def _state_info(self, n_parts=1):
+        from onnx import TensorProto, helper
+
+        return [helper.make_tensor_value_info(f"s{i}_{p}", TensorProto.FLOAT, None)
+                for p in range(n_parts) for i in range(len(self.backend.spec.state))]
+
+    def gather(self, state, indices):
+        from onnx import TensorProto, helper
+
+        n = len(state)
+
+        def build():
+            nodes = [helper.make_node("Gather", [f"s{i}_0", "idx"], [f"o{i}"], axis=0) for i in range(n)]
+            graph = helper.make_graph(nodes, "gather_rows", self._state_info() + [helper.make_tensor_value_info("idx", TensorProto.INT64, [None])],
+                                      [helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, None) for i in range(n)])
+            return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+        return self._run(self._session(("gather", n), build), {f"s{i}_0": v for i, v in enumerate(state)}, {"idx": indices}, n)
+
+    def concat(self, states):
+        from onnx import TensorProto, helper
+
+        n, parts = len(states[0]), len(states)
+
+        def build():
+            nodes = [helper.make_node("Concat", [f"s{i}_{p}" for p in range(parts)], [f"o{i}"], axis=0) for i in range(n)]
+            graph = helper.make_graph(nodes, "concat_rows", self._state_info(parts),
+                                      [helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, None) for i in range(n)])
+            return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+        feeds = {f"s{i}_{p}": v for p, st in enumerate(states) for i, v in enumerate(st)}
+        return self._run(self._session(("concat", n, parts), build), feeds, {}, n)
+
+    def _run(self, session, device_feeds, host_feeds, n):
+        io = session.io_binding()
+        for name, value in device_feeds.items():
+            io.bind_ortvalue_input(name, value)
+        for name, array in host_feeds.items():
+            io.bind_cpu_input(name, array)
+        for i in range(n):
+            io.bind_output(f"o{i}", "cuda", self.backend.device_id)
+        session.run_with_iobinding(io)
+        return list(io.get_outputs())
+
+
+class _GraphedStep:
+    """Single-token steps of batch B as two captured CUDA graphs (past A -> present B, and B -> A), replayed
+    with the tokens copied into fixed device buffers. Needs every node of the model on the CUDA EP."""
+
+    def __init__(self, backend: OnnxRuntimeBackend, batch: int):
+        ort = backend._ort
+        self.backend = backend
+        options = [("CUDAExecutionProvider", {"device_id": backend.device_id, "enable_cuda_graph": "1"})]
+        self.session = ort.InferenceSession(str(backend.model_path), backend._options, providers=options)
+        spec = backend.spec
+        shape_of = lambda s: [batch, *s.shape[1:]]  # noqa: E731
+        dev = lambda a: ort.OrtValue.ortvalue_from_numpy(a, "cuda", backend.device_id)  # noqa: E731
+        self.sets = [[dev(np.zeros(shape_of(s), np.float32)) for s in spec.state] for _ in range(2)]
+        self.host_inputs = {}
+        self.logits = dev(np.zeros((batch, 1, spec.vocab_size), np.float32))
+        self.bindings, self.run_options = [], []
+        self.current = 0  # which set holds the live state
+        self._inputs = None
+
+    def _bind(self, feeds):
+        ort = self.backend._ort
+        self._inputs = {k: ort.OrtValue.ortvalue_from_numpy(v, "cuda", self.backend.device_id) for k, v in feeds.items()}
+        for graph_id in (0, 1):
+            io = self.session.io_binding()
+            for name, value in self._inputs.items():
+                io.bind_ortvalue_input(name, value)
+            for spec, value in zip(self.backend.spec.state, self.sets[graph_id]):
+                io.bind_ortvalue_input(spec.input, value)
+            for name, value in zip(self.backend._state_outputs, self.sets[1 - graph_id]):
+                io.bind_ortvalue_output(name, value)
+            io.bind_ortvalue_output("logits", self.logits)
+            ro = ort.RunOptions()
+            ro.add_run_config_entry("gpu_graph_id", str(graph_id + 1))
+            self.bindings.append(io)
+            self.run_options.append(ro)
+
+    def run(self, feeds, state):
+        if self._inputs is None:
+            self._bind(feeds)
+        else:
+            for name, array in feeds.items():
+                self._inputs[name].update_inplace(array)
+        live = self.sets[self.current]
+        if state is not live:  # entering graph mode from a prefill or a select: one copy into the live set
+            for dst, src in zip(live, state):
+                dst.update_inplace(src.numpy())
+        g = self.current
+        self.session.run_with_iobinding(self.bindings[g], self.run_options[g])
+        self.current = 1 - g
+        return self.logits.numpy(), self.sets[self.current]

@@ -1,0 +1,306 @@
+"""The runtime wrapper: one API over backends, ragged batches, slots, snapshots, beam search, bad input."""
+
+import numpy as np
+import pytest
+
+from helpers import rel_err
+from rfa_export.export import export_checkpoint
+from rfa_export.export.metadata import read_export_dir
+from rfa_export.runtime import (ContinuousBatch, Decoder, InputError, OnnxRuntimeBackend, SamplingParams, TorchBackend,
+                                load_snapshot, open_backend, restore, save_snapshot, snapshot)
+from rfa_export.runtime.tensorrt_backend import engine_cache_key, find_plugin_library, optimization_profile
+
+BUNDLED = "examples/tiny_rfa.pt"
+PROMPTS = [
+    "The import statement", "A class definition", "Assignment statements are used to", "x", "The ",
+    "Exceptions", "def f(x):\n    return", "Comparisons", "the with statement", "Lambda expressions",
+    "Identifiers (also referred to as names)", "The for statement is used to iterate", "yield", "1 + 2 =",
+    "Boolean operations", "In the following", "Unicode", "A function definition defines", "import sys\n", "[",
+]
+
+
+@pytest.fixture(scope="module")
+def ort_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rt") / "out"
+    export_checkpoint(BUNDLED, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def decoders(ort_dir):
+    return Decoder(TorchBackend(BUNDLED)), Decoder(OnnxRuntimeBackend(ort_dir))
+
+
+def test_greedy_tokens_identical_20_prompts_100_tokens(decoders):
+    torch_dec, ort_dec = decoders
+    a = torch_dec.generate(PROMPTS, 100)
+    b = ort_dec.generate(PROMPTS, 100)
+    assert len(a) == len(b) == 20
+    for x, y in zip(a, b):
+        assert x.tokens == y.tokens and len(x.tokens) == 100 and x.finish_reason == "length"
+
+
+def test_step_logits_within_1e_4(decoders):
+    torch_dec, ort_dec = decoders
+    st_t, lt = torch_dec.prefill(PROMPTS)
+    st_o, lo = ort_dec.prefill(PROMPTS)
+    worst = rel_err_np(lo, lt)
+    for _ in range(100):
+        tokens = lt.argmax(-1)
+        lt, st_t = torch_dec.step(tokens, st_t)
+        lo, st_o = ort_dec.step(tokens, st_o)
+        worst = max(worst, rel_err_np(lo, lt))
+    assert worst <= 1e-4
+
+
+def rel_err_np(a, b):
+    import torch
+
+    return rel_err(torch.from_numpy(np.asarray(a)), torch.from_numpy(np.asarray(b)))
+
+
+@pytest.mark.parametrize("first, second", [(0, 1), (1, 0)])
+def test_state_moves_between_backends(decoders, first, second):
+    """Prefill and 20 steps on one backend, snapshot, restore on the other, continue: same tokens as
+    staying on the first."""
+    decs = decoders
+    prompts = PROMPTS[:4]
+    state, logits = decs[first].prefill(prompts)
+    for _ in range(20):
+        logits, state = decs[first].step(logits.argmax(-1), state)
+    blob = snapshot(decs[first], state, logits)
+    stay = _greedy_continue(decs[first], state, logits, 30)
+    moved_state, moved_logits = restore(decs[second], blob)
+    moved = _greedy_continue(decs[second], moved_state, moved_logits, 30)
+    assert stay == moved
+
+
+def _greedy_continue(dec, state, logits, n):
+    out = []
+    for _ in range(n):
+        tokens = logits.argmax(-1)
+        out.append(tokens.tolist())
+        logits, state = dec.step(tokens, state)
+    return out
+
+
+@pytest.mark.parametrize("backend", [0, 1])
+def test_ragged_batch_equals_each_prompt_alone(decoders, backend):
+    dec = decoders[backend]
+    prompts = ["a", "The import statement is", "def", "Comparisons are"]
+    batched = dec.generate(prompts, 40)
+    for i, p in enumerate(prompts):
+        assert dec.generate([p], 40)[0].tokens == batched[i].tokens
+    params = SamplingParams(temperature=0.9, top_k=50, top_p=0.9)
+    batched = dec.generate(prompts, 40, params, seeds=[7, 8, 9, 10])
+    for i, p in enumerate(prompts):
+        assert dec.generate([p], 40, params, seeds=[7 + i])[0].tokens == batched[i].tokens
+
+
+def test_ragged_prefill_logits_match_solo(decoders):
+    _, dec = decoders
+    prompts = ["ab", "The import statement is", "def f"]
+    state, last = dec.prefill(prompts)
+    for i, p in enumerate(prompts):
+        s1, l1 = dec.prefill([p])
+        assert rel_err_np(last[i : i + 1], l1) <= 1e-5
+        for a, b in zip(dec.backend.to_host(state.state), dec.backend.to_host(s1.state)):
+            assert rel_err_np(a[i : i + 1], b) <= 1e-5
+    assert state.positions.tolist() == [2, 23, 5]
+
+
+def test_continuous_batching_add_and_remove(decoders):
+    _, dec = decoders
+    solo = {p: dec.generate([p], 30)[0].tokens for p in ("The import statement", "Exceptions", "A class")}
+    batch = ContinuousBatch(dec)
+    a = batch.add("The import statement", 30)
+    for _ in range(10):
+        batch.step()
+    b = batch.add("Exceptions", 30)
+    c = batch.add("A class", 30)
+    for _ in range(5):
+        batch.step()
+    partial = batch.remove(b)
+    assert partial.finish_reason == "removed" and len(partial.tokens) == 5
+    while batch.active:
+        batch.step()
+    assert batch.results[a].tokens == solo["The import statement"]
+    assert batch.results[c].tokens == solo["A class"]
+    assert partial.tokens == solo["Exceptions"][:5]
+
+
+def test_stream_events_and_stops(decoders):
+    _, dec = decoders
+    events = list(dec.stream(["The import statement"], 50))
+    result = dec.last_results[0]
+    assert [e.token for e in events] == result.tokens
+    assert "".join(e.text for e in events) == result.text
+    assert events[-1].finished == "length" and all(e.finished is None for e in events[:-1])
+    stop_at = result.tokens[5]
+    r = dec.generate(["The import statement"], 50, stop_tokens=[stop_at])[0]
+    assert r.finish_reason == "stop_token" and r.tokens == result.tokens[: result.tokens.index(stop_at) + 1]
+    word = result.text[3:7]
+    r = dec.generate(["The import statement"], 50, stop_strings=[word])[0]
+    assert r.finish_reason == "stop_string" and r.text.endswith(word) and len(r.tokens) <= 7
+
+
+def test_snapshot_file_round_trip_and_refusals(decoders, tmp_path):
+    torch_dec, ort_dec = decoders
+    state, logits = ort_dec.prefill(["The import statement", "Exceptions"])
+    save_snapshot(tmp_path / "s.npz", ort_dec, state, logits, rows=[1])
+    restored, rl = load_snapshot(tmp_path / "s.npz", torch_dec)
+    assert restored.batch == 1 and restored.positions.tolist() == [10]
+    assert np.array_equal(rl, logits[1:2])
+    with pytest.raises(InputError, match="not a state snapshot"):
+        restore(ort_dec, b"garbage")
+    from rfa_export.model import RFAConfig, RFALanguageModel
+
+    other = Decoder(TorchBackend(RFALanguageModel(RFAConfig(d_model=32, n_heads=2, n_layers=4, d_ffn=32, num_features=8))))
+    with pytest.raises(InputError, match="different model"):
+        restore(other, snapshot(ort_dec, state))
+
+
+def test_beam_search_reorders_state(decoders):
+    torch_dec, ort_dec = decoders
+    prompt = "The import statement"
+    greedy = ort_dec.generate([prompt], 12)[0].tokens
+    assert ort_dec.beam_search(prompt, 1, 12)[0][0] == greedy
+    beams = ort_dec.beam_search(prompt, 4, 12, length_penalty=0.0)
+    reference = _reference_beam_search(torch_dec, prompt, 4, 12)
+    assert [b[0] for b in beams] == [r[0] for r in reference]
+    np.testing.assert_allclose([b[1] for b in beams], [r[1] for r in reference], rtol=1e-4)
+
+
+def _reference_beam_search(dec, prompt, k, steps):
+    """Recomputes every hypothesis from scratch (no state reuse, no reordering)."""
+    ids = dec.encode(prompt)
+    beams = [([], 0.0)]
+    for _ in range(steps):
+        cands = []
+        for seq, score in beams:
+            _, logits = dec.prefill([ids + seq])
+            z = logits[0].astype(np.float64)
+            logp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+            for t in np.argsort(-logp, kind="stable")[:k]:
+                cands.append((seq + [int(t)], score + float(logp[t])))
+        beams = sorted(cands, key=lambda c: -c[1])[:k]
+    return beams
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda d: d.prefill([""]), "prompt 0 is empty"),
+    (lambda d: d.prefill([[]]), "prompt 0 is empty"),
+    (lambda d: d.prefill(["ok", [1, 300]]), r"prompt 1: token id 300 is out of range \[0, 256\)"),
+    (lambda d: d.prefill([[-1]]), "token id -1 is out of range"),
+    (lambda d: d.generate(["x"], 0), "max_new_tokens must be a positive integer, got 0"),
+    (lambda d: d.generate(["x"], -3), "max_new_tokens must be a positive integer"),
+    (lambda d: d.step([1, 2], d.new_state(3)), "2 tokens for a state of 3 sequences"),
+    (lambda d: d.step([256], d.new_state(1)), "out of range"),
+    (lambda d: d.prefill(["a", "b"], d.new_state(3)), "2 prompts but the state holds 3 sequences"),
+    (lambda d: d.state_from_arrays([np.zeros((2, 4, 64, 32), np.float32)] * 4, [0, 0]), r"has shape \[2, 4, 64, 32\], expected"),
+    (lambda d: d.state_from_arrays([np.zeros((2, 4, 64, 33), np.float64)] * 4, [0, 0]), "has dtype float64, expected float32"),
+    (lambda d: d.state_from_arrays([np.zeros((3, 4, 64, 33), np.float32)] * 4, [0, 0]), "with batch 2"),
+    (lambda d: d.state_from_arrays([np.zeros((2, 4, 64, 33), np.float32)] * 3, [0, 0]), "state has 3 tensors, the model has 4"),
+    (lambda d: d.beam_search("x", 0, 5), "num_beams must be >= 1"),
+])
+@pytest.mark.parametrize("backend", [0, 1])
+def test_bad_input_is_a_clear_error(decoders, backend, call, message):
+    with pytest.raises(InputError, match=message):
+        call(decoders[backend])
+
+
+def test_sampling_params_are_checked():
+    for kw in (dict(temperature=-1), dict(top_k=-2), dict(top_p=0.0), dict(top_p=1.5)):
+        with pytest.raises(ValueError):
+            SamplingParams(**kw)
+
+
+def test_top_k_and_top_p_restrict_the_support():
+    from rfa_export.runtime.sampling import sample_token
+
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    rng = np.random.default_rng(0)
+    draws = {sample_token(logits, SamplingParams(1.0, top_k=2), rng) for _ in range(300)}
+    assert draws == {0, 1}
+    draws = {sample_token(logits, SamplingParams(1.0, top_p=0.7), rng) for _ in range(300)}
+    assert draws == {0, 1}
+    draws = [sample_token(logits, SamplingParams(1.0), rng) for _ in range(4000)]
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
+
+
+# --- CLI ---------------------------------------------------------------------------------------------
+
+
+def test_generate_cli_prints_only_text(ort_dir, capsys):
+    from rfa_export.cli import main
+
+    assert main(["generate", str(ort_dir), "--prompt", "The import statement", "--max-new-tokens", "25"]) == 0
+    out, err = capsys.readouterr()
+    expected = Decoder(TorchBackend(BUNDLED)).generate(["The import statement"], 25)[0].text
+    assert out == expected + "\n"
+    assert "tokens/s" in err and "[onnxruntime cpu]" in err
+    assert main(["generate", "--backend", "torch", "--checkpoint", BUNDLED, "--prompt", "The import statement",
+                 "--max-new-tokens", "25"]) == 0
+    out, _ = capsys.readouterr()
+    assert out == expected + "\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", ""], "prompt 0 is empty"),
+    (["--backend", "torch", "--prompt", "x"], "pass --checkpoint"),
+    (["--backend", "tensorrt", "--prompt", "x"], "TensorRT not installed"),
+])
+def test_generate_cli_errors(ort_dir, capsys, argv, message):
+    from rfa_export.cli import main
+
+    code = main(["generate", str(ort_dir), *argv])
+    _, err = capsys.readouterr()
+    assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+# --- TensorRT: what can be tested without it ------------------------------------------------------------
+
+
+def test_tensorrt_profile_covers_every_input(ort_dir):
+    spec = read_export_dir(ort_dir)
+    profile = optimization_profile(spec, max_batch=64, max_sequence=2048, opt_batch=8, opt_sequence=1)
+    assert profile["input_ids"] == ((1, 1), (8, 1), (64, 2048))
+    assert profile["attention_mask"] == ((1, 1), (8, 1), (64, 2048))
+    assert profile["past_key_values.3.recurrent_state"] == ((1, 4, 64, 33), (8, 4, 64, 33), (64, 4, 64, 33))
+    assert set(profile) == {"input_ids", "attention_mask"} | {f"past_key_values.{i}.recurrent_state" for i in range(4)}
+    with pytest.raises(ValueError):
+        optimization_profile(spec, max_batch=4, max_sequence=16, opt_batch=8)
+
+
+def test_tensorrt_engine_cache_key(ort_dir, tmp_path):
+    spec = read_export_dir(ort_dir)
+    p1 = optimization_profile(spec, 64, 2048)
+    p2 = optimization_profile(spec, 32, 2048)
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"plugin v1")
+    model = ort_dir / "model.onnx"
+    k = engine_cache_key(model, lib, "11.1.0", "NVIDIA H200", p1)
+    assert k == engine_cache_key(model, lib, "11.1.0", "NVIDIA H200", p1)
+    assert k != engine_cache_key(model, lib, "11.1.0", "NVIDIA H200", p2)
+    assert k != engine_cache_key(model, lib, "10.8.0", "NVIDIA H200", p1)
+    assert k != engine_cache_key(model, lib, "11.1.0", "NVIDIA A100", p1)
+    lib.write_bytes(b"plugin v2")
+    assert k != engine_cache_key(model, lib, "11.1.0", "NVIDIA H200", p1)
+
+
+def test_tensorrt_plugin_library_is_required(tmp_path, monkeypatch):
+    monkeypatch.delenv("RFA_TRT_PLUGIN", raising=False)
+    with pytest.raises(ValueError, match="pass the plugin library"):
+        find_plugin_library(None)
+    with pytest.raises(ValueError, match="not found"):
+        find_plugin_library(tmp_path / "missing.so")
+
+
+def test_tensorrt_backend_runs(ort_dir):
+    pytest.importorskip("tensorrt", reason="TensorRT not installed")
+    plugin = pytest.importorskip("os").environ.get("RFA_TRT_PLUGIN")
+    if not plugin:
+        pytest.skip("RFA_TRT_PLUGIN (path of the built plugin library) not set")
+    trt_dec = Decoder(open_backend("tensorrt", ort_dir, plugin_library=plugin))
+    ref = Decoder(TorchBackend(BUNDLED))
+    assert trt_dec.generate(PROMPTS[:4], 50)[0].tokens == ref.generate(PROMPTS[:4], 50)[0].tokens
