@@ -1,6 +1,7 @@
 """rfa::CausalGatedScan: the causal gated random-feature scan (contract: docs/op_contract.md)."""
 
 from .chunk import chunk_causal_gated_scan
+from .cuda import cuda_causal_gated_scan, kernel_supports, kernels_available
 from .naive import naive_causal_gated_scan
 from .op import causal_gated_scan
 from .readout import DEFAULT_EPS, bounded_readout
@@ -12,5 +13,8 @@ __all__ = [
     "causal_gated_scan",
     "check_scan_inputs",
     "chunk_causal_gated_scan",
+    "cuda_causal_gated_scan",
+    "kernel_supports",
+    "kernels_available",
     "naive_causal_gated_scan",
 ]

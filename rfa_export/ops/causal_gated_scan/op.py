@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import torch
 
 from .chunk import chunk_causal_gated_scan
+from .cuda import cuda_causal_gated_scan, kernel_supports
 from .naive import accumulation_dtype
 from .readout import DEFAULT_EPS
 from .validate import check_scan_inputs
@@ -28,6 +29,8 @@ def causal_gated_scan(
         out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] fp32.
     """
     check_scan_inputs(q, k, v, g, initial_state)
+    if q.is_cuda and q.shape[1] > 0 and kernel_supports(q, v):
+        return cuda_causal_gated_scan(q, k, v, g, initial_state, eps)
     out, state = chunk_causal_gated_scan(q, k, v, g, initial_state, eps)
     if initial_state is not None and state.data_ptr() == initial_state.data_ptr():
         state = state.clone()

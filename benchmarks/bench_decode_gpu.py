@@ -1,0 +1,172 @@
+"""Decode on the GPU: the RFA model vs a softmax transformer of the same width and depth with a KV cache.
+
+    python benchmarks/bench_decode_gpu.py [--out DIR] [--contexts 1024,...] [--batches 1,64]
+
+Both models: d_model 1024, 16 heads (head dim 64), 8 layers, FFN 4096, vocab 32000, bf16 weights and
+activations. RFA: gated, F = 128 random features, fp32 state, one step = RFALanguageModel.step through the
+op's CUDA step kernel. Softmax (baseline): the same blocks with softmax attention, a static bf16 KV cache
+filled to the context length, SDPA over it. Each step is captured once as a CUDA graph and replayed, so
+both are measured without launch overhead. Per context length and batch: median step latency (CUDA
+events over 50 replays), tokens/s = batch / latency, and peak GPU memory (weights + state or cache).
+Writes decode.json and decode.png (latency and memory against context) to --out.
+"""
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from rfa_export.baselines import SoftmaxLanguageModel
+from rfa_export.model import RFAConfig, RFALanguageModel
+
+CONFIG = RFAConfig(vocab_size=32000, d_model=1024, n_heads=16, n_layers=8, d_ffn=4096, num_features=64,
+                   gated=True, positional="none")
+
+
+def time_graph(step, warmup=3, reps=50):
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for _ in range(warmup):
+        graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times.sort()
+    return times[len(times) // 2]
+
+
+@torch.no_grad()
+def rfa_step_ms(model, batch):
+    states = [torch.rand(batch, *CONFIG.state_shape, device="cuda") * 0.01 for _ in range(CONFIG.n_layers)]
+    token = torch.randint(0, CONFIG.vocab_size, (batch,), device="cuda")
+    pos = torch.zeros(batch, dtype=torch.long, device="cuda")
+
+    def step():
+        logits, new = model.step(token, states, pos)
+        for s, n in zip(states, new):
+            s.copy_(n)
+        token.copy_(logits.argmax(-1))
+
+    return time_graph(step)
+
+
+class StaticCacheStep(torch.nn.Module):
+    """One softmax decode step at a fixed context length: write k, v at position L, attend over 0..L."""
+
+    def __init__(self, model: SoftmaxLanguageModel, batch: int, context: int):
+        super().__init__()
+        self.m, self.L = model, context
+        cfg = model.config
+        shape = (batch, cfg.n_heads, context + 1, cfg.head_dim)
+        self.k = [torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in model.blocks]
+        self.v = [torch.randn(shape, device="cuda", dtype=torch.bfloat16) for _ in model.blocks]
+        self.pe = torch.zeros(1, 1, cfg.d_model, device="cuda", dtype=torch.bfloat16)
+
+    def forward(self, token):
+        B = token.shape[0]
+        d = self.m.config.d_model
+        x = self.m.embed(token[:, None]) * math.sqrt(d) + self.pe
+        for block, kc, vc in zip(self.m.blocks, self.k, self.v):
+            q, k, v = block.qkv(block.ln_attn(x)).view(B, 1, 3, block.h, d // block.h).permute(2, 0, 3, 1, 4)
+            kc[:, :, self.L : self.L + 1].copy_(k)
+            vc[:, :, self.L : self.L + 1].copy_(v)
+            y = torch.nn.functional.scaled_dot_product_attention(q, kc, vc)
+            x = x + block.o_proj(y.transpose(1, 2).reshape(B, 1, d))
+            x = x + block.ffn(block.ln_ffn(x))
+        return self.m.lm_head(self.m.ln_f(x))[:, 0]
+
+
+@torch.no_grad()
+def softmax_step_ms(model, batch, context):
+    step_module = StaticCacheStep(model, batch, context)
+    token = torch.randint(0, CONFIG.vocab_size, (batch,), device="cuda")
+
+    def step():
+        token.copy_(step_module(token).argmax(-1))
+
+    ms = time_graph(step)
+    del step_module
+    return ms
+
+
+def measure(fn, *args):
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    ms = fn(*args)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    torch.cuda.empty_cache()
+    return ms, peak
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("."))
+    ap.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
+    ap.add_argument("--batches", default="1,64")
+    args = ap.parse_args()
+    contexts = [int(c) for c in args.contexts.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    torch.manual_seed(0)
+    rfa = RFALanguageModel(CONFIG).eval().to("cuda", torch.bfloat16)
+    soft = SoftmaxLanguageModel(CONFIG).eval().to("cuda", torch.bfloat16)
+    rows = []
+    for batch in batches:
+        rfa_ms, rfa_gb = measure(rfa_step_ms, rfa, batch)  # the state does not grow with the context
+        for context in contexts:
+            soft_ms, soft_gb = measure(softmax_step_ms, soft, batch, context)
+            rows.append({"batch": batch, "context": context, "rfa_ms": rfa_ms, "rfa_peak_gib": rfa_gb,
+                         "softmax_ms": soft_ms, "softmax_peak_gib": soft_gb, "speedup": soft_ms / rfa_ms})
+            r = rows[-1]
+            print(f"B={batch:3d} context={context:6d}  RFA {r['rfa_ms'] * 1e3:8.1f} µs ({batch / r['rfa_ms'] * 1e3:9.0f} tok/s, "
+                  f"{rfa_gb:5.2f} GiB)  softmax {soft_ms * 1e3:8.1f} µs ({batch / soft_ms * 1e3:9.0f} tok/s, {soft_gb:6.2f} GiB)  "
+                  f"x{r['speedup']:.2f}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decode.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "config": CONFIG.to_dict(),
+                                                      "rows": rows}, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        for batch in batches:
+            rs = [r for r in rows if r["batch"] == batch]
+            xs = [r["context"] for r in rs]
+            ax1.plot(xs, [r["rfa_ms"] * 1e3 for r in rs], "o-", label=f"RFA, B={batch}")
+            ax1.plot(xs, [r["softmax_ms"] * 1e3 for r in rs], "s--", label=f"softmax + KV cache, B={batch}")
+            ax2.plot(xs, [r["rfa_peak_gib"] for r in rs], "o-", label=f"RFA, B={batch}")
+            ax2.plot(xs, [r["softmax_peak_gib"] for r in rs], "s--", label=f"softmax + KV cache, B={batch}")
+        for ax, label in ((ax1, "decode step latency (µs)"), (ax2, "peak GPU memory (GiB)")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("context length")
+            ax.set_ylabel(label)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"8-layer d1024 decode, CUDA graphs, {torch.cuda.get_device_name()}")
+        fig.tight_layout()
+        fig.savefig(args.out / "decode.png", dpi=110)
+    except ImportError:
+        print("matplotlib not installed: no plot")
+
+
+if __name__ == "__main__":
+    main()

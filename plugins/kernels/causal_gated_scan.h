@@ -1,0 +1,74 @@
+// rfa::CausalGatedScan on CUDA: the op contract of docs/op_contract.md.
+//
+// A plain C ABI (used by the TensorRT plugin, by PyTorch through ctypes, and by the tests). Launch only:
+// no allocation, no synchronisation; everything runs on the given stream.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define RFA_API
+#else
+#define RFA_API __attribute__((visibility("default")))
+#endif
+
+typedef enum
+{
+    RFA_FLOAT32 = 0,
+    RFA_FLOAT16 = 1,
+    RFA_BFLOAT16 = 2
+} rfa_dtype_t;
+
+typedef enum
+{
+    RFA_OK = 0,
+    RFA_ERR_DTYPE = 1,        // dtype not one of fp32/fp16/bf16
+    RFA_ERR_SHAPE = 2,        // B, T or H < 1
+    RFA_ERR_FEATURES = 3,     // F not a multiple of 16 in [16, 256]
+    RFA_ERR_VALUES = 4,       // Dv not a multiple of 16 in [16, 256]
+    RFA_ERR_NULL = 5,         // a required pointer is null
+    RFA_ERR_WORKSPACE = 6,    // workspace smaller than rfa_scan_workspace_size
+    RFA_ERR_ALIGNMENT = 7,    // a tensor pointer is not 16-byte aligned
+    RFA_ERR_LAUNCH = 8        // the CUDA launch failed (cudaGetLastError)
+} rfa_status_t;
+
+// Tensors are dense, sequence-major, as the contract says:
+//   q, k [B, T, H, F], v [B, T, H, Dv], g [B, T, H] (null = ungated), all of `dtype`;
+//   initial_state [B, H, F, Dv + 1] fp32 (null = zeros); out [B, T, H, Dv] of `dtype`;
+//   final_state [B, H, F, Dv + 1] fp32, which may be the same pointer as initial_state (in place).
+typedef struct
+{
+    int B, T, H, F, Dv;
+    rfa_dtype_t dtype;
+    float eps;
+    const void* q;
+    const void* k;
+    const void* v;
+    const void* g;
+    const float* initial_state;
+    void* out;
+    float* final_state;
+} rfa_scan_args_t;
+
+// 0 (RFA_OK) when the kernels support these sizes; otherwise the status naming what does not fit.
+RFA_API int rfa_scan_check(int B, int T, int H, int F, int Dv, int dtype);
+
+// Bytes of workspace enqueue needs (0 for this implementation; part of the ABI so that can change).
+RFA_API size_t rfa_scan_workspace_size(int B, int T, int H, int F, int Dv, int dtype);
+
+// Launch the scan on `stream`: the single-step kernel when T == 1, the chunked kernel otherwise.
+RFA_API int rfa_causal_gated_scan(const rfa_scan_args_t* args, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// Force one path (tests and benchmarks): 0 = chunked, 1 = single-step loop (T launches).
+RFA_API int rfa_causal_gated_scan_path(const rfa_scan_args_t* args, int path, cudaStream_t stream);
+
+RFA_API const char* rfa_status_string(int status);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,163 @@
+// The C ABI of the CausalGatedScan kernels: checks, then dispatch to the step or the chunked kernel.
+#include "causal_gated_scan.h"
+#include "scan_launch.h"
+
+#include <cstddef>
+#include <cstdint>
+
+namespace
+{
+
+bool aligned16(void const* p)
+{
+    return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
+int checkArgs(rfa_scan_args_t const* a)
+{
+    if (a == nullptr)
+    {
+        return RFA_ERR_NULL;
+    }
+    int const status = rfa_scan_check(a->B, a->T, a->H, a->F, a->Dv, a->dtype);
+    if (status != RFA_OK)
+    {
+        return status;
+    }
+    if (!a->q || !a->k || !a->v || !a->out || !a->final_state)
+    {
+        return RFA_ERR_NULL;
+    }
+    void const* const tensors[] = {a->q, a->k, a->v, a->out, a->final_state};
+    for (void const* p : tensors)
+    {
+        if (!aligned16(p))
+        {
+            return RFA_ERR_ALIGNMENT;
+        }
+    }
+    if (a->initial_state && !aligned16(a->initial_state))
+    {
+        return RFA_ERR_ALIGNMENT;
+    }
+    return RFA_OK;
+}
+
+rfa::StepParams stepParams(rfa_scan_args_t const* a, int t, float const* stateIn)
+{
+    rfa::StepParams p{};
+    p.B = a->B;
+    p.H = a->H;
+    p.F = a->F;
+    p.Dv = a->Dv;
+    p.eps = a->eps;
+    size_t const elem = a->dtype == RFA_FLOAT32 ? 4 : 2;
+    size_t const qkStep = size_t(a->H) * a->F, vStep = size_t(a->H) * a->Dv;
+    p.q = static_cast<char const*>(a->q) + t * qkStep * elem;
+    p.k = static_cast<char const*>(a->k) + t * qkStep * elem;
+    p.v = static_cast<char const*>(a->v) + t * vStep * elem;
+    p.g = a->g ? static_cast<char const*>(a->g) + t * size_t(a->H) * elem : nullptr;
+    p.out = static_cast<char*>(a->out) + t * vStep * elem;
+    p.stateIn = stateIn;
+    p.stateOut = a->final_state;
+    p.qkBatchStride = size_t(a->T) * qkStep;
+    p.vBatchStride = size_t(a->T) * vStep;
+    p.gBatchStride = size_t(a->T) * a->H;
+    return p;
+}
+
+int launchStatus(cudaError_t e)
+{
+    return e == cudaSuccess ? RFA_OK : RFA_ERR_LAUNCH;
+}
+
+} // namespace
+
+extern "C" {
+
+int rfa_scan_check(int B, int T, int H, int F, int Dv, int dtype)
+{
+    if (dtype != RFA_FLOAT32 && dtype != RFA_FLOAT16 && dtype != RFA_BFLOAT16)
+    {
+        return RFA_ERR_DTYPE;
+    }
+    if (B < 1 || T < 1 || H < 1)
+    {
+        return RFA_ERR_SHAPE;
+    }
+    if (F < 16 || F > 256 || F % 16 != 0)
+    {
+        return RFA_ERR_FEATURES;
+    }
+    if (Dv < 16 || Dv > 256 || Dv % 16 != 0)
+    {
+        return RFA_ERR_VALUES;
+    }
+    return RFA_OK;
+}
+
+size_t rfa_scan_workspace_size(int, int, int, int, int, int)
+{
+    return 0;
+}
+
+int rfa_causal_gated_scan(rfa_scan_args_t const* args, void*, size_t, cudaStream_t stream)
+{
+    return rfa_causal_gated_scan_path(args, args != nullptr && args->T == 1 ? 1 : 0, stream);
+}
+
+int rfa_causal_gated_scan_path(rfa_scan_args_t const* args, int path, cudaStream_t stream)
+{
+    int const status = checkArgs(args);
+    if (status != RFA_OK)
+    {
+        return status;
+    }
+    if (path == 1)
+    {
+        for (int t = 0; t < args->T; ++t)
+        {
+            rfa::StepParams const p = stepParams(args, t, t == 0 ? args->initial_state : args->final_state);
+            int const s = launchStatus(rfa::launchStep(p, args->dtype, stream));
+            if (s != RFA_OK)
+            {
+                return s;
+            }
+        }
+        return RFA_OK;
+    }
+    rfa::ChunkParams p{};
+    p.B = args->B;
+    p.T = args->T;
+    p.H = args->H;
+    p.F = args->F;
+    p.Dv = args->Dv;
+    p.eps = args->eps;
+    p.q = args->q;
+    p.k = args->k;
+    p.v = args->v;
+    p.g = args->g;
+    p.stateIn = args->initial_state;
+    p.out = args->out;
+    p.stateOut = args->final_state;
+    return launchStatus(rfa::launchChunk(p, args->dtype, stream));
+}
+
+char const* rfa_status_string(int status)
+{
+    switch (status)
+    {
+    case RFA_OK: return "ok";
+    case RFA_ERR_DTYPE: return "dtype must be fp32, fp16 or bf16";
+    case RFA_ERR_SHAPE: return "B, T and H must be >= 1";
+    case RFA_ERR_FEATURES: return "F must be a multiple of 16 in [16, 256]";
+    case RFA_ERR_VALUES: return "Dv must be a multiple of 16 in [16, 256]";
+    case RFA_ERR_NULL: return "a required pointer is null";
+    case RFA_ERR_WORKSPACE: return "workspace too small";
+    case RFA_ERR_ALIGNMENT: return "tensor pointers must be 16-byte aligned";
+    case RFA_ERR_LAUNCH: return "CUDA launch failed";
+    default: return "unknown status";
+    }
+}
+
+} // extern "C"

@@ -1,0 +1,83 @@
+// Shared device helpers of the CausalGatedScan kernels: element conversions and the normaliser rule.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace rfa
+{
+
+template <typename T>
+__device__ __forceinline__ float toFloat(T x);
+template <>
+__device__ __forceinline__ float toFloat<float>(float x)
+{
+    return x;
+}
+template <>
+__device__ __forceinline__ float toFloat<__half>(__half x)
+{
+    return __half2float(x);
+}
+template <>
+__device__ __forceinline__ float toFloat<__nv_bfloat16>(__nv_bfloat16 x)
+{
+    return __bfloat162float(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T fromFloat(float x);
+template <>
+__device__ __forceinline__ float fromFloat<float>(float x)
+{
+    return x;
+}
+template <>
+__device__ __forceinline__ __half fromFloat<__half>(float x)
+{
+    return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(float x)
+{
+    return __float2bfloat16_rn(x);
+}
+
+// A gate of exactly 0 would make log g = -inf; beyond -1e4 the decay is 0 in any precision anyway, and a
+// finite floor keeps differences of prefix sums (done in fp64) exact.
+constexpr float kMinLogGate = -1.0e4f;
+
+__device__ __forceinline__ float logGate(float g)
+{
+    return fmaxf(__logf(g), kMinLogGate);
+}
+
+// docs/op_contract.md, "Normaliser": den_c = max(den, eps * max_j |num_j|); 0 where den_c == 0.
+__device__ __forceinline__ float readoutScale(float den, float maxAbsNum, float eps)
+{
+    float const denC = fmaxf(den, eps * maxAbsNum);
+    return denC > 0.f ? 1.f / denC : 0.f;
+}
+
+__device__ __forceinline__ float warpMax(float x)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+    {
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    }
+    return x;
+}
+
+__device__ __forceinline__ float warpSum(float x)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+    {
+        x += __shfl_xor_sync(0xffffffffu, x, o);
+    }
+    return x;
+}
+
+} // namespace rfa

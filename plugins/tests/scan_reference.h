@@ -1,0 +1,297 @@
+// Host-side helpers for the kernel and plugin tests: realistic random inputs and the float64 sequential
+// reference of rfa::CausalGatedScan (docs/op_contract.md), independent of the kernels.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace rfa_test
+{
+
+enum class Gate
+{
+    kNone,
+    kRandom, // 0.5 .. 0.999
+    kNear0,  // 1e-7 .. 1e-3
+    kNear1,  // 1 - 1e-7 .. 1 - 1e-3
+    kExact   // a mix of exactly 0, exactly 1 and random
+};
+
+inline char const* gateName(Gate g)
+{
+    switch (g)
+    {
+    case Gate::kNone: return "ungated";
+    case Gate::kRandom: return "random";
+    case Gate::kNear0: return "near0";
+    case Gate::kNear1: return "near1";
+    default: return "exact0/1";
+    }
+}
+
+struct Problem
+{
+    int B, T, H, F, Dv;
+    Gate gate;
+    bool initialState;
+    std::vector<double> q, k, v, g, s0; // g empty when ungated; s0 empty when absent
+};
+
+// q/k as the model makes them: sin/cos features of random unit vectors through one fixed random matrix per
+// head (F = 2D), so q . z is a positive kernel sum on average and well conditioned. With exact 0/1 gates a
+// reset leaves a single q . k term in den, which sin/cos features can make ~0 (ill-conditioned in any
+// precision); that case uses arc-cosine (ReLU) features, q . k >= 0.
+inline Problem makeProblem(int B, int T, int H, int F, int Dv, Gate gate, bool initialState, uint64_t seed)
+{
+    Problem p{B, T, H, F, Dv, gate, initialState, {}, {}, {}, {}, {}};
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<double> normal;
+    std::uniform_real_distribution<double> uniform(0.0, 1.0);
+    bool const relu = gate == Gate::kExact;
+    int const D = relu ? F : F / 2, d = 8;
+    std::vector<double> w(size_t(H) * D * d);
+    for (auto& x : w)
+    {
+        x = normal(rng);
+    }
+    auto features = [&](std::vector<double>& out) {
+        out.resize(size_t(B) * T * H * F);
+        std::vector<double> x(d);
+        for (size_t row = 0; row < size_t(B) * T * H; ++row)
+        {
+            int const h = int(row % H);
+            double norm = 0;
+            for (auto& e : x)
+            {
+                e = normal(rng);
+                norm += e * e;
+            }
+            norm = std::sqrt(norm);
+            for (int j = 0; j < D; ++j)
+            {
+                double proj = 0;
+                for (int e = 0; e < d; ++e)
+                {
+                    proj += w[(size_t(h) * D + j) * d + e] * x[e] / norm;
+                }
+                if (relu)
+                {
+                    out[row * F + j] = std::max(proj, 0.0) * std::sqrt(2.0 / D);
+                }
+                else
+                {
+                    out[row * F + j] = std::sin(proj) / std::sqrt(double(D));
+                    out[row * F + D + j] = std::cos(proj) / std::sqrt(double(D));
+                }
+            }
+        }
+    };
+    features(p.q);
+    features(p.k);
+    p.v.resize(size_t(B) * T * H * Dv);
+    for (auto& x : p.v)
+    {
+        x = normal(rng);
+    }
+    if (gate != Gate::kNone)
+    {
+        p.g.resize(size_t(B) * T * H);
+        for (size_t i = 0; i < p.g.size(); ++i)
+        {
+            double const u = uniform(rng);
+            switch (gate)
+            {
+            case Gate::kRandom: p.g[i] = 0.5 + 0.499 * u; break;
+            case Gate::kNear0: p.g[i] = std::pow(10.0, -7.0 + 4.0 * u); break;
+            case Gate::kNear1: p.g[i] = 1.0 - std::pow(10.0, -7.0 + 4.0 * u); break;
+            default: p.g[i] = (i % 3 == 0) ? 0.0 : (i % 3 == 1 ? 1.0 : 0.5 + 0.499 * u); break;
+            }
+        }
+    }
+    if (initialState)
+    {
+        p.s0.resize(size_t(B) * H * F * (Dv + 1));
+        for (size_t i = 0; i < p.s0.size(); ++i)
+        {
+            bool const zColumn = (i % (Dv + 1)) == size_t(Dv);
+            p.s0[i] = zColumn ? 0.5 + std::fabs(normal(rng)) : 0.1 * normal(rng);
+        }
+    }
+    return p;
+}
+
+// Round every activation to the storage type (the reference then sees exactly what the kernel sees).
+template <typename T>
+double roundTo(double x);
+template <>
+inline double roundTo<float>(double x)
+{
+    return double(float(x));
+}
+template <>
+inline double roundTo<__half>(double x)
+{
+    return double(__half2float(__float2half_rn(float(x))));
+}
+template <>
+inline double roundTo<__nv_bfloat16>(double x)
+{
+    return double(__bfloat162float(__float2bfloat16_rn(float(x))));
+}
+
+template <typename T>
+void roundActivations(Problem& p)
+{
+    for (auto* vec : {&p.q, &p.k, &p.v, &p.g})
+    {
+        for (auto& x : *vec)
+        {
+            x = roundTo<T>(x);
+        }
+    }
+    for (auto& x : p.s0)
+    {
+        x = double(float(x));
+    }
+}
+
+// out [B, T, H, Dv], state [B, H, F, Dv + 1]; S and z kept apart, one step at a time.
+inline void reference(Problem const& p, double eps, std::vector<double>& out, std::vector<double>& state)
+{
+    int const B = p.B, T = p.T, H = p.H, F = p.F, Dv = p.Dv, cols = Dv + 1;
+    out.assign(size_t(B) * T * H * Dv, 0.0);
+    state.assign(size_t(B) * H * F * cols, 0.0);
+    std::vector<double> S(size_t(F) * Dv), z(F), num(Dv);
+    for (int b = 0; b < B; ++b)
+    {
+        for (int h = 0; h < H; ++h)
+        {
+            size_t const sb = (size_t(b) * H + h) * F * cols;
+            for (int f = 0; f < F; ++f)
+            {
+                for (int d = 0; d < Dv; ++d)
+                {
+                    S[size_t(f) * Dv + d] = p.s0.empty() ? 0.0 : p.s0[sb + size_t(f) * cols + d];
+                }
+                z[f] = p.s0.empty() ? 0.0 : p.s0[sb + size_t(f) * cols + Dv];
+            }
+            for (int t = 0; t < T; ++t)
+            {
+                size_t const row = (size_t(b) * T + t) * H + h;
+                double const* q = &p.q[row * F];
+                double const* k = &p.k[row * F];
+                double const* v = &p.v[row * Dv];
+                double const keep = p.g.empty() ? 1.0 : p.g[row];
+                double const write = p.g.empty() ? 1.0 : 1.0 - p.g[row];
+                std::fill(num.begin(), num.end(), 0.0);
+                double den = 0;
+                for (int f = 0; f < F; ++f)
+                {
+                    for (int d = 0; d < Dv; ++d)
+                    {
+                        double& s = S[size_t(f) * Dv + d];
+                        s = keep * s + write * k[f] * v[d];
+                        num[d] += q[f] * s;
+                    }
+                    z[f] = keep * z[f] + write * k[f];
+                    den += q[f] * z[f];
+                }
+                double m = 0;
+                for (double x : num)
+                {
+                    m = std::max(m, std::fabs(x));
+                }
+                double const denC = std::max(den, eps * m);
+                for (int d = 0; d < Dv; ++d)
+                {
+                    out[row * Dv + d] = denC > 0 ? num[d] / denC : 0.0;
+                }
+            }
+            for (int f = 0; f < F; ++f)
+            {
+                for (int d = 0; d < Dv; ++d)
+                {
+                    state[sb + size_t(f) * cols + d] = S[size_t(f) * Dv + d];
+                }
+                state[sb + size_t(f) * cols + Dv] = z[f];
+            }
+        }
+    }
+}
+
+// max |got - ref| / max |ref|; NaN or inf in `got` counts as an infinite error.
+template <typename G>
+double relErr(std::vector<G> const& got, std::vector<double> const& ref)
+{
+    double diff = 0, scale = 0;
+    for (size_t i = 0; i < ref.size(); ++i)
+    {
+        double const x = double(got[i]);
+        if (!std::isfinite(x))
+        {
+            return INFINITY;
+        }
+        diff = std::max(diff, std::fabs(x - ref[i]));
+        scale = std::max(scale, std::fabs(ref[i]));
+    }
+    return scale > 0 ? diff / scale : diff;
+}
+
+template <typename T>
+std::vector<T> toStorage(std::vector<double> const& x);
+template <>
+inline std::vector<float> toStorage<float>(std::vector<double> const& x)
+{
+    return std::vector<float>(x.begin(), x.end());
+}
+template <>
+inline std::vector<__half> toStorage<__half>(std::vector<double> const& x)
+{
+    std::vector<__half> r(x.size());
+    for (size_t i = 0; i < x.size(); ++i)
+    {
+        r[i] = __float2half_rn(float(x[i]));
+    }
+    return r;
+}
+template <>
+inline std::vector<__nv_bfloat16> toStorage<__nv_bfloat16>(std::vector<double> const& x)
+{
+    std::vector<__nv_bfloat16> r(x.size());
+    for (size_t i = 0; i < x.size(); ++i)
+    {
+        r[i] = __float2bfloat16_rn(float(x[i]));
+    }
+    return r;
+}
+
+template <typename T>
+std::vector<double> fromStorage(std::vector<T> const& x)
+{
+    std::vector<double> r(x.size());
+    for (size_t i = 0; i < x.size(); ++i)
+    {
+        if constexpr (std::is_same<T, float>::value)
+        {
+            r[i] = x[i];
+        }
+        else if constexpr (std::is_same<T, __half>::value)
+        {
+            r[i] = __half2float(x[i]);
+        }
+        else
+        {
+            r[i] = __bfloat162float(x[i]);
+        }
+    }
+    return r;
+}
+
+} // namespace rfa_test

@@ -1,0 +1,562 @@
+// Drives the CausalGatedScan plugin exactly as TensorRT would, without TensorRT's runtime:
+// dlopen the plugin library -> getCreators / setLoggerFinder -> createPlugin(fields, kBUILD) -> capability
+// interfaces -> getOutputDataTypes, getOutputShapes, supportsFormatCombination, configurePlugin, workspace
+// size, getAliasedInput -> onShapeChange, enqueue on device buffers (outputs poisoned) -> clone, enqueue ->
+// getFieldsToSerialize -> createPlugin(kRUNTIME), enqueue -> attachToContext, enqueue. Results are compared
+// with the float64 reference; the rebuilt plugins must reproduce the first run bit for bit.
+//
+//   rfa_trt_plugin_tests path/to/librfa_trt_plugin.so
+#include "NvInferRuntime.h"
+#include "scan_reference.h"
+
+#include <cuda_runtime.h>
+
+#include <dlfcn.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+
+using namespace nvinfer1;
+using namespace rfa_test;
+
+#define CUDA_CHECK(x)                                                                                                 \
+    do                                                                                                                \
+    {                                                                                                                 \
+        cudaError_t e_ = (x);                                                                                         \
+        if (e_ != cudaSuccess)                                                                                        \
+        {                                                                                                             \
+            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));                  \
+            std::exit(2);                                                                                             \
+        }                                                                                                             \
+    } while (0)
+
+namespace
+{
+
+int gFailures = 0;
+
+void expect(bool ok, std::string const& what)
+{
+    if (!ok)
+    {
+        ++gFailures;
+        std::printf("  FAIL: %s\n", what.c_str());
+    }
+}
+
+class Logger : public ILogger
+{
+public:
+    void log(Severity severity, AsciiChar const* msg) noexcept override
+    {
+        ++messages[int(severity)];
+        if (verbose)
+        {
+            std::printf("  [plugin log %d] %s\n", int(severity), msg);
+        }
+    }
+    std::map<int, int> messages;
+    bool verbose{false};
+};
+
+class LoggerFinder : public ILoggerFinder
+{
+public:
+    explicit LoggerFinder(ILogger* l)
+        : logger(l)
+    {
+    }
+    ILogger* findLogger() override
+    {
+        return logger;
+    }
+    ILogger* logger;
+};
+
+// IExprBuilder over constants, enough for shape inference with every dimension known.
+class ConstDimImpl : public apiv::VDimensionExpr
+{
+public:
+    explicit ConstDimImpl(int64_t v)
+        : value(v)
+    {
+    }
+    bool isConstant() const override
+    {
+        return true;
+    }
+    int64_t getConstantValue() const override
+    {
+        return value;
+    }
+    bool isSizeTensor() const override
+    {
+        return false;
+    }
+    int64_t value;
+};
+
+class ConstDim : public IDimensionExpr
+{
+public:
+    explicit ConstDim(int64_t v)
+        : impl(v)
+    {
+        mImpl = &impl;
+    }
+    ~ConstDim() noexcept override = default;
+    ConstDimImpl impl;
+};
+
+class ConstBuilderImpl : public apiv::VExprBuilder
+{
+public:
+    IDimensionExpr const* constant(int64_t value) override
+    {
+        dims.push_back(std::make_unique<ConstDim>(value));
+        return dims.back().get();
+    }
+    IDimensionExpr const* operation(DimensionOperation op, IDimensionExpr const& a, IDimensionExpr const& b) override
+    {
+        int64_t const x = a.getConstantValue(), y = b.getConstantValue();
+        int64_t r = 0;
+        switch (op)
+        {
+        case DimensionOperation::kSUM: r = x + y; break;
+        case DimensionOperation::kPROD: r = x * y; break;
+        case DimensionOperation::kSUB: r = x - y; break;
+        case DimensionOperation::kMAX: r = x > y ? x : y; break;
+        case DimensionOperation::kMIN: r = x < y ? x : y; break;
+        default: r = -999; break;
+        }
+        return constant(r);
+    }
+    IDimensionExpr const* declareSizeTensor(int32_t, IDimensionExpr const&, IDimensionExpr const&) override
+    {
+        return nullptr;
+    }
+    std::vector<std::unique_ptr<ConstDim>> dims;
+};
+
+class ConstBuilder : public IExprBuilder
+{
+public:
+    ConstBuilder()
+    {
+        mImpl = &impl;
+    }
+    ~ConstBuilder() noexcept override = default;
+    ConstBuilderImpl impl;
+};
+
+Dims dims(std::initializer_list<int64_t> d)
+{
+    Dims r{};
+    r.nbDims = int32_t(d.size());
+    int i = 0;
+    for (int64_t x : d)
+    {
+        r.d[i++] = x;
+    }
+    return r;
+}
+
+PluginTensorDesc desc(Dims const& d, DataType t)
+{
+    PluginTensorDesc p{};
+    p.dims = d;
+    p.type = t;
+    p.format = TensorFormat::kLINEAR;
+    p.scale = 1.f;
+    return p;
+}
+
+template <typename T>
+DataType trtType();
+template <>
+DataType trtType<float>()
+{
+    return DataType::kFLOAT;
+}
+template <>
+DataType trtType<__half>()
+{
+    return DataType::kHALF;
+}
+template <>
+DataType trtType<__nv_bfloat16>()
+{
+    return DataType::kBF16;
+}
+
+template <typename X>
+X* upload(std::vector<X> const& h)
+{
+    X* d = nullptr;
+    CUDA_CHECK(cudaMalloc(&d, std::max<size_t>(1, h.size()) * sizeof(X)));
+    if (!h.empty())
+    {
+        CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(X), cudaMemcpyHostToDevice));
+    }
+    return d;
+}
+
+struct Library
+{
+    IPluginCreatorV3One* creator{nullptr};
+};
+
+IPluginV3* create(IPluginCreatorV3One* creator, float eps, int32_t inPlace, TensorRTPhase phase)
+{
+    PluginField fields[] = {PluginField("eps", &eps, PluginFieldType::kFLOAT32, 1),
+        PluginField("in_place", &inPlace, PluginFieldType::kINT32, 1)};
+    PluginFieldCollection fc{2, fields};
+    return creator->createPlugin("scan", &fc, phase);
+}
+
+template <typename E>
+void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPlace)
+{
+    int const B = 3, T = 77, H = 2, F = 64, Dv = 48; // T: steps; E: element type
+    std::string const name = std::string(trtType<E>() == DataType::kFLOAT ? "fp32" : (trtType<E>() == DataType::kHALF ? "fp16" : "bf16"))
+        + (gated ? " gated" : " ungated") + (withState ? " +state" : "") + (inPlace ? " in-place" : "");
+    std::printf("case %s\n", name.c_str());
+    int const failuresBefore = gFailures;
+    Problem p = makeProblem(B, T, H, F, Dv, gated ? Gate::kRandom : Gate::kNone, withState, 7);
+    roundActivations<E>(p);
+    std::vector<double> refOut, refState;
+    reference(p, 1e-3, refOut, refState);
+    double const tol = trtType<E>() == DataType::kFLOAT ? 1e-5 : 1e-2;
+
+    IPluginV3* plugin = create(creator, 1e-3f, inPlace ? 1 : 0, TensorRTPhase::kBUILD);
+    expect(plugin != nullptr, "createPlugin(kBUILD)");
+    if (plugin == nullptr)
+    {
+        return;
+    }
+    auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
+    auto* build = static_cast<IPluginV3OneBuildV2*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    expect(std::strcmp(core->getPluginName(), "CausalGatedScan") == 0 && std::strcmp(core->getPluginVersion(), "1") == 0
+            && std::strcmp(core->getPluginNamespace(), "rfa") == 0,
+        "name / version / namespace");
+    expect(build->getNbOutputs() == 2, "getNbOutputs");
+
+    // inputs in ONNX order: q, k, v, [g], [state]
+    DataType const A = trtType<E>();
+    std::vector<PluginTensorDesc> in = {desc(dims({B, T, H, F}), A), desc(dims({B, T, H, F}), A), desc(dims({B, T, H, Dv}), A)};
+    int32_t stateIndex = -1;
+    if (gated)
+    {
+        in.push_back(desc(dims({B, T, H}), A));
+    }
+    if (withState)
+    {
+        stateIndex = int32_t(in.size());
+        in.push_back(desc(dims({B, H, F, Dv + 1}), DataType::kFLOAT));
+    }
+    int32_t const nbIn = int32_t(in.size());
+    std::vector<PluginTensorDesc> out = {desc(dims({B, T, H, Dv}), A), desc(dims({B, H, F, Dv + 1}), DataType::kFLOAT)};
+
+    std::vector<DataType> inTypes, outTypes(2);
+    for (auto const& d : in)
+    {
+        inTypes.push_back(d.type);
+    }
+    expect(build->getOutputDataTypes(outTypes.data(), 2, inTypes.data(), nbIn) == 0 && outTypes[0] == A
+            && outTypes[1] == DataType::kFLOAT,
+        "getOutputDataTypes");
+
+    ConstBuilder eb;
+    std::vector<DimsExprs> inExprs(nbIn);
+    for (int32_t i = 0; i < nbIn; ++i)
+    {
+        inExprs[i].nbDims = in[i].dims.nbDims;
+        for (int32_t j = 0; j < in[i].dims.nbDims; ++j)
+        {
+            inExprs[i].d[j] = eb.constant(in[i].dims.d[j]);
+        }
+    }
+    DimsExprs outExprs[2];
+    expect(build->getOutputShapes(inExprs.data(), nbIn, nullptr, 0, outExprs, 2, eb) == 0, "getOutputShapes returns 0");
+    for (int o = 0; o < 2; ++o)
+    {
+        bool same = outExprs[o].nbDims == out[o].dims.nbDims;
+        for (int32_t j = 0; same && j < outExprs[o].nbDims; ++j)
+        {
+            same = outExprs[o].d[j]->getConstantValue() == out[o].dims.d[j];
+        }
+        expect(same, "getOutputShapes output " + std::to_string(o));
+    }
+    if (withState)
+    {
+        expect(outExprs[1].d[3] == inExprs[stateIndex].d[3], "state shape passes through (no expression arithmetic)");
+    }
+
+    std::vector<DynamicPluginTensorDesc> dynIn(nbIn), dynOut(2);
+    auto toDyn = [](PluginTensorDesc const& d) {
+        DynamicPluginTensorDesc r{};
+        r.desc = d;
+        r.min = d.dims;
+        r.max = d.dims;
+        r.opt = d.dims;
+        r.desc.dims.d[0] = -1; // batch dynamic
+        if (d.dims.nbDims >= 3 && d.dims.d[1] != d.dims.d[2])
+        {
+            r.min.d[0] = 1;
+        }
+        return r;
+    };
+    for (int32_t i = 0; i < nbIn; ++i)
+    {
+        dynIn[i] = toDyn(in[i]);
+    }
+    for (int o = 0; o < 2; ++o)
+    {
+        dynOut[o] = toDyn(out[o]);
+    }
+    std::vector<DynamicPluginTensorDesc> all(dynIn);
+    all.insert(all.end(), dynOut.begin(), dynOut.end());
+    for (int32_t pos = 0; pos < nbIn + 2; ++pos)
+    {
+        expect(build->supportsFormatCombination(pos, all.data(), nbIn, 2), "supportsFormatCombination accepts pos " + std::to_string(pos));
+        auto bad = all;
+        bad[pos].desc.type = DataType::kINT32;
+        expect(!build->supportsFormatCombination(pos, bad.data(), nbIn, 2), "rejects INT32 at pos " + std::to_string(pos));
+        bad = all;
+        bad[pos].desc.format = TensorFormat::kCHW32;
+        expect(!build->supportsFormatCombination(pos, bad.data(), nbIn, 2), "rejects CHW32 at pos " + std::to_string(pos));
+    }
+    expect(build->configurePlugin(dynIn.data(), nbIn, dynOut.data(), 2) == 0, "configurePlugin");
+    size_t const workspaceBytes = build->getWorkspaceSize(dynIn.data(), nbIn, dynOut.data(), 2);
+    expect(build->getAliasedInput(0) == -1, "out is not aliased");
+    expect(build->getAliasedInput(1) == (inPlace && withState ? stateIndex : -1), "getAliasedInput(1)");
+
+    // device buffers
+    std::vector<void*> inPtrs;
+    inPtrs.push_back(upload(toStorage<E>(p.q)));
+    inPtrs.push_back(upload(toStorage<E>(p.k)));
+    inPtrs.push_back(upload(toStorage<E>(p.v)));
+    if (gated)
+    {
+        inPtrs.push_back(upload(toStorage<E>(p.g)));
+    }
+    std::vector<float> s0(p.s0.begin(), p.s0.end());
+    if (withState)
+    {
+        inPtrs.push_back(upload(s0));
+    }
+    E* dOut = nullptr;
+    float* dState = nullptr;
+    CUDA_CHECK(cudaMalloc(&dOut, refOut.size() * sizeof(E)));
+    if (inPlace && withState)
+    {
+        dState = static_cast<float*>(inPtrs[stateIndex]);
+    }
+    else
+    {
+        CUDA_CHECK(cudaMalloc(&dState, refState.size() * sizeof(float)));
+    }
+    void* workspace = nullptr;
+    if (workspaceBytes > 0)
+    {
+        CUDA_CHECK(cudaMalloc(&workspace, workspaceBytes));
+    }
+    cudaStream_t stream;
+    CUDA_CHECK(cudaStreamCreate(&stream));
+
+    std::vector<E> firstOut;
+    std::vector<float> firstState;
+    auto runWith = [&](IPluginV3OneRuntime* rt, char const* label) {
+        if (inPlace && withState)
+        {
+            CUDA_CHECK(cudaMemcpy(dState, s0.data(), s0.size() * sizeof(float), cudaMemcpyHostToDevice));
+        }
+        else
+        {
+            CUDA_CHECK(cudaMemset(dState, 0xFF, refState.size() * sizeof(float)));
+        }
+        CUDA_CHECK(cudaMemset(dOut, 0xFF, refOut.size() * sizeof(E)));
+        expect(rt->onShapeChange(in.data(), nbIn, out.data(), 2) == 0, std::string(label) + ": onShapeChange");
+        void* outs[2] = {dOut, dState};
+        expect(rt->enqueue(in.data(), out.data(), inPtrs.data(), outs, workspace, stream) == 0, std::string(label) + ": enqueue");
+        CUDA_CHECK(cudaStreamSynchronize(stream));
+        std::vector<E> o(refOut.size());
+        std::vector<float> s(refState.size());
+        CUDA_CHECK(cudaMemcpy(o.data(), dOut, o.size() * sizeof(E), cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(s.data(), dState, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        if (firstOut.empty())
+        {
+            double const eo = relErr(fromStorage(o), refOut), es = relErr(s, refState);
+            std::printf("  %s: out %.2e  state %.2e (tolerance %.0e)\n", label, eo, es, tol);
+            expect(eo <= tol && es <= tol, std::string(label) + ": matches the float64 reference");
+            firstOut = o;
+            firstState = s;
+        }
+        else
+        {
+            expect(std::memcmp(o.data(), firstOut.data(), o.size() * sizeof(E)) == 0
+                    && std::memcmp(s.data(), firstState.data(), s.size() * sizeof(float)) == 0,
+                std::string(label) + ": identical to the first run");
+        }
+    };
+    runWith(runtime, "built plugin");
+
+    IPluginV3* cloned = plugin->clone();
+    expect(cloned != nullptr, "clone");
+    runWith(static_cast<IPluginV3OneRuntime*>(cloned->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "clone");
+
+    PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
+    expect(serialized != nullptr && serialized->nbFields == 2, "getFieldsToSerialize");
+    IPluginV3* restored = creator->createPlugin("scan", serialized, TensorRTPhase::kRUNTIME);
+    expect(restored != nullptr, "createPlugin(kRUNTIME) from the serialized fields");
+    if (restored)
+    {
+        runWith(static_cast<IPluginV3OneRuntime*>(restored->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "deserialized");
+        auto* restoredBuild = static_cast<IPluginV3OneBuildV2*>(restored->getCapabilityInterface(PluginCapabilityType::kBUILD));
+        expect(restoredBuild->configurePlugin(dynIn.data(), nbIn, dynOut.data(), 2) == 0
+                && restoredBuild->getAliasedInput(1) == (inPlace && withState ? stateIndex : -1),
+            "deserialized plugin keeps in_place");
+    }
+    IPluginV3* attached = runtime->attachToContext(nullptr);
+    expect(attached != nullptr, "attachToContext");
+    if (attached)
+    {
+        runWith(static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "attached");
+    }
+
+    // shape errors are caught in onShapeChange
+    auto badIn = in;
+    badIn[1].dims.d[3] = F + 16;
+    expect(runtime->onShapeChange(badIn.data(), nbIn, out.data(), 2) != 0, "onShapeChange rejects k of another F");
+    auto badOut = out;
+    badOut[1].dims.d[3] = Dv;
+    expect(runtime->onShapeChange(in.data(), nbIn, badOut.data(), 2) != 0, "onShapeChange rejects a state of Dv columns");
+
+    delete cloned;
+    delete restored;
+    delete attached;
+    delete plugin;
+    for (size_t i = 0; i < inPtrs.size(); ++i)
+    {
+        if (!(inPlace && withState && int32_t(i) == stateIndex))
+        {
+            cudaFree(inPtrs[i]);
+        }
+    }
+    cudaFree(dOut);
+    cudaFree(dState);
+    cudaFree(workspace);
+    cudaStreamDestroy(stream);
+    std::printf("  %s\n", gFailures == failuresBefore ? "ok" : "FAILED");
+}
+
+void badFields(IPluginCreatorV3One* creator)
+{
+    std::printf("case createPlugin field validation\n");
+    float eps = -1.f;
+    int32_t one = 1, two = 2;
+    double epsDouble = 1e-3;
+    auto tryFields = [&](std::vector<PluginField> const& f) {
+        PluginFieldCollection fc{int32_t(f.size()), f.data()};
+        IPluginV3* p = creator->createPlugin("scan", &fc, TensorRTPhase::kBUILD);
+        bool const made = p != nullptr;
+        delete p;
+        return made;
+    };
+    expect(!tryFields({PluginField("eps", &eps, PluginFieldType::kFLOAT32, 1)}), "rejects eps <= 0");
+    expect(!tryFields({PluginField("eps", &epsDouble, PluginFieldType::kFLOAT64, 1)}), "rejects eps of the wrong type");
+    expect(!tryFields({PluginField("eps", &eps, PluginFieldType::kFLOAT32, 2)}), "rejects eps of length 2");
+    expect(!tryFields({PluginField("in_place", &two, PluginFieldType::kINT32, 1)}), "rejects in_place = 2");
+    expect(!tryFields({PluginField("colour", &one, PluginFieldType::kINT32, 1)}), "rejects an unknown field");
+    expect(tryFields({}), "defaults when no field is given");
+    char const ns[] = "rfa";
+    expect(tryFields({PluginField("plugin_namespace", ns, PluginFieldType::kCHAR, 3)}), "tolerates plugin_namespace");
+    // a plugin built for an unsupported feature size refuses at configure time
+    IPluginV3* p = create(creator, 1e-3f, 0, TensorRTPhase::kBUILD);
+    auto* build = static_cast<IPluginV3OneBuildV2*>(p->getCapabilityInterface(PluginCapabilityType::kBUILD));
+    DynamicPluginTensorDesc d[5]{};
+    Dims const q = dims({2, 5, 2, 20});
+    Dims const v = dims({2, 5, 2, 32});
+    for (int i = 0; i < 3; ++i)
+    {
+        d[i].desc = desc(i == 2 ? v : q, DataType::kHALF);
+        d[i].min = d[i].max = d[i].opt = d[i].desc.dims;
+    }
+    d[3].desc = desc(dims({2, 2, 20, 33}), DataType::kFLOAT);
+    d[3].min = d[3].max = d[3].opt = d[3].desc.dims;
+    expect(build->configurePlugin(d, 4, d + 3, 2) != 0, "configurePlugin rejects F = 20");
+    delete p;
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc < 2)
+    {
+        std::fprintf(stderr, "usage: %s path/to/librfa_trt_plugin.so\n", argv[0]);
+        return 2;
+    }
+    void* lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+    if (lib == nullptr)
+    {
+        std::fprintf(stderr, "dlopen failed: %s\n", dlerror());
+        return 2;
+    }
+    using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
+    using SetLoggerFinder = void (*)(ILoggerFinder*);
+    auto getCreators = reinterpret_cast<GetCreators>(dlsym(lib, "getCreators"));
+    auto setFinder = reinterpret_cast<SetLoggerFinder>(dlsym(lib, "setLoggerFinder"));
+    if (getCreators == nullptr || setFinder == nullptr)
+    {
+        std::fprintf(stderr, "the library does not export getCreators and setLoggerFinder\n");
+        return 2;
+    }
+    Logger logger;
+    LoggerFinder finder(&logger);
+    setFinder(&finder);
+    int32_t n = 0;
+    IPluginCreatorInterface* const* creators = getCreators(n);
+    IPluginCreatorV3One* creator = nullptr;
+    for (int32_t i = 0; i < n; ++i)
+    {
+        InterfaceInfo const info = creators[i]->getInterfaceInfo();
+        if (std::strcmp(info.kind, "PLUGIN CREATOR_V3ONE") == 0)
+        {
+            auto* c = static_cast<IPluginCreatorV3One*>(creators[i]);
+            if (std::strcmp(c->getPluginName(), "CausalGatedScan") == 0 && std::strcmp(c->getPluginNamespace(), "rfa") == 0)
+            {
+                creator = c;
+            }
+        }
+    }
+    expect(creator != nullptr, "getCreators lists rfa::CausalGatedScan v1 as an IPluginCreatorV3One");
+    if (creator == nullptr)
+    {
+        return 1;
+    }
+    PluginFieldCollection const* names = creator->getFieldNames();
+    expect(names->nbFields == 2 && std::strcmp(names->fields[0].name, "eps") == 0
+            && names->fields[0].type == PluginFieldType::kFLOAT32,
+        "getFieldNames");
+
+    for (bool gated : {false, true})
+    {
+        for (bool withState : {false, true})
+        {
+            runCase<float>(creator, gated, withState, false);
+            runCase<__half>(creator, gated, withState, false);
+            runCase<__nv_bfloat16>(creator, gated, withState, false);
+        }
+    }
+    runCase<float>(creator, true, true, true);
+    runCase<__nv_bfloat16>(creator, false, true, true);
+    badFields(creator);
+    expect(logger.messages[int(ILogger::Severity::kERROR)] > 0, "errors were reported through the logger finder");
+    std::printf("%s: %d failures\n", gFailures ? "FAILED" : "PASSED", gFailures);
+    return gFailures ? 1 : 0;
+}

@@ -1,0 +1,112 @@
+"""rfa::CausalGatedScan on CUDA through the native kernels (librfa_kernels.so, plugins/kernels/), via ctypes.
+
+The library is looked up at $RFA_KERNELS_LIBRARY, then build/librfa_kernels.so of the source tree. When it
+is missing, or a shape is outside what the kernels support (F or Dv not a multiple of 16 in [16, 256]), the
+op runs the chunked torch path instead; `kernels_available()` and `kernel_supports()` say which.
+"""
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from .naive import accumulation_dtype
+from .readout import DEFAULT_EPS
+
+_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_lib = None
+_lib_error: Optional[str] = None
+
+
+class _ScanArgs(ctypes.Structure):
+    _fields_ = [
+        ("B", ctypes.c_int), ("T", ctypes.c_int), ("H", ctypes.c_int), ("F", ctypes.c_int), ("Dv", ctypes.c_int),
+        ("dtype", ctypes.c_int), ("eps", ctypes.c_float),
+        ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("g", ctypes.c_void_p),
+        ("initial_state", ctypes.c_void_p), ("out", ctypes.c_void_p), ("final_state", ctypes.c_void_p),
+    ]
+
+
+def library_path() -> Path:
+    env = os.environ.get("RFA_KERNELS_LIBRARY")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "build" / "librfa_kernels.so"
+
+
+def _load():
+    global _lib, _lib_error
+    if _lib is not None or _lib_error is not None:
+        return _lib
+    path = library_path()
+    if not path.is_file():
+        _lib_error = f"{path} not found (build it: cmake -S . -B build && cmake --build build)"
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        _lib_error = f"cannot load {path}: {e}"
+        return None
+    lib.rfa_causal_gated_scan.argtypes = [ctypes.POINTER(_ScanArgs), ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    lib.rfa_causal_gated_scan_path.argtypes = [ctypes.POINTER(_ScanArgs), ctypes.c_int, ctypes.c_void_p]
+    lib.rfa_scan_check.argtypes = [ctypes.c_int] * 6
+    lib.rfa_status_string.restype = ctypes.c_char_p
+    _lib = lib
+    return lib
+
+
+def kernels_available() -> bool:
+    return _load() is not None
+
+
+def kernels_unavailable_reason() -> Optional[str]:
+    _load()
+    return _lib_error
+
+
+def kernel_supports(q: torch.Tensor, v: torch.Tensor) -> bool:
+    lib = _load()
+    if lib is None or not q.is_cuda or q.dtype not in _DTYPES:
+        return False
+    B, T, H, F = q.shape
+    return lib.rfa_scan_check(B, max(T, 1), H, F, v.shape[-1], _DTYPES[q.dtype]) == 0
+
+
+def cuda_causal_gated_scan(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    initial_state: Optional[torch.Tensor] = None,
+    eps: float = DEFAULT_EPS,
+    path: Optional[int] = None,
+    out_state: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The native kernels (same contract as naive_causal_gated_scan). path None = dispatch (step kernel for
+    T == 1, chunked otherwise), 0 = chunked, 1 = one step launch per time step. `out_state` may be
+    `initial_state` itself for an in-place update; `out` / `out_state` are written, never read (tests poison
+    them first)."""
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"CUDA kernels unavailable: {_lib_error}")
+    B, T, H, F = q.shape
+    Dv = v.shape[-1]
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    g = None if g is None else g.contiguous()
+    s0 = None if initial_state is None else initial_state.contiguous()
+    if out is None:
+        out = torch.empty((B, T, H, Dv), dtype=v.dtype, device=v.device)
+    state = out_state if out_state is not None else torch.empty((B, H, F, Dv + 1), dtype=accumulation_dtype(q.dtype), device=q.device)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    args = _ScanArgs(B, T, H, F, Dv, _DTYPES[q.dtype], float(eps), ptr(q), ptr(k), ptr(v), ptr(g), ptr(s0), ptr(out), ptr(state))
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    if path is None:
+        status = lib.rfa_causal_gated_scan(ctypes.byref(args), None, 0, ctypes.c_void_p(stream))
+    else:
+        status = lib.rfa_causal_gated_scan_path(ctypes.byref(args), int(path), ctypes.c_void_p(stream))
+    if status != 0:
+        raise RuntimeError(f"rfa_causal_gated_scan: {lib.rfa_status_string(status).decode()}")
+    return out, state

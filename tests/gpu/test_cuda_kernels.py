@@ -1,0 +1,111 @@
+"""The native CUDA kernels behind torch.ops.rfa.causal_gated_scan, against the float64 reference."""
+
+import pytest
+import torch
+
+from helpers import rel_err, scan_inputs
+from rfa_export.ops.causal_gated_scan import (causal_gated_scan, cuda_causal_gated_scan, kernels_available,
+                                              naive_causal_gated_scan)
+
+pytestmark = pytest.mark.gpu
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _needs_kernels():
+    if not kernels_available():
+        from rfa_export.ops.causal_gated_scan.cuda import kernels_unavailable_reason
+
+        pytest.skip(f"native kernels not built: {kernels_unavailable_reason()}")
+
+
+CASES = [  # B, T, H, F, Dv, gate, initial state
+    (1, 1, 2, 32, 32, "random", False),
+    (4, 1, 16, 128, 64, "random", True),
+    (2, 1, 2, 256, 256, None, True),
+    (2, 9, 3, 64, 48, None, False),
+    (1, 4097, 2, 128, 64, "random", True),
+    (64, 6, 16, 64, 32, "random", True),  # B*H = 1024
+    (2, 257, 2, 128, 64, "near0", True),
+    (2, 257, 2, 128, 64, "near1", True),
+    (1, 130, 2, 256, 256, "random", True),  # clusters of 4 value tiles
+    (1, 100, 2, 96, 80, None, True),  # a partial value tile
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-T{}-H{}-F{}-Dv{}-{}-s0{}".format(*c))
+@pytest.mark.parametrize("path", [None, 0, 1])
+def test_kernels_match_float64_reference(case, dtype, path):
+    B, T, H, F, Dv, gate, s0 = case
+    if path == 1 and T > 1000:
+        pytest.skip("one launch per step: covered by the shorter cases")
+    q, k, v, g, s = scan_inputs(B, T, H, F, Dv, gate=gate, initial_state=s0, seed=B * T + F)
+    low = [t.to(dtype) if t is not None else None for t in (q, k, v, g)]
+    ref, ref_state = naive_causal_gated_scan(*[t.double() if t is not None else None for t in low],
+                                             None if s is None else s.double())
+    dev = [t.cuda() if t is not None else None for t in low]
+    s_dev = None if s is None else s.float().cuda()
+    out = torch.full((B, T, H, Dv), float("nan"), dtype=dtype, device="cuda")
+    state = torch.full((B, H, F, Dv + 1), float("nan"), device="cuda")
+    got, got_state = cuda_causal_gated_scan(*dev, s_dev, path=path, out=out, out_state=state)
+    torch.cuda.synchronize()
+    assert torch.isfinite(got.float()).all() and torch.isfinite(got_state).all()
+    assert rel_err(got.cpu(), ref) <= TOL[dtype]
+    assert rel_err(got_state.cpu(), ref_state) <= TOL[dtype]
+
+
+def test_in_place_state_update():
+    q, k, v, g, s = scan_inputs(2, 50, 2, 64, 32, gate="random", initial_state=True)
+    ref, ref_state = naive_causal_gated_scan(q, k, v, g, s)
+    for T, slc in ((50, slice(None)), (1, slice(0, 1))):
+        dev = [t[:, slc].float().cuda() for t in (q, k, v, g)]
+        state = s.float().cuda()
+        ptr = state.data_ptr()
+        _, new = cuda_causal_gated_scan(*dev, state, out_state=state)
+        assert new.data_ptr() == ptr
+        want = ref_state if T == 50 else naive_causal_gated_scan(q[:, :1], k[:, :1], v[:, :1], g[:, :1], s)[1]
+        assert rel_err(new.cpu(), want) <= 1e-5
+
+
+def test_exact_gates_of_zero_and_one():
+    q, k, v, g, s = scan_inputs(2, 200, 2, 64, 64, gate="random", initial_state=True, kind="arccos")
+    g = g.clone()
+    g[:, ::3] = 0.0
+    g[:, 1::3] = 1.0
+    ref, ref_state = naive_causal_gated_scan(q, k, v, g, s)
+    for dtype in (torch.float32, torch.bfloat16):
+        low = [t.to(dtype).cuda() for t in (q, k, v, g)]
+        ref_l, ref_state_l = naive_causal_gated_scan(*[t.double().cpu() for t in low], s)
+        out, state = cuda_causal_gated_scan(*low, s.float().cuda())
+        assert rel_err(out.cpu(), ref_l) <= TOL[dtype] and rel_err(state.cpu(), ref_state_l) <= TOL[dtype]
+
+
+def test_torch_op_dispatches_to_the_kernels_and_model_decodes():
+    from rfa_export.model import RFAConfig, RFALanguageModel
+
+    q, k, v, g, s = scan_inputs(2, 40, 4, 64, 32, gate="random", initial_state=True, dtype=torch.float32)
+    cpu_out, cpu_state = causal_gated_scan(q, k, v, g, s)
+    gpu_out, gpu_state = causal_gated_scan(q.cuda(), k.cuda(), v.cuda(), g.cuda(), s.cuda())
+    assert rel_err(gpu_out.cpu(), cpu_out) <= 1e-5 and rel_err(gpu_state.cpu(), cpu_state) <= 1e-5
+    model = RFALanguageModel(RFAConfig(d_model=128, n_heads=4, n_layers=2, d_ffn=256, num_features=32)).eval().cuda()
+    ids = torch.randint(0, 256, (3, 300), device="cuda")
+    with torch.no_grad():
+        full, _ = model(ids)
+        state = model.initial_state(3, device="cuda")
+        steps = []
+        for t in range(300):
+            lo, state = model.step(ids[:, t], state, torch.full((3,), t, device="cuda"))
+            steps.append(lo)
+    assert rel_err(torch.stack(steps, 1).cpu(), full.cpu()) <= 1e-5
+
+
+def test_bad_shapes_are_refused():
+    q = torch.zeros(1, 4, 1, 20, device="cuda")
+    v = torch.zeros(1, 4, 1, 32, device="cuda")
+    with pytest.raises(RuntimeError, match="F must be a multiple of 16"):
+        cuda_causal_gated_scan(q, q, v)
+    # the torch op falls back to the chunked path for shapes the kernels do not take
+    out, _ = causal_gated_scan(q, q, v)
+    assert out.shape == (1, 4, 1, 32)

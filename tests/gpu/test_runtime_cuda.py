@@ -1,0 +1,106 @@
+"""The runtime on the GPU: onnxruntime CUDA (IO binding, device-resident state) and PyTorch CUDA."""
+
+import numpy as np
+import pytest
+
+from helpers import rel_err
+from rfa_export.export import export_checkpoint
+from rfa_export.runtime import Decoder, OnnxRuntimeBackend, TorchBackend, restore, snapshot
+
+pytestmark = pytest.mark.gpu
+BUNDLED = "examples/tiny_rfa.pt"
+PROMPTS = [f"{w} statement" for w in ("The import", "The if", "A class", "The with", "The for")] * 4
+
+
+def _has_ort_cuda():
+    try:
+        import onnxruntime as ort
+
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        return "CUDAExecutionProvider" in ort.get_available_providers()
+    except ImportError:
+        return False
+
+
+needs_ort_cuda = pytest.mark.skipif(not _has_ort_cuda(), reason="onnxruntime-gpu not installed (no CUDAExecutionProvider)")
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu") / "out"
+    export_checkpoint(BUNDLED, out)
+    return out
+
+
+@needs_ort_cuda
+def test_ort_cuda_greedy_tokens_and_logits_match_pytorch(out_dir):
+    import torch
+
+    cuda = Decoder(OnnxRuntimeBackend(out_dir, device="cuda"))
+    ref = Decoder(TorchBackend(BUNDLED))
+    assert [r.tokens for r in cuda.generate(PROMPTS, 100)] == [r.tokens for r in ref.generate(PROMPTS, 100)]
+    sc, lc = cuda.prefill(PROMPTS)
+    sr, lr = ref.prefill(PROMPTS)
+    worst = 0.0
+    for _ in range(100):
+        tokens = lr.argmax(-1)
+        lc, sc = cuda.step(tokens, sc)
+        lr, sr = ref.step(tokens, sr)
+        worst = max(worst, rel_err(torch.from_numpy(lc), torch.from_numpy(lr)))
+    assert worst <= 1e-4
+
+
+@needs_ort_cuda
+def test_ort_cuda_state_stays_on_the_device_and_buffers_are_reused(out_dir):
+    backend = OnnxRuntimeBackend(out_dir, device="cuda")
+    dec = Decoder(backend)
+    state, logits = dec.prefill(["The import statement"])
+    assert all(v.device_name().lower() == "cuda" for v in state.state)
+    seen = set()
+    for _ in range(6):
+        logits, state = dec.step(logits.argmax(-1), state)
+        seen.add(tuple(v.data_ptr() for v in state.state))
+    assert len(seen) == 2  # two buffer sets, alternating: no allocation per step
+
+
+@needs_ort_cuda
+def test_state_moves_between_cpu_and_cuda(out_dir):
+    cpu, cuda = Decoder(OnnxRuntimeBackend(out_dir)), Decoder(OnnxRuntimeBackend(out_dir, device="cuda"))
+    state, logits = cpu.prefill(PROMPTS[:3])
+    moved, moved_logits = restore(cuda, snapshot(cpu, state, logits))
+    a, b = [], []
+    for _ in range(30):
+        t1, t2 = logits.argmax(-1), moved_logits.argmax(-1)
+        a.append(t1.tolist())
+        b.append(t2.tolist())
+        logits, state = cpu.step(t1, state)
+        moved_logits, moved = cuda.step(t2, moved)
+    assert a == b
+
+
+@needs_ort_cuda
+def test_ragged_batches_and_beam_search_on_cuda(out_dir):
+    cuda = Decoder(OnnxRuntimeBackend(out_dir, device="cuda"))
+    prompts = ["a", "The import statement is", "def"]
+    batched = cuda.generate(prompts, 40)
+    assert [cuda.generate([p], 40)[0].tokens for p in prompts] == [r.tokens for r in batched]
+    cpu = Decoder(OnnxRuntimeBackend(out_dir))
+    assert [b[0] for b in cuda.beam_search("The import statement", 4, 15)] == [b[0] for b in cpu.beam_search("The import statement", 4, 15)]
+
+
+@needs_ort_cuda
+def test_ort_cuda_graph_steps(out_dir):
+    graphed = Decoder(OnnxRuntimeBackend(out_dir, device="cuda", cuda_graph=True))
+    ref = Decoder(TorchBackend(BUNDLED))
+    assert [r.tokens for r in graphed.generate(PROMPTS[:4], 60)] == [r.tokens for r in ref.generate(PROMPTS[:4], 60)]
+
+
+def test_torch_cuda_backend_matches_cpu():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    gpu = Decoder(TorchBackend(BUNDLED, device="cuda"))
+    cpu = Decoder(TorchBackend(BUNDLED))
+    assert [r.tokens for r in gpu.generate(PROMPTS, 100)] == [r.tokens for r in cpu.generate(PROMPTS, 100)]
