@@ -218,3 +218,17 @@ def test_config_roundtrip_and_unknown_fields():
     with pytest.raises(ConfigError, match="unknown fields: colour"):
         RFAConfig.from_dict({**cfg.to_dict(), "colour": "red"})
     assert cfg.state_shape == (4, 32, 17)
+
+
+@torch.no_grad()
+def test_inplace_state_step_matches_functional_step():
+    model = RFALanguageModel(small_config()).eval()
+    ids = torch.randint(0, 256, (2, 20))
+    _, state = model(ids[:, :10])
+    copy = [s.clone() for s in state]
+    pos = torch.full((2,), 10)
+    want, want_state = model.step(ids[:, 10], state, pos)
+    got, same = model.step(ids[:, 10], copy, pos, inplace_state=True)
+    assert all(a is b for a, b in zip(same, copy))
+    assert torch.equal(got, want)
+    assert all(torch.equal(a, b) for a, b in zip(copy, want_state))

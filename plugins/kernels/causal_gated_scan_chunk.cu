@@ -26,7 +26,14 @@ namespace
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTileWidth = 64;
+
+// Value columns per block: 64, or 32 past 128 features so the tiles fit in shared memory (Dv <= 256 then
+// takes at most 8 blocks: a portable cluster size).
+__host__ __device__ inline int tileWidth(int F, int Dv)
+{
+    int const w = F > 128 ? 32 : 64;
+    return Dv < w ? Dv : w;
+}
 
 template <typename T>
 struct ChunkSize
@@ -39,6 +46,27 @@ struct ChunkSize<float>
     static constexpr int value = 32;
 };
 
+// Leading dimensions of the shared-memory tiles, padded by 16 bytes per row: rows then start 4 banks apart,
+// so the 16x16 WMMA tile loads do not hit one bank 16 times, and stay 16-byte aligned.
+struct ChunkLd
+{
+    int q, v, a, ah, s, sh, num;
+};
+
+__host__ __device__ inline ChunkLd chunkLd(int C, int F, int W, int elem, bool half)
+{
+    int const padT = 16 / elem;
+    ChunkLd l{};
+    l.q = F + padT;
+    l.v = W + padT;
+    l.a = C + 4;
+    l.ah = half ? C + padT : l.a;
+    l.s = W + 4;
+    l.sh = half ? W + padT : l.s;
+    l.num = W + 4;
+    return l;
+}
+
 struct ChunkSmem
 {
     size_t qs, ks, vs, vd, as, ah, ss, sh, num, zs, aLog, keyScale, fromStart, toEnd, denIntra, qz, rowMax, bcum,
@@ -48,21 +76,22 @@ struct ChunkSmem
 __host__ __device__ inline ChunkSmem chunkSmem(int C, int F, int W, int elem, bool half)
 {
     ChunkSmem s{};
+    ChunkLd const ld = chunkLd(C, F, W, elem, half);
     size_t o = 0;
     auto take = [&o](size_t bytes) {
         size_t const at = o;
         o = (o + bytes + 127) & ~size_t(127);
         return at;
     };
-    s.qs = take(size_t(C) * F * elem);
-    s.ks = take(size_t(C) * F * elem);
-    s.vs = take(size_t(C) * W * elem);
-    s.vd = take(size_t(C) * W * elem);
-    s.as = take(size_t(C) * C * sizeof(float));
-    s.ah = half ? take(size_t(C) * C * elem) : s.as;
-    s.ss = take(size_t(F) * W * sizeof(float));
-    s.sh = half ? take(size_t(F) * W * elem) : s.ss;
-    s.num = take(size_t(C) * W * sizeof(float));
+    s.qs = take(size_t(C) * ld.q * elem);
+    s.ks = take(size_t(C) * ld.q * elem);
+    s.vs = take(size_t(C) * ld.v * elem);
+    s.vd = take(size_t(C) * ld.v * elem);
+    s.as = take(size_t(C) * ld.a * sizeof(float));
+    s.ah = half ? take(size_t(C) * ld.ah * elem) : s.as;
+    s.ss = take(size_t(F) * ld.s * sizeof(float));
+    s.sh = half ? take(size_t(F) * ld.sh * elem) : s.ss;
+    s.num = take(size_t(C) * ld.num * sizeof(float));
     s.zs = take(size_t(F) * sizeof(float));
     s.aLog = take(size_t(C) * sizeof(float));
     s.keyScale = take(size_t(C) * sizeof(float));
@@ -175,6 +204,7 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
     int const d0 = rank * W;
     int const Wr = min(W, Dv - d0);
     ChunkSmem const L = chunkSmem(C, F, W, sizeof(T), kHalf);
+    ChunkLd const ld = chunkLd(C, F, W, sizeof(T), kHalf);
     T* Qs = reinterpret_cast<T*>(smem + L.qs);
     T* Ks = reinterpret_cast<T*>(smem + L.ks);
     T* Vs = reinterpret_cast<T*>(smem + L.vs);
@@ -212,7 +242,7 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
     for (int idx = threadIdx.x; idx < F * Wr; idx += blockDim.x)
     {
         int const f = idx / Wr, j = idx % Wr;
-        Ss[f * W + j] = p.stateIn ? p.stateIn[stateBase + size_t(f) * cols + d0 + j] : 0.f;
+        Ss[f * ld.s + j] = p.stateIn ? p.stateIn[stateBase + size_t(f) * cols + d0 + j] : 0.f;
     }
     for (int f = threadIdx.x; f < F; f += blockDim.x)
     {
@@ -279,57 +309,57 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
         T const* qRow = q + (size_t(b) * p.T + t0) * qkStride + size_t(h) * F;
         T const* kRow = k + (size_t(b) * p.T + t0) * qkStride + size_t(h) * F;
         T const* vRow = v + (size_t(b) * p.T + t0) * vStride + size_t(h) * Dv + d0;
-        loadRows(Qs, F, qRow, qkStride, C, valid, F, nullptr);
-        loadRows(Ks, F, kRow, qkStride, C, valid, F, keyScale);
-        loadRows(Vs, W, vRow, vStride, C, valid, Wr, nullptr);
+        loadRows(Qs, ld.q, qRow, qkStride, C, valid, F, nullptr);
+        loadRows(Ks, ld.q, kRow, qkStride, C, valid, F, keyScale);
+        loadRows(Vs, ld.v, vRow, vStride, C, valid, Wr, nullptr);
         __syncthreads();
         if (threadIdx.x < C)
         {
             int const c = threadIdx.x;
             double const last = bcum[C - 1];
-            fromStart[c] = __expf(float(bcum[c]));
-            toEnd[c] = __expf(float(last - bcum[c]));
+            fromStart[c] = expf(float(bcum[c]));
+            toEnd[c] = expf(float(last - bcum[c]));
             if (c == 0)
             {
-                scalars[0] = __expf(float(last));
+                scalars[0] = expf(float(last));
             }
         }
         // 3. scores = Q K'^T
         if constexpr (kHalf)
         {
-            wmmaGemm<T, nvcuda::wmma::row_major, nvcuda::wmma::col_major>(As, C, Qs, F, Ks, F, C, C, F, false, 0.f);
+            wmmaGemm<T, nvcuda::wmma::row_major, nvcuda::wmma::col_major>(As, ld.a, Qs, ld.q, Ks, ld.q, C, C, F, false, 0.f);
         }
         else
         {
-            fmaGemm(As, C, C, C, F, [&](int m, int kk) { return toFloat(Qs[m * F + kk]); },
-                [&](int kk, int nn) { return toFloat(Ks[nn * F + kk]); }, false, 0.f);
+            fmaGemm(As, ld.a, C, C, F, [&](int m, int kk) { return toFloat(Qs[m * ld.q + kk]); },
+                [&](int kk, int nn) { return toFloat(Ks[nn * ld.q + kk]); }, false, 0.f);
         }
         __syncthreads();
         // 4. decay mask; half copies of A and S; V scaled to the chunk's end
         for (int idx = threadIdx.x; idx < C * C; idx += blockDim.x)
         {
             int const t = idx / C, i = idx % C;
-            float const a = i <= t ? As[idx] * __expf(float(bcum[t] - bcum[i])) : 0.f;
+            float const a = i <= t ? As[t * ld.a + i] * expf(float(bcum[t] - bcum[i])) : 0.f;
             if constexpr (kHalf)
             {
-                Ah[idx] = fromFloat<T>(a);
+                Ah[t * ld.ah + i] = fromFloat<T>(a);
             }
             else
             {
-                As[idx] = a;
+                As[t * ld.a + i] = a;
             }
         }
         for (int idx = threadIdx.x; idx < C * Wr; idx += blockDim.x)
         {
             int const c = idx / Wr, j = idx % Wr;
-            Vd[c * W + j] = fromFloat<T>(toFloat(Vs[c * W + j]) * toEnd[c]);
+            Vd[c * ld.v + j] = fromFloat<T>(toFloat(Vs[c * ld.v + j]) * toEnd[c]);
         }
         if constexpr (kHalf)
         {
             for (int idx = threadIdx.x; idx < F * Wr; idx += blockDim.x)
             {
                 int const f = idx / Wr, j = idx % Wr;
-                Sh[f * W + j] = fromFloat<T>(Ss[f * W + j]);
+                Sh[f * ld.sh + j] = fromFloat<T>(Ss[f * ld.s + j]);
             }
         }
         __syncthreads();
@@ -339,12 +369,12 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
             float s = 0.f;
             for (int i = lane; i < C; i += 32)
             {
-                s += toFloat(Ah[t * C + i]);
+                s += toFloat(Ah[t * ld.ah + i]);
             }
             float dz = 0.f;
             for (int f = lane; f < F; f += 32)
             {
-                dz = fmaf(toFloat(Qs[t * F + f]), zs[f], dz);
+                dz = fmaf(toFloat(Qs[t * ld.q + f]), zs[f], dz);
             }
             s = warpSum(s);
             dz = warpSum(dz);
@@ -357,39 +387,39 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
         // 6. num = Q S (the state before this chunk), scaled per row by exp(b_t)
         if constexpr (kHalf)
         {
-            wmmaGemm<T, nvcuda::wmma::row_major, nvcuda::wmma::row_major>(Num, W, Qs, F, Sh, W, C, Wr, F, false, 0.f);
+            wmmaGemm<T, nvcuda::wmma::row_major, nvcuda::wmma::row_major>(Num, ld.num, Qs, ld.q, Sh, ld.sh, C, Wr, F, false, 0.f);
         }
         else
         {
-            fmaGemm(Num, W, C, Wr, F, [&](int m, int kk) { return Qs[m * F + kk]; },
-                [&](int kk, int nn) { return Ss[kk * W + nn]; }, false, 0.f);
+            fmaGemm(Num, ld.num, C, Wr, F, [&](int m, int kk) { return Qs[m * ld.q + kk]; },
+                [&](int kk, int nn) { return Ss[kk * ld.s + nn]; }, false, 0.f);
         }
         __syncthreads();
         for (int idx = threadIdx.x; idx < C * Wr; idx += blockDim.x)
         {
-            Num[(idx / Wr) * W + idx % Wr] *= fromStart[idx / Wr];
+            Num[(idx / Wr) * ld.num + idx % Wr] *= fromStart[idx / Wr];
         }
         __syncthreads();
         // 7. num += A V; state update S = exp(b_C) S + K'^T Vd; z likewise (independent, no barrier between)
         float const lam = scalars[0];
         if constexpr (kHalf)
         {
-            wmmaGemm<T, nvcuda::wmma::row_major, nvcuda::wmma::row_major>(Num, W, Ah, C, Vs, W, C, Wr, C, true, 1.f);
-            wmmaGemm<T, nvcuda::wmma::col_major, nvcuda::wmma::row_major>(Ss, W, Ks, F, Vd, W, F, Wr, C, true, lam);
+            wmmaGemm<T, nvcuda::wmma::row_major, nvcuda::wmma::row_major>(Num, ld.num, Ah, ld.ah, Vs, ld.v, C, Wr, C, true, 1.f);
+            wmmaGemm<T, nvcuda::wmma::col_major, nvcuda::wmma::row_major>(Ss, ld.s, Ks, ld.q, Vd, ld.v, F, Wr, C, true, lam);
         }
         else
         {
-            fmaGemm(Num, W, C, Wr, C, [&](int m, int kk) { return As[m * C + kk]; },
-                [&](int kk, int nn) { return Vs[kk * W + nn]; }, true, 1.f);
-            fmaGemm(Ss, W, F, Wr, C, [&](int m, int kk) { return Ks[kk * F + m]; },
-                [&](int kk, int nn) { return Vd[kk * W + nn]; }, true, lam);
+            fmaGemm(Num, ld.num, C, Wr, C, [&](int m, int kk) { return As[m * ld.a + kk]; },
+                [&](int kk, int nn) { return Vs[kk * ld.v + nn]; }, true, 1.f);
+            fmaGemm(Ss, ld.s, F, Wr, C, [&](int m, int kk) { return Ks[kk * ld.q + m]; },
+                [&](int kk, int nn) { return Vd[kk * ld.v + nn]; }, true, lam);
         }
         for (int f = threadIdx.x; f < F; f += blockDim.x)
         {
             float s = lam * zs[f];
             for (int c = 0; c < C; ++c)
             {
-                s = fmaf(toEnd[c], toFloat(Ks[c * F + f]), s);
+                s = fmaf(toEnd[c], toFloat(Ks[c * ld.q + f]), s);
             }
             zs[f] = s;
         }
@@ -401,7 +431,7 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
             float m = 0.f;
             for (int j = lane; j < Wr; j += 32)
             {
-                m = fmaxf(m, fabsf(Num[t * W + j]));
+                m = fmaxf(m, fabsf(Num[t * ld.num + j]));
             }
             m = warpMax(m);
             if (lane == 0)
@@ -425,7 +455,7 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
             float const scale = readoutScale(den, m, p.eps);
             for (int j = lane; j < Wr; j += 32)
             {
-                outRow[t * vStride + j] = fromFloat<T>(Num[t * W + j] * scale);
+                outRow[t * vStride + j] = fromFloat<T>(Num[t * ld.num + j] * scale);
             }
         }
         __syncthreads();
@@ -434,7 +464,7 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
     for (int idx = threadIdx.x; idx < F * Wr; idx += blockDim.x)
     {
         int const f = idx / Wr, j = idx % Wr;
-        p.stateOut[stateBase + size_t(f) * cols + d0 + j] = Ss[f * W + j];
+        p.stateOut[stateBase + size_t(f) * cols + d0 + j] = Ss[f * ld.s + j];
     }
     if (rank == 0)
     {
@@ -454,7 +484,7 @@ cudaError_t launchChunkTyped(ChunkParams p, cudaStream_t stream)
 {
     constexpr int C = ChunkSize<T>::value;
     constexpr bool kHalf = !std::is_same<T, float>::value;
-    p.tileWidth = p.Dv < kTileWidth ? p.Dv : kTileWidth;
+    p.tileWidth = tileWidth(p.F, p.Dv);
     int const tiles = (p.Dv + p.tileWidth - 1) / p.tileWidth;
     size_t const bytes = chunkSmem(C, p.F, p.tileWidth, sizeof(T), kHalf).total;
     static std::once_flag configured;
@@ -494,7 +524,7 @@ cudaError_t launchChunkTyped(ChunkParams p, cudaStream_t stream)
 
 size_t chunkSharedBytes(int F, int Dv, int dtype)
 {
-    int const W = Dv < kTileWidth ? Dv : kTileWidth;
+    int const W = tileWidth(F, Dv);
     if (dtype == 0)
     {
         return chunkSmem(ChunkSize<float>::value, F, W, 4, false).total;

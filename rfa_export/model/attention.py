@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_scan
+from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_scan, causal_gated_scan_
 from .feature_maps import RandomFeatureMap
 
 
@@ -46,17 +46,18 @@ class CausalRFASelfAttention(_RFAHeads):
         self.gate = nn.Linear(d_model, n_heads) if gated else None
 
     def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                attention_mask: Optional[torch.Tensor] = None, inplace_state: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             x: [B, T, d_model]; state: [B, H, F, dh + 1] fp32 or None (zeros);
             attention_mask: [B, T], nonzero where a token is real, 0 where it is padding. A masked step
                 leaves the state unchanged.
+            inplace_state: update `state` in place (decoding loops; not for training or export).
         Returns:
             y [B, T, d_model], new state [B, H, F, dh + 1].
         """
-        q_feat = self.phi(self.heads(self.q_proj, x))
-        k_feat = self.phi(self.heads(self.k_proj, x))
+        # q and k through one feature-map call: half the kernels of a decode step
+        q_feat, k_feat = self.phi(torch.stack([self.heads(self.q_proj, x), self.heads(self.k_proj, x)])).unbind(0)
         v = self.heads(self.v_proj, x)
         g = torch.sigmoid(self.gate(x)) if self.gate is not None else None
         if attention_mask is not None:
@@ -64,7 +65,10 @@ class CausalRFASelfAttention(_RFAHeads):
             k_feat = k_feat * keep.unsqueeze(-1)
             if g is not None:
                 g = g * keep + (1.0 - keep)
-        out, state = causal_gated_scan(q_feat, k_feat, v, g, state, self.eps)
+        if inplace_state and state is not None:
+            out = causal_gated_scan_(q_feat, k_feat, v, g, state, self.eps)
+        else:
+            out, state = causal_gated_scan(q_feat, k_feat, v, g, state, self.eps)
         return self.merge(out), state
 
 

@@ -39,8 +39,8 @@ class RFABlock(nn.Module):
             nn.Dropout(config.dropout),
         )
 
-    def forward(self, x, state=None, attention_mask=None):
-        y, state = self.attn(self.ln_attn(x), state, attention_mask)
+    def forward(self, x, state=None, attention_mask=None, inplace_state=False):
+        y, state = self.attn(self.ln_attn(x), state, attention_mask, inplace_state)
         x = x + y
         return x + self.ffn(self.ln_ffn(x)), state
 
@@ -73,6 +73,7 @@ class RFALanguageModel(nn.Module):
         state: Optional[State] = None,
         position_ids: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        inplace_state: bool = False,
     ) -> Tuple[torch.Tensor, State]:
         """
         Args:
@@ -80,6 +81,7 @@ class RFALanguageModel(nn.Module):
             state: per-layer [B, H, F, dh + 1] fp32, or None for an empty context.
             position_ids: [B, T] int64 absolute positions (default 0..T-1).
             attention_mask: [B, T], 0 on padding positions (which leave the state unchanged).
+            inplace_state: overwrite the given state tensors instead of returning new ones (decoding loops).
         Returns:
             logits [B, T, vocab], the new state.
         """
@@ -92,11 +94,12 @@ class RFALanguageModel(nn.Module):
         x = self.drop(x)
         new_state = []
         for i, block in enumerate(self.blocks):
-            x, s = block(x, None if state is None else state[i], attention_mask)
+            x, s = block(x, None if state is None else state[i], attention_mask, inplace_state)
             new_state.append(s)
         return self.lm_head(self.ln_f(x)), new_state
 
-    def step(self, token_ids: torch.Tensor, state: State, positions: torch.Tensor) -> Tuple[torch.Tensor, State]:
+    def step(self, token_ids: torch.Tensor, state: State, positions: torch.Tensor,
+             inplace_state: bool = False) -> Tuple[torch.Tensor, State]:
         """One decoding step. token_ids: [B]; positions: [B] -> logits [B, vocab], new state."""
-        logits, state = self.forward(token_ids[:, None], state, positions[:, None])
+        logits, state = self.forward(token_ids[:, None], state, positions[:, None], inplace_state=inplace_state)
         return logits[:, 0], state

@@ -47,7 +47,8 @@ class OnnxRuntimeBackend(DecoderBackend):
                 ort.preload_dlls()
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise RuntimeError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-            self._providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+            # use_tf32=0: fp32 MatMuls in fp32, as the export promises (TF32 would cost ~5e-4 relative)
+            self._providers = [("CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}), "CPUExecutionProvider"]
         else:
             self._providers = ["CPUExecutionProvider"]
         self.model_path = model_path
@@ -93,10 +94,10 @@ class OnnxRuntimeBackend(DecoderBackend):
             io.bind_cpu_input(name, array)
         for spec, value in zip(self.spec.state, state):
             io.bind_ortvalue_input(spec.input, value)
+        io.bind_output("logits", "cpu")  # first: get_outputs() follows the binding order
         outputs = [self._take_buffer(v.shape()) for v in state]
         for name, buf in zip(self._state_outputs, outputs):
             io.bind_ortvalue_output(name, buf)
-        io.bind_output("logits", "cpu")
         session.run_with_iobinding(io)
         logits = io.get_outputs()[0].numpy()
         for value in state:  # donated: reusable for the next step's output
@@ -161,7 +162,7 @@ class _DeviceStateOps:
     def _state_info(self, n_parts=1):
         from onnx import TensorProto, helper
 
-        return [helper.make_tensor_value_info(f"s{i}_{p}", TensorProto.FLOAT, None)
+        return [helper.make_tensor_value_info(f"s{i}_{p}", TensorProto.FLOAT, [f"b{p}", "h", "f", "d"])
                 for p in range(n_parts) for i in range(len(self.backend.spec.state))]
 
     def gather(self, state, indices):
@@ -172,7 +173,7 @@ class _DeviceStateOps:
         def build():
             nodes = [helper.make_node("Gather", [f"s{i}_0", "idx"], [f"o{i}"], axis=0) for i in range(n)]
             graph = helper.make_graph(nodes, "gather_rows", self._state_info() + [helper.make_tensor_value_info("idx", TensorProto.INT64, [None])],
-                                      [helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, None) for i in range(n)])
+                                      [helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, ["n", "h", "f", "d"]) for i in range(n)])
             return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
 
         return self._run(self._session(("gather", n), build), {f"s{i}_0": v for i, v in enumerate(state)}, {"idx": indices}, n)
@@ -185,7 +186,7 @@ class _DeviceStateOps:
         def build():
             nodes = [helper.make_node("Concat", [f"s{i}_{p}" for p in range(parts)], [f"o{i}"], axis=0) for i in range(n)]
             graph = helper.make_graph(nodes, "concat_rows", self._state_info(parts),
-                                      [helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, None) for i in range(n)])
+                                      [helper.make_tensor_value_info(f"o{i}", TensorProto.FLOAT, ["n", "h", "f", "d"]) for i in range(n)])
             return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
 
         feeds = {f"s{i}_{p}": v for p, st in enumerate(states) for i, v in enumerate(st)}
@@ -210,8 +211,12 @@ class _GraphedStep:
     def __init__(self, backend: OnnxRuntimeBackend, batch: int):
         ort = backend._ort
         self.backend = backend
-        options = [("CUDAExecutionProvider", {"device_id": backend.device_id, "enable_cuda_graph": "1"})]
-        self.session = ort.InferenceSession(str(backend.model_path), backend._options, providers=options)
+        options = [("CUDAExecutionProvider", {"device_id": backend.device_id, "enable_cuda_graph": "1", "use_tf32": 0})]
+        try:
+            self.session = ort.InferenceSession(str(backend.model_path), backend._options, providers=options)
+        except Exception as e:  # onnxruntime says why (control flow, nodes on the CPU, ...)
+            raise RuntimeError(f"onnxruntime cannot capture this model's step as a CUDA graph "
+                               f"(lowering {backend.spec.lowering!r}): {str(e).strip().splitlines()[0]}") from None
         spec = backend.spec
         shape_of = lambda s: [batch, *s.shape[1:]]  # noqa: E731
         dev = lambda a: ort.OrtValue.ortvalue_from_numpy(a, "cuda", backend.device_id)  # noqa: E731

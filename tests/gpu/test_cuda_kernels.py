@@ -109,3 +109,15 @@ def test_bad_shapes_are_refused():
     # the torch op falls back to the chunked path for shapes the kernels do not take
     out, _ = causal_gated_scan(q, q, v)
     assert out.shape == (1, 4, 1, 32)
+
+
+def test_inplace_op_on_cuda_aliases_the_state():
+    from rfa_export.ops.causal_gated_scan import causal_gated_scan_
+
+    q, k, v, g, s = scan_inputs(3, 1, 4, 64, 32, gate="random", initial_state=True, dtype=torch.float32)
+    want, want_state = naive_causal_gated_scan(q.double(), k.double(), v.double(), g.double(), s.double())
+    state = s.cuda()
+    ptr = state.data_ptr()
+    out = causal_gated_scan_(q.cuda(), k.cuda(), v.cuda(), g.cuda(), state)
+    assert state.data_ptr() == ptr
+    assert rel_err(out.cpu(), want) <= 1e-5 and rel_err(state.cpu(), want_state) <= 1e-5

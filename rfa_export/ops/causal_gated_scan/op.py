@@ -73,3 +73,28 @@ def _backward(ctx, grad_out, grad_state):
 
 
 causal_gated_scan.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("rfa::causal_gated_scan_", mutates_args=("state",))
+def causal_gated_scan_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: Optional[torch.Tensor],
+    state: torch.Tensor,
+    eps: float = DEFAULT_EPS,
+) -> torch.Tensor:
+    """In-place variant for decoding loops: `state` [B, H, F, Dv + 1] fp32 is read as the initial state and
+    overwritten with the final one (the CUDA kernels alias input and output; elsewhere a copy). Returns out."""
+    check_scan_inputs(q, k, v, g, state)
+    if q.is_cuda and q.shape[1] > 0 and kernel_supports(q, v):
+        out, _ = cuda_causal_gated_scan(q, k, v, g, state, eps, out_state=state)
+        return out
+    out, new = chunk_causal_gated_scan(q, k, v, g, state, eps)
+    state.copy_(new)
+    return out
+
+
+@causal_gated_scan_.register_fake
+def _(q, k, v, g, state, eps=DEFAULT_EPS):
+    return v.new_empty((*q.shape[:3], v.shape[-1]))

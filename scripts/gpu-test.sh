@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU: build the native code, run the kernel tests (also under compute-sanitizer
+# memcheck and racecheck, on small cases), the TensorRT plugin harness, and the pytest GPU tests.
+# Logs go to ${OUT:-gpu-logs}/. Exit status: non-zero if any part failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+status=0
+step() { echo "== $1"; }
+step build
+cmake -S . -B build -G Ninja ${TensorRT_ROOT:+-DTensorRT_ROOT=$TensorRT_ROOT} >"$out/cmake.log" 2>&1 &&
+  cmake --build build -j >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+grep -E "TensorRT headers" "$out/cmake.log"
+step "kernel tests"
+./build/rfa_kernel_tests >"$out/kernel_tests.log" 2>&1 || status=1
+grep -E "^FAIL|failures" "$out/kernel_tests.log"
+if command -v compute-sanitizer >/dev/null; then
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool"
+    compute-sanitizer --tool $tool --error-exitcode 9 ./build/rfa_kernel_tests --quick >"$out/sanitizer_$tool.log" 2>&1 || status=1
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|failures" "$out/sanitizer_$tool.log"
+  done
+else
+  echo "compute-sanitizer not installed: sanitizer runs skipped"
+fi
+if [ -x build/rfa_trt_plugin_tests ]; then
+  step "TensorRT plugin harness"
+  ./build/rfa_trt_plugin_tests build/librfa_trt_plugin.so >"$out/trt_plugin.log" 2>&1 || status=1
+  grep -E "FAIL|failures" "$out/trt_plugin.log"
+fi
+step "pytest -m gpu"
+PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider >"$out/pytest_gpu.log" 2>&1 || status=1
+tail -5 "$out/pytest_gpu.log"
+grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.log" | head -20
+exit $status
