@@ -27,6 +27,8 @@ def add_parser(sub):
     p.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", required=True, help="output directory (created if needed)")
     p.add_argument("--scan", choices=["plugin", "onnx", "ort"], default="plugin", help="lowering of the scan (default: plugin)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="activation dtype; the state stays fp32")
+    p.add_argument("--genai", action="store_true",
+                   help="also write genai_config.json and add the conv_state shim onnxruntime-genai 0.18 binds (docs/genai.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
     return p
@@ -56,7 +58,7 @@ def run(args) -> int:
     start = time.perf_counter()
     if not args.quiet:
         print(f"rfa-export: {checkpoint} -> {out_dir}/model.onnx", file=sys.stderr)
-    proto, meta = language_model_to_onnx(model, args.scan, args.dtype, progress)
+    proto, meta = language_model_to_onnx(model, args.scan, args.dtype, progress, genai=args.genai)
     write_export(proto, meta, out_dir, progress)
     if not args.quiet:
         print(f"rfa-export: done in {time.perf_counter() - start:.1f} s: {len(meta.state)} state tensors, "

@@ -2,6 +2,7 @@
 and decode, with the state of every layer as explicit inputs and outputs."""
 
 import copy
+import json
 import os
 import shutil
 import tempfile
@@ -58,8 +59,9 @@ def describe_export(model: RFALanguageModel, lowering: str, dtype: str, genai: b
 
 
 def language_model_to_onnx(model: RFALanguageModel, lowering: str = "plugin", dtype: str = "fp32",
-                           progress: Progress = SILENT):
-    """(ModelProto, ExportMetadata) for the model; nothing is written."""
+                           progress: Progress = SILENT, genai: bool = False):
+    """(ModelProto, ExportMetadata) for the model; nothing is written. genai=True adds the
+    onnxruntime-genai shim (see add_genai_shim)."""
     if lowering not in LOWERINGS:
         raise ValueError(f"unknown --scan {lowering!r}; choose one of {', '.join(LOWERINGS)}")
     if dtype not in DTYPES:
@@ -87,11 +89,51 @@ def language_model_to_onnx(model: RFALanguageModel, lowering: str = "plugin", dt
     with progress.step(f"tracing and converting with torch.onnx (--scan {lowering}, --dtype {dtype})"):
         proto = export_module(StatefulDecoder(model).eval(), sample, out_names, axes, lowering=lowering, input_names=names,
                               check=False)  # write_export checks the final file
+    if genai:
+        add_genai_shim(proto, meta)
     _order_inputs(proto, [t.name for t in meta.inputs] + [s.input for s in meta.state])
     proto.doc_string = f"RFA language model exported by rfa-export {__version__}; see {METADATA_FILE}"
     proto.producer_name, proto.producer_version = "rfa-export", __version__
     attach_metadata(proto, meta)
     return proto, meta
+
+
+GENAI_CONV_IN = "past_key_values.{}.conv_state"
+GENAI_CONV_OUT = "present.{}.conv_state"
+GENAI_CONFIG_FILE = "genai_config.json"
+
+
+def add_genai_shim(proto: onnx.ModelProto, meta: ExportMetadata) -> None:
+    """onnxruntime-genai 0.18 binds a conv_state next to every recurrent_state and refuses a model without
+    it. The smallest faithful shim: per layer a [batch, 1, 1] float input passed through unchanged by an
+    Identity to the matching output; the model never reads it."""
+    for spec in meta.state:
+        i = spec.layer
+        name_in, name_out = GENAI_CONV_IN.format(i), GENAI_CONV_OUT.format(i)
+        proto.graph.input.append(onnx.helper.make_tensor_value_info(name_in, onnx.TensorProto.FLOAT, ["batch", 1, 1]))
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name_out, onnx.TensorProto.FLOAT, ["batch", 1, 1]))
+        proto.graph.node.append(onnx.helper.make_node("Identity", [name_in], [name_out], name=f"genai_conv_state_{i}"))
+        meta.extra_state.append(StateSpec(i, name_in, name_out, ["batch", 1, 1], layout="onnxruntime-genai shim: passed "
+                                          "through unchanged and never read by the model (docs/genai.md)"))
+    meta.genai = True
+    attach_metadata(proto, meta)
+
+
+def genai_config(meta: ExportMetadata, context_length: int = 65536, eos_token_id: int = 0, pad_token_id: int = 0) -> dict:
+    """genai_config.json for an export with the shim. Byte-level models use 0 (NUL) as end and padding: it
+    never occurs in text, and genai pads ragged batches on the right with pad_token_id."""
+    return {
+        "model": {
+            "type": "decoder",
+            "context_length": context_length,
+            "vocab_size": meta.vocab_size,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": pad_token_id,
+            "bos_token_id": pad_token_id,
+            "decoder": {"filename": MODEL_FILE, "num_hidden_layers": len(meta.state)},
+        },
+        "search": {"max_length": context_length, "do_sample": False},
+    }
 
 
 def _order_inputs(proto: onnx.ModelProto, order):
@@ -113,7 +155,8 @@ def check_exported(proto: onnx.ModelProto, path: Optional[Path] = None) -> None:
         os.unlink(str(path) + ".inferred")
 
 
-def write_export(proto: onnx.ModelProto, meta: ExportMetadata, out_dir: Union[str, Path], progress: Progress = SILENT) -> Path:
+def write_export(proto: onnx.ModelProto, meta: ExportMetadata, out_dir: Union[str, Path], progress: Progress = SILENT,
+                 extra_files: Optional[dict] = None) -> Path:
     """Write OUT_DIR/model.onnx (+ model.onnx.data when large) and rfa_export.json, atomically: everything is
     written in a temporary folder inside OUT_DIR and renamed into place, the model last; on failure
     nothing new is left behind."""
@@ -131,11 +174,17 @@ def write_export(proto: onnx.ModelProto, meta: ExportMetadata, out_dir: Union[st
             else:
                 onnx.save_model(proto, str(tmp_model))
             (tmp / METADATA_FILE).write_text(meta.to_json())
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+            if meta.genai and GENAI_CONFIG_FILE not in (extra_files or {}):
+                (tmp / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(meta), indent=2) + "\n")
         with progress.step("checking (onnx.checker full_check, strict shape inference)"):
             check_exported(proto if not external else None, tmp_model if external else None)
-        stale = out_dir / (MODEL_FILE + ".data")
-        if not external and stale.exists():
-            stale.unlink()
+        stale = [out_dir / (MODEL_FILE + ".data")] if not external else []
+        stale += [out_dir / GENAI_CONFIG_FILE] if not meta.genai else []
+        for path in stale:
+            if path.exists():
+                path.unlink()
         for name in sorted(os.listdir(tmp), key=lambda n: n == MODEL_FILE):  # the model file last
             os.replace(tmp / name, out_dir / name)
     finally:
@@ -144,10 +193,10 @@ def write_export(proto: onnx.ModelProto, meta: ExportMetadata, out_dir: Union[st
 
 
 def export_checkpoint(checkpoint: Union[str, Path], out_dir: Union[str, Path], lowering: str = "plugin",
-                      dtype: str = "fp32", progress: Progress = SILENT) -> ExportMetadata:
-    """rfa-export MODEL.pt -o OUT_DIR, as a function."""
+                      dtype: str = "fp32", progress: Progress = SILENT, genai: bool = False) -> ExportMetadata:
+    """rfa-export MODEL.pt -o OUT_DIR [--genai], as a function."""
     with progress.step(f"loading {checkpoint}"):
         model = load_checkpoint(checkpoint)
-    proto, meta = language_model_to_onnx(model, lowering, dtype, progress)
+    proto, meta = language_model_to_onnx(model, lowering, dtype, progress, genai=genai)
     write_export(proto, meta, out_dir, progress)
     return meta

@@ -39,6 +39,7 @@ def describe_export_dir(out_dir) -> Dict[str, Any]:
         "inputs": io(model.graph.input),
         "outputs": io(model.graph.output),
         "state": [vars(s) for s in meta.state],
+        "extra_state": [vars(s) for s in meta.extra_state],
         "config": meta.config,
     }
 
@@ -68,6 +69,8 @@ def format_description(d: Dict[str, Any]) -> str:
         lines.append(f"  layer {s['layer']}: {s['input']} -> {s['output']}  {s['dtype']} {s['shape']}")
     if d["state"]:
         lines.append(f"  layout: {d['state'][0]['layout']}")
+    for s in d.get("extra_state", []):
+        lines.append(f"  shim {s['layer']}: {s['input']} -> {s['output']}  {s['dtype']} {s['shape']} ({s['layout']})")
     cfg = d["config"]
     if cfg:
         lines.append(f"model: vocab {cfg['vocab_size']}, d_model {cfg['d_model']}, {cfg['n_layers']} layers, "
