@@ -2,6 +2,7 @@
 //   rfa_kernel_tests            the full list (runs on the GPU)
 //   rfa_kernel_tests --quick    a few small cases (for compute-sanitizer memcheck / racecheck)
 #include "causal_gated_scan.h"
+#include "cuda_check.h"
 #include "scan_reference.h"
 
 #include <cstdio>
@@ -10,16 +11,6 @@
 
 using namespace rfa_test;
 
-#define CUDA_CHECK(x)                                                                                                 \
-    do                                                                                                                \
-    {                                                                                                                 \
-        cudaError_t e_ = (x);                                                                                         \
-        if (e_ != cudaSuccess)                                                                                        \
-        {                                                                                                             \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));                  \
-            std::exit(2);                                                                                             \
-        }                                                                                                             \
-    } while (0)
 
 template <typename T>
 struct DtypeOf;

@@ -7,6 +7,7 @@
 //
 //   rfa_trt_plugin_tests path/to/librfa_trt_plugin.so
 #include "NvInferRuntime.h"
+#include "cuda_check.h"
 #include "scan_reference.h"
 
 #include <cuda_runtime.h>
@@ -22,16 +23,6 @@
 using namespace nvinfer1;
 using namespace rfa_test;
 
-#define CUDA_CHECK(x)                                                                                                 \
-    do                                                                                                                \
-    {                                                                                                                 \
-        cudaError_t e_ = (x);                                                                                         \
-        if (e_ != cudaSuccess)                                                                                        \
-        {                                                                                                             \
-            std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));                  \
-            std::exit(2);                                                                                             \
-        }                                                                                                             \
-    } while (0)
 
 namespace
 {
