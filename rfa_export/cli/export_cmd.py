@@ -1,5 +1,6 @@
 """rfa-export [export] MODEL.pt -o OUT_DIR: one stateful ONNX graph with rfa::CausalGatedScan."""
 
+import argparse
 import os
 import sys
 import tempfile
@@ -22,7 +23,7 @@ past_key_values.{i}.recurrent_state; outputs logits and present.{i}.recurrent_st
 
 def add_parser(sub):
     p = sub.add_parser("export", help="export a checkpoint to ONNX (the default command)", description=DESCRIPTION,
-                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="MODEL.pt", help="checkpoint written by rfa_export.model.checkpoint.save_checkpoint")
     p.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", required=True, help="output directory (created if needed)")
     p.add_argument("--scan", choices=["plugin", "onnx", "ort"], default="plugin", help="lowering of the scan (default: plugin)")
