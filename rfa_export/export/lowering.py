@@ -12,7 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .onnx_builder import NodeWriter, concat_ints
+from ..ops.causal_gated_scan import DEFAULT_EPS
+from .onnx_builder import NodeWriter, bounded_readout_nodes, concat_ints
 from .scan_function import DOMAIN, OP_TYPE, OP_VERSION, OVERLOAD, causal_gated_scan_function
 
 LOWERINGS = ("plugin", "onnx", "ort")
@@ -101,8 +102,6 @@ def _replace_with_linear_attention(model: onnx.ModelProto, lowering: str) -> Non
 
 
 def _linear_attention_nodes(node, index: int, shapes, eps, lowering: str) -> List[onnx.NodeProto]:
-    from ..ops.causal_gated_scan import DEFAULT_EPS
-
     q, k, v = node.input[:3]
     g = node.input[3] if len(node.input) > 3 and node.input[3] else None
     s0 = node.input[4] if len(node.input) > 4 and node.input[4] else None
@@ -134,11 +133,8 @@ def _linear_attention_nodes(node, index: int, shapes, eps, lowering: str) -> Lis
     o = w.op("Reshape", o3, w.ints(0, 0, H, Dv + 1))
     num = w.op("Slice", o, w.ints(0), w.ints(Dv), w.ints(3))
     den = w.op("Squeeze", w.op("Slice", o, w.ints(Dv), w.ints(Dv + 1), w.ints(3)), w.ints(3))
-    m = w.op("ReduceMax", w.op("Abs", num), w.ints(-1), keepdims=0)
     eps_c = w.const(DEFAULT_EPS if eps is None else eps, np.float32, "eps")
-    den_c = w.op("Max", den, w.op("Mul", eps_c, m))
-    safe = w.op("Where", w.op("Greater", den_c, w.const(0.0, np.float32, "zero")), den_c, one)
-    out = w.op("Div", num, w.op("Unsqueeze", safe, w.ints(-1)))
+    out = bounded_readout_nodes(w, num, den, eps_c)
     w.nodes.append(helper.make_node("CastLike", [out, v], [out_name], name=f"scan{index}/out"))
     w.nodes.append(helper.make_node("Identity", [present], [state_name], name=f"scan{index}/state"))
     return w.nodes

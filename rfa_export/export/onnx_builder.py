@@ -52,3 +52,14 @@ class NodeWriter:
 
 def concat_ints(w: NodeWriter, parts: Sequence[Value]) -> Value:
     return w.op("Concat", *parts, axis=0, name="shape")
+
+
+def bounded_readout_nodes(w: NodeWriter, num: Value, den: Value, eps: Value) -> Value:
+    """The contract's normaliser in ONNX, mirroring ops/causal_gated_scan/readout.py:
+    den_c = max(den, eps * max_j |num_j|); out = num / den_c, 0 where den_c == 0.
+    num [..., Dv] and den [...] fp32; eps a scalar fp32 value."""
+    zero, one = w.const(0.0, np.float32, "zero"), w.const(1.0, np.float32, "one")
+    m = w.op("ReduceMax", w.op("Abs", num), w.ints(-1), keepdims=0)
+    den_c = w.op("Max", den, w.op("Mul", eps, m))
+    safe = w.op("Where", w.op("Greater", den_c, zero), den_c, one)
+    return w.op("Div", num, w.op("Unsqueeze", safe, w.ints(-1)))

@@ -10,7 +10,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..ops.causal_gated_scan import DEFAULT_EPS
-from .onnx_builder import NodeWriter, concat_ints
+from .onnx_builder import NodeWriter, bounded_readout_nodes, concat_ints
 
 DOMAIN = "rfa"
 OP_TYPE = "CausalGatedScan"
@@ -111,10 +111,7 @@ def causal_gated_scan_function(gated: bool, opset: int, chunk: int = DEFAULT_CHU
     o = w.op("Slice", o, w.ints(0), T, w.ints(1))
     num = w.op("Slice", o, w.ints(0), Dv, w.ints(2))
     den = w.op("Squeeze", w.op("Slice", o, Dv, Dv1, w.ints(2)), w.ints(2))
-    m = w.op("ReduceMax", w.op("Abs", num), w.ints(-1), keepdims=0)
-    den_c = w.op("Max", den, w.op("Mul", eps, m))
-    safe = w.op("Where", w.op("Greater", den_c, zero), den_c, one)
-    out = w.op("Div", num, w.op("Unsqueeze", safe, w.ints(-1)))
+    out = bounded_readout_nodes(w, num, den, eps)
     out = w.op("Transpose", w.op("Reshape", out, concat_ints(w, [B, H, T, Dv])), perm=[0, 2, 1, 3])
     w.nodes.append(helper.make_node("CastLike", [out, "v"], ["out"], name="n_out"))
     w.nodes.append(helper.make_node("Reshape", [s_final, concat_ints(w, [B, H, F, Dv1])], ["final_state"], name="n_state"))
