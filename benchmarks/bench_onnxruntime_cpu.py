@@ -49,7 +49,6 @@ def decode_tokens_per_s(backend, steps=200):
     one = np.ones((1, 1), np.int64)
 
     def loop():
-        nonlocal state
         s = state
         for i in range(steps):
             pos = np.array([[i]]) if backend.needs_positions else None

@@ -61,7 +61,6 @@ def fla_step(q, k, v, gate, s0):
 def ort_linear_attention(q, k, v, gate, s0):
     """com.microsoft.LinearAttention in fp32 with value [v, 1] (our state layout), IO-bound on the GPU."""
     import numpy as np
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 

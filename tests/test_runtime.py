@@ -304,3 +304,18 @@ def test_tensorrt_backend_runs(ort_dir):
     trt_dec = Decoder(open_backend("tensorrt", ort_dir, plugin_library=plugin))
     ref = Decoder(TorchBackend(BUNDLED))
     assert trt_dec.generate(PROMPTS[:4], 50)[0].tokens == ref.generate(PROMPTS[:4], 50)[0].tokens
+
+
+def test_onnxruntime_backend_refuses_metadata_that_disagrees_with_the_model(ort_dir, tmp_path):
+    import json
+    import shutil
+
+    from rfa_export.export.metadata import MetadataError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ort_dir, bad)
+    meta = json.loads((bad / "rfa_export.json").read_text())
+    meta["state"][0]["shape"][-1] = 99
+    (bad / "rfa_export.json").write_text(json.dumps(meta))
+    with pytest.raises(MetadataError, match="disagree about the state tensors"):
+        OnnxRuntimeBackend(bad)

@@ -6,7 +6,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .backend import DecoderBackend, InputError
-from .sampling import SamplingParams, sample_token
+from .sampling import SamplingParams
 from .tokenizer import ByteTokenizer
 
 Prompt = Union[str, Sequence[int]]

@@ -1,7 +1,7 @@
 """open_backend: one entry point for the CLI and users."""
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from .backend import DecoderBackend
 

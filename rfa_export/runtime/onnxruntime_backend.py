@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..export.metadata import MODEL_FILE, MetadataError, metadata_from_model, read_export_dir
+from ..export.metadata import METADATA_KEY, MODEL_FILE, ExportMetadata, MetadataError, read_export_dir
 from .backend import DecoderBackend
 
 _NUMPY = {"float32": np.float32, "int64": np.int64}
@@ -23,7 +23,6 @@ class OnnxRuntimeBackend(DecoderBackend):
 
     def __init__(self, out_dir: Union[str, Path], device: str = "cpu", threads: Optional[int] = None,
                  device_id: int = 0, cuda_graph: bool = False):
-        import onnx
         import onnxruntime as ort
 
         out_dir = Path(out_dir)
@@ -31,9 +30,6 @@ class OnnxRuntimeBackend(DecoderBackend):
         model_path = out_dir / MODEL_FILE
         if not model_path.is_file():
             raise MetadataError(f"{out_dir}: no {MODEL_FILE}")
-        embedded = metadata_from_model(onnx.load(str(model_path), load_external_data=False), str(model_path))
-        if embedded.state != self.spec.state:
-            raise MetadataError(f"{out_dir}: {MODEL_FILE} and its metadata file disagree about the state tensors")
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {device!r}")
         self._ort = ort
@@ -53,6 +49,12 @@ class OnnxRuntimeBackend(DecoderBackend):
             self._providers = ["CPUExecutionProvider"]
         self.model_path = model_path
         self.session = ort.InferenceSession(str(model_path), self._options, providers=self._providers)
+        # The model's own copy of the metadata (read by the session, no second parse of the file).
+        embedded = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if embedded is None:
+            raise MetadataError(f"{model_path}: no rfa-export metadata; was it exported by rfa-export?")
+        if ExportMetadata.from_json(embedded, str(model_path)).state != self.spec.state:
+            raise MetadataError(f"{out_dir}: {MODEL_FILE} and its metadata file disagree about the state tensors")
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._state_outputs = [s.output for s in self.spec.state]
         self._free: Dict[Tuple[int, ...], List] = {}  # device buffers ready for reuse, by shape

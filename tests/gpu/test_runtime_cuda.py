@@ -1,6 +1,5 @@
 """The runtime on the GPU: onnxruntime CUDA (IO binding, device-resident state) and PyTorch CUDA."""
 
-import numpy as np
 import pytest
 
 from helpers import rel_err
