@@ -534,6 +534,10 @@ size_t chunkSharedBytes(int F, int Dv, int dtype)
 
 cudaError_t launchChunk(ChunkParams const& p, int dtype, cudaStream_t stream)
 {
+    if (chunkMmaSupports(p.F, p.Dv, dtype))
+    {
+        return launchChunkMma(p, dtype, stream);
+    }
     switch (dtype)
     {
     case 0: return launchChunkTyped<float>(p, stream);

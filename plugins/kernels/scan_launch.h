@@ -21,7 +21,7 @@ struct StepParams
     void* out;
     float* stateOut;
     size_t qkBatchStride, vBatchStride, gBatchStride;
-    int rowGroups; // set by the launcher
+    int stripeRows; // state rows per pass of the block; set by the launcher
 };
 
 struct ChunkParams
@@ -40,5 +40,10 @@ struct ChunkParams
 
 cudaError_t launchStep(StepParams const& p, int dtype, cudaStream_t stream);
 cudaError_t launchChunk(ChunkParams const& p, int dtype, cudaStream_t stream);
+
+// The tensor-core prefill (causal_gated_scan_chunk_mma.cu) for the sizes it is built for; launchChunk
+// uses it when chunkMmaSupports says so.
+bool chunkMmaSupports(int F, int Dv, int dtype);
+cudaError_t launchChunkMma(ChunkParams const& p, int dtype, cudaStream_t stream);
 
 } // namespace rfa

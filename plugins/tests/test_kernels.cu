@@ -122,7 +122,9 @@ int main(int argc, char** argv)
     if (quick)
     {
         cases = {{2, 70, 2, 32, 32, Gate::kRandom, true, false}, {1, 1, 3, 64, 80, Gate::kNone, false, false},
-            {1, 33, 2, 32, 144, Gate::kNear1, true, true}};
+            {1, 33, 2, 32, 144, Gate::kNear1, true, true},
+            {1, 150, 2, 128, 64, Gate::kRandom, true, true}, // tensor-core prefill, 3 stages, in place
+            {1, 70, 1, 64, 128, Gate::kNone, true, false}};  // tensor-core prefill, 2 stages
     }
     else
     {
@@ -143,6 +145,12 @@ int main(int argc, char** argv)
             {1, 100, 2, 96, 80, Gate::kRandom, true, true},    // partial value tile, in place
             {2, 100, 2, 48, 144, Gate::kNone, true, false},
             {1, 64, 1, 160, 208, Gate::kNear1, false, false},
+            // the tensor-core prefill (fp16/bf16, F in {64, 128}, Dv in {64, 128}); fp32 takes the general kernel
+            {4, 1000, 4, 128, 64, Gate::kRandom, true, true},
+            {2, 257, 3, 128, 128, Gate::kNear1, true, false},
+            {3, 129, 2, 64, 128, Gate::kExact, false, false},
+            {2, 190, 2, 64, 64, Gate::kNone, true, true},
+            {2, 64, 2, 128, 64, Gate::kNear0, false, false},
         };
     }
     int failures = 0;
