@@ -1,10 +1,11 @@
 """Random feature maps phi(x) of RFA, applied per head to l2-normalised vectors."""
 
-import math
 from typing import Optional
 
 import torch
 from torch import nn
+
+from ..ops.random_features import cuda_random_features, naive_random_features, random_features_kernel_supports
 
 FEATURE_MAPS = ("gaussian", "arccos")
 
@@ -57,14 +58,9 @@ class RandomFeatureMap(nn.Module):
         self.w_tilde.copy_(fresh.to(self.w_tilde))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., H, dh] -> [..., H, F] in x's dtype (computed in fp32 for half inputs)."""
-        compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-        xc = x.to(compute)
-        x_hat = xc / torch.linalg.vector_norm(xc, dim=-1, keepdim=True).clamp_min(1e-6)
-        w = self.w_tilde.to(compute).transpose(-1, -2)  # [H, dh, D]
-        proj = torch.matmul((x_hat * self.sigma.to(compute)).unsqueeze(-2), w).squeeze(-2)  # [..., H, D]
-        if self.kind == "gaussian":
-            phi = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1) * (1.0 / math.sqrt(self.num_features))
-        else:
-            phi = torch.relu(proj) * math.sqrt(2.0 / self.num_features)
-        return phi.to(x.dtype)
+        """x: [..., H, dh] -> [..., H, F] in x's dtype (computed in fp32 for half inputs). On CUDA without
+        autograd (decoding) one fused kernel; otherwise plain PyTorch (training, export tracing)."""
+        fused = not torch.is_grad_enabled() or not (x.requires_grad or self.sigma.requires_grad)
+        if fused and random_features_kernel_supports(x, self.sigma, self.w_tilde, self.kind):
+            return cuda_random_features(x, self.sigma, self.w_tilde, self.kind)
+        return naive_random_features(x, self.sigma, self.w_tilde, self.kind)

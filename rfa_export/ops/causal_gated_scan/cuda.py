@@ -6,18 +6,15 @@ op runs the chunked torch path instead; `kernels_available()` and `kernel_suppor
 """
 
 import ctypes
-import os
-from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 
+from ..native import load_error, load_kernels
 from .naive import accumulation_dtype
 from .readout import DEFAULT_EPS
 
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_lib = None
-_lib_error: Optional[str] = None
 
 
 class _ScanArgs(ctypes.Structure):
@@ -29,32 +26,15 @@ class _ScanArgs(ctypes.Structure):
     ]
 
 
-def library_path() -> Path:
-    env = os.environ.get("RFA_KERNELS_LIBRARY")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "build" / "librfa_kernels.so"
-
-
-def _load():
-    global _lib, _lib_error
-    if _lib is not None or _lib_error is not None:
-        return _lib
-    path = library_path()
-    if not path.is_file():
-        _lib_error = f"{path} not found (build it: cmake -S . -B build && cmake --build build)"
-        return None
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        _lib_error = f"cannot load {path}: {e}"
-        return None
+def _bind(lib) -> None:
     lib.rfa_causal_gated_scan.argtypes = [ctypes.POINTER(_ScanArgs), ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.rfa_causal_gated_scan_path.argtypes = [ctypes.POINTER(_ScanArgs), ctypes.c_int, ctypes.c_void_p]
     lib.rfa_scan_check.argtypes = [ctypes.c_int] * 6
     lib.rfa_status_string.restype = ctypes.c_char_p
-    _lib = lib
-    return lib
+
+
+def _load():
+    return load_kernels(_bind)
 
 
 def kernels_available() -> bool:
@@ -62,8 +42,7 @@ def kernels_available() -> bool:
 
 
 def kernels_unavailable_reason() -> Optional[str]:
-    _load()
-    return _lib_error
+    return load_error()
 
 
 def kernel_supports(q: torch.Tensor, v: torch.Tensor) -> bool:
@@ -91,7 +70,7 @@ def cuda_causal_gated_scan(
     them first)."""
     lib = _load()
     if lib is None:
-        raise RuntimeError(f"CUDA kernels unavailable: {_lib_error}")
+        raise RuntimeError(f"CUDA kernels unavailable: {load_error()}")
     B, T, H, F = q.shape
     Dv = v.shape[-1]
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
