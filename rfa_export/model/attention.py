@@ -56,10 +56,15 @@ class CausalRFASelfAttention(_RFAHeads):
         Returns:
             y [B, T, d_model], new state [B, H, F, dh + 1].
         """
+        if x.is_cuda and not torch.is_grad_enabled():
+            qk, v, g = self._fused_projections(x)
+        else:
+            qk = torch.stack([self.heads(self.q_proj, x), self.heads(self.k_proj, x)])
+            v = self.heads(self.v_proj, x)
+            g = self.gate(x) if self.gate is not None else None
         # q and k through one feature-map call: half the kernels of a decode step
-        q_feat, k_feat = self.phi(torch.stack([self.heads(self.q_proj, x), self.heads(self.k_proj, x)])).unbind(0)
-        v = self.heads(self.v_proj, x)
-        g = torch.sigmoid(self.gate(x)) if self.gate is not None else None
+        q_feat, k_feat = self.phi(qk).unbind(0)
+        g = torch.sigmoid(g) if g is not None else None
         if attention_mask is not None:
             keep = (attention_mask != 0).to(x.dtype).unsqueeze(-1)  # [B, T, 1]
             k_feat = k_feat * keep.unsqueeze(-1)
@@ -70,6 +75,24 @@ class CausalRFASelfAttention(_RFAHeads):
         else:
             out, state = causal_gated_scan(q_feat, k_feat, v, g, state, self.eps)
         return self.merge(out), state
+
+
+    def _fused_projections(self, x: torch.Tensor):
+        """q, k, v and the gate logits through one GEMM (inference on CUDA: decoding is launch-bound).
+        Returns qk [2, B, T, H, dh], v [B, T, H, dh], gate logits [B, T, H] or None. The concatenated weight
+        is cached and rebuilt whenever a source parameter changes (its storage or version counter)."""
+        linears = [self.q_proj, self.k_proj, self.v_proj] + ([self.gate] if self.gate is not None else [])
+        params = [t for lin in linears for t in (lin.weight, lin.bias)]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in params)
+        if getattr(self, "_fused_key", None) != key:
+            self._fused_weight = torch.cat([lin.weight for lin in linears])
+            self._fused_bias = torch.cat([lin.bias for lin in linears])
+            self._fused_key = key
+        y = nn.functional.linear(x, self._fused_weight, self._fused_bias)
+        d = self.n_heads * self.head_dim
+        qk = y[..., : 2 * d].unflatten(-1, (2, self.n_heads, self.head_dim)).movedim(-3, 0)
+        v = y[..., 2 * d : 3 * d].unflatten(-1, (self.n_heads, self.head_dim))
+        return qk, v, (y[..., 3 * d :] if self.gate is not None else None)
 
 
 class RFAAttention(_RFAHeads):
