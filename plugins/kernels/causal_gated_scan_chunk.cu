@@ -289,16 +289,7 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
                 run += double(aLog[lane * kPer + j]);
                 local[j] = run;
             }
-            double prefix = run;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1)
-            {
-                double const up = __shfl_up_sync(0xffffffffu, prefix, o);
-                if (lane >= o)
-                {
-                    prefix += up;
-                }
-            }
+            double const prefix = warpInclusiveSum(run);
             double const before = prefix - run;
 #pragma unroll
             for (int j = 0; j < kPer; ++j)

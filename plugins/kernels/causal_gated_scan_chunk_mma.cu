@@ -254,16 +254,7 @@ __global__ void __launch_bounds__(kThreadsMma, 1) scanChunkMmaKernel(ChunkParams
         }
         // prefix sums of log g in fp64: differences of them stay exact for gates near 1
         double const pairSum = a[0] + a[1];
-        double incl = pairSum;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1)
-        {
-            double const up = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o)
-            {
-                incl += up;
-            }
-        }
+        double const incl = warpInclusiveSum(pairSum);
         double const bj[2] = {incl - pairSum + a[0], incl};
         double const last = __shfl_sync(0xffffffffu, incl, 31);
 #pragma unroll

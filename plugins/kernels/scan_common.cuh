@@ -71,6 +71,22 @@ __device__ __forceinline__ float warpMax(float x)
     return x;
 }
 
+// Inclusive prefix sum over the lanes of a full warp.
+__device__ __forceinline__ double warpInclusiveSum(double x)
+{
+    int const lane = threadIdx.x % 32;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1)
+    {
+        double const up = __shfl_up_sync(0xffffffffu, x, o);
+        if (lane >= o)
+        {
+            x += up;
+        }
+    }
+    return x;
+}
+
 __device__ __forceinline__ float warpSum(float x)
 {
 #pragma unroll

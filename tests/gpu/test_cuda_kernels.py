@@ -4,20 +4,12 @@ import pytest
 import torch
 
 from helpers import rel_err, scan_inputs
-from rfa_export.ops.causal_gated_scan import (causal_gated_scan, cuda_causal_gated_scan, kernels_available,
+from rfa_export.ops.causal_gated_scan import (causal_gated_scan, cuda_causal_gated_scan,
                                               naive_causal_gated_scan)
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_kernels")]
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture(autouse=True)
-def _needs_kernels():
-    if not kernels_available():
-        from rfa_export.ops.causal_gated_scan.cuda import kernels_unavailable_reason
-
-        pytest.skip(f"native kernels not built: {kernels_unavailable_reason()}")
 
 
 CASES = [  # B, T, H, F, Dv, gate, initial state

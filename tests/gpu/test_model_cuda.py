@@ -6,17 +6,8 @@ import torch
 
 from helpers import rel_err
 from rfa_export.model import RFAConfig, RFALanguageModel
-from rfa_export.ops.causal_gated_scan import kernels_available
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def _needs_kernels():
-    if not kernels_available():
-        from rfa_export.ops.causal_gated_scan.cuda import kernels_unavailable_reason
-
-        pytest.skip(f"native kernels not built: {kernels_unavailable_reason()}")
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_kernels")]
 
 
 def small_model(gated: bool, feature_map: str = "gaussian") -> RFALanguageModel:

@@ -5,20 +5,11 @@ import torch
 
 from helpers import rel_err
 from rfa_export.model.feature_maps import RandomFeatureMap
-from rfa_export.ops.causal_gated_scan import kernels_available
 from rfa_export.ops.random_features import cuda_random_features, naive_random_features, random_features_kernel_supports
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_kernels")]
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture(autouse=True)
-def _needs_kernels():
-    if not kernels_available():
-        from rfa_export.ops.causal_gated_scan.cuda import kernels_unavailable_reason
-
-        pytest.skip(f"native kernels not built: {kernels_unavailable_reason()}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
