@@ -7,6 +7,7 @@ from torch import nn
 
 from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_scan, causal_gated_scan_
 from .feature_maps import RandomFeatureMap
+from .inference_path import cuda_inference
 
 
 class _RFAHeads(nn.Module):
@@ -56,7 +57,7 @@ class CausalRFASelfAttention(_RFAHeads):
         Returns:
             y [B, T, d_model], new state [B, H, F, dh + 1].
         """
-        if x.is_cuda and not torch.is_grad_enabled():
+        if cuda_inference(x, *self._projections()):
             qk, v, g = self._fused_projections(x)
         else:
             qk = torch.stack([self.heads(self.q_proj, x), self.heads(self.k_proj, x)])
@@ -77,13 +78,18 @@ class CausalRFASelfAttention(_RFAHeads):
         return self.merge(out), state
 
 
+    def _projections(self):
+        return [self.q_proj, self.k_proj, self.v_proj] + ([self.gate] if self.gate is not None else [])
+
+    def _projection_params(self):
+        return [t for lin in self._projections() for t in (lin.weight, lin.bias)]
+
     def _fused_projections(self, x: torch.Tensor):
         """q, k, v and the gate logits through one GEMM (inference on CUDA: decoding is launch-bound).
         Returns qk [2, B, T, H, dh], v [B, T, H, dh], gate logits [B, T, H] or None. The concatenated weight
         is cached and rebuilt whenever a source parameter changes (its storage or version counter)."""
-        linears = [self.q_proj, self.k_proj, self.v_proj] + ([self.gate] if self.gate is not None else [])
-        params = [t for lin in linears for t in (lin.weight, lin.bias)]
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in params)
+        linears = self._projections()
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._projection_params())
         if getattr(self, "_fused_key", None) != key:
             self._fused_weight = torch.cat([lin.weight for lin in linears])
             self._fused_bias = torch.cat([lin.bias for lin in linears])

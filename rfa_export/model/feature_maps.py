@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..ops.random_features import cuda_random_features, naive_random_features, random_features_kernel_supports
+from .inference_path import cuda_inference
 
 FEATURE_MAPS = ("gaussian", "arccos")
 
@@ -59,8 +60,7 @@ class RandomFeatureMap(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [..., H, dh] -> [..., H, F] in x's dtype (computed in fp32 for half inputs). On CUDA without
-        autograd (decoding) one fused kernel; otherwise plain PyTorch (training, export tracing)."""
-        fused = not torch.is_grad_enabled() or not (x.requires_grad or self.sigma.requires_grad)
-        if fused and random_features_kernel_supports(x, self.sigma, self.w_tilde, self.kind):
+        autograd or tracing (decoding) one fused kernel; otherwise plain PyTorch (training, export)."""
+        if cuda_inference(x, self) and random_features_kernel_supports(x, self.sigma, self.w_tilde, self.kind):
             return cuda_random_features(x, self.sigma, self.w_tilde, self.kind)
         return naive_random_features(x, self.sigma, self.w_tilde, self.kind)
