@@ -34,7 +34,8 @@ typedef enum
     RFA_ERR_NULL = 5,         // a required pointer is null
     RFA_ERR_WORKSPACE = 6,    // workspace smaller than rfa_scan_workspace_size
     RFA_ERR_ALIGNMENT = 7,    // a tensor pointer is not 16-byte aligned
-    RFA_ERR_LAUNCH = 8        // the CUDA launch failed (cudaGetLastError)
+    RFA_ERR_LAUNCH = 8,       // the CUDA launch failed (cudaGetLastError)
+    RFA_ERR_FEATURE_DIMS = 9  // random features: head dim or feature count outside [1, 128]
 } rfa_status_t;
 
 // Tensors are dense, sequence-major, as the contract says:

@@ -513,16 +513,6 @@ cudaError_t launchChunkTyped(ChunkParams p, cudaStream_t stream)
 
 } // namespace
 
-size_t chunkSharedBytes(int F, int Dv, int dtype)
-{
-    int const W = tileWidth(F, Dv);
-    if (dtype == 0)
-    {
-        return chunkSmem(ChunkSize<float>::value, F, W, 4, false).total;
-    }
-    return chunkSmem(ChunkSize<__half>::value, F, W, 2, true).total;
-}
-
 cudaError_t launchChunk(ChunkParams const& p, int dtype, cudaStream_t stream)
 {
     if (chunkMmaSupports(p.F, p.Dv, dtype))

@@ -116,13 +116,9 @@ int rfa_random_features_check(rfa_features_args_t const* a)
     {
         return RFA_ERR_SHAPE;
     }
-    if (a->D < 1 || a->D > rfa::kMaxDim)
+    if (a->D < 1 || a->D > rfa::kMaxDim || a->dh < 1 || a->dh > rfa::kMaxDim)
     {
-        return RFA_ERR_FEATURES;
-    }
-    if (a->dh < 1 || a->dh > rfa::kMaxDim)
-    {
-        return RFA_ERR_VALUES;
+        return RFA_ERR_FEATURE_DIMS;
     }
     return RFA_OK;
 }

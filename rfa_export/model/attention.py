@@ -77,7 +77,6 @@ class CausalRFASelfAttention(_RFAHeads):
             out, state = causal_gated_scan(q_feat, k_feat, v, g, state, self.eps)
         return self.merge(out), state
 
-
     def _projections(self):
         return [self.q_proj, self.k_proj, self.v_proj] + ([self.gate] if self.gate is not None else [])
 

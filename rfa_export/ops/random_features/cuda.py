@@ -24,10 +24,10 @@ def _bind(lib) -> None:
     lib.rfa_status_string.restype = ctypes.c_char_p
 
 
-def _args(x, sigma, w_tilde, kind, out) -> _FeatureArgs:
+def _args(x, sigma, w_tilde, kind, out_ptr: int) -> _FeatureArgs:
     H, D, dh = w_tilde.shape
     return _FeatureArgs(x.numel() // (H * dh), H, dh, D, _KINDS[kind], _DTYPES[x.dtype],
-                        x.data_ptr(), sigma.data_ptr(), w_tilde.data_ptr(), out.data_ptr() if out is not None else 1)
+                        x.data_ptr(), sigma.data_ptr(), w_tilde.data_ptr(), out_ptr)
 
 
 def random_features_kernel_supports(x: torch.Tensor, sigma: torch.Tensor, w_tilde: torch.Tensor, kind: str) -> bool:
@@ -37,7 +37,8 @@ def random_features_kernel_supports(x: torch.Tensor, sigma: torch.Tensor, w_tild
     if x.numel() == 0 or w_tilde.dim() != 3 or x.shape[-2:] != (w_tilde.shape[0], w_tilde.shape[2]):
         return False
     lib = load_kernels(_bind)
-    return lib is not None and lib.rfa_random_features_check(ctypes.byref(_args(x, sigma, w_tilde, kind, None))) == 0
+    # the check reads sizes and that pointers are set; x stands in for the output not allocated yet
+    return lib is not None and lib.rfa_random_features_check(ctypes.byref(_args(x, sigma, w_tilde, kind, x.data_ptr()))) == 0
 
 
 def cuda_random_features(x: torch.Tensor, sigma: torch.Tensor, w_tilde: torch.Tensor, kind: str) -> torch.Tensor:
@@ -49,7 +50,7 @@ def cuda_random_features(x: torch.Tensor, sigma: torch.Tensor, w_tilde: torch.Te
     x, sigma, w_tilde = x.contiguous(), sigma.contiguous(), w_tilde.contiguous()
     out = torch.empty((*x.shape[:-1], 2 * D if kind == "gaussian" else D), dtype=x.dtype, device=x.device)
     stream = torch.cuda.current_stream(x.device).cuda_stream
-    status = lib.rfa_random_features(ctypes.byref(_args(x, sigma, w_tilde, kind, out)), ctypes.c_void_p(stream))
+    status = lib.rfa_random_features(ctypes.byref(_args(x, sigma, w_tilde, kind, out.data_ptr())), ctypes.c_void_p(stream))
     if status != 0:
         raise RuntimeError(f"rfa_random_features: {lib.rfa_status_string(status).decode()}")
     return out
