@@ -87,11 +87,6 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t const (&a)[4], 
     }
 }
 
-__device__ __forceinline__ uint32_t smemAddr(void const* p)
-{
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 __device__ __forceinline__ void ldsm4(uint32_t (&r)[4], void const* p)
 {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -124,24 +119,6 @@ __device__ __forceinline__ float fastExp2(float x)
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
-}
-
-// 16 bytes global -> shared without registers; bytes == 0 writes zeros (rows past T).
-__device__ __forceinline__ void cpAsync16(void* dst, void const* src, bool valid)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smemAddr(dst)), "l"(src), "r"(valid ? 16 : 0)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cpAsyncCommit()
-{
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void cpAsyncWait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 __device__ __forceinline__ float quadMax(float x)

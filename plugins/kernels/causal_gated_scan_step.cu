@@ -2,7 +2,10 @@
 //
 // One block per (b, h); the state moves as float4s (whole 16-byte transactions although a row of Dv + 1
 // floats is not 16-byte aligned), each thread's four lanes fixed to four columns (the normaliser z is
-// column Dv). The readout uses q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1]: numerator and normaliser
+// column Dv). For Dv <= 64 the block stages its whole state slab in shared memory with cp.async (each
+// thread copies exactly the float4s it later reads, so no barrier guards them): the bytes in flight then
+// cost no registers and five blocks fit on a multiprocessor. Larger Dv hold the slab in registers in
+// batches. The readout uses q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1]: numerator and normaliser
 // then share the factor (q . k) exactly, as in the chunked kernel, which keeps the ratio accurate when
 // q . k nearly cancels. Partial q^T S_old sums are reduced over the rows of a pass in shared memory.
 #include "scan_common.cuh"
@@ -11,19 +14,24 @@
 namespace rfa
 {
 
-// kMaxThreads / kMinBlocks: launch bounds. 320 / 3 for Dv <= 64 (three blocks per multiprocessor keep
-// enough loads in flight: 82 µs against 92 µs with two at B256 on the H200), 512 for Dv <= 112, 1024 beyond.
-template <typename T, int kMaxThreads, int kMinBlocks>
+// kMaxThreads / kMinBlocks: launch bounds. Staged (Dv <= 64): 288 / 5 (B256 on the H200: 72.8 us, against
+// 79.6 us for registers with three blocks, which spilled, and 72.1 us with four blocks of four-float4
+// batches, which fell to 87 us in place); 512 for Dv <= 112, 1024 beyond.
+template <typename T, int kMaxThreads, int kMinBlocks, bool kStaged>
 __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepParams p)
 {
-    extern __shared__ float smem[];
+    extern __shared__ __align__(16) float smem[];
     int const F = p.F, Dv = p.Dv, cols = Dv + 1;
     int const bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
-    float* qs = smem;         // [F]
-    float* ks = qs + F;       // [F]
-    float* vs = ks + F;       // [cols], vs[Dv] = 1
-    float* part = vs + cols;  // [stripeRows][cols]
-    float* red = part + p.stripeRows * cols; // [32], then [0] = readout scale, [1] = q . k
+    // staged: [F * cols] state slab first (16-byte aligned for cp.async)
+    float4* const slab = reinterpret_cast<float4*>(smem);
+    float* const fixed = kStaged ? smem + F * cols : smem;
+    float2* qk = reinterpret_cast<float2*>(fixed); // [F + 1] (q_f, k_f); entry F only pads the row + 1 read
+    float* vs = fixed + 2 * (F + 1);                // [cols], vs[Dv] = 1
+    // [stripeRows][cols] partial sums; staged, the slab's first pass, where each thread's slots are the
+    // float4 it copied itself and has consumed by the time it writes them
+    float* part = kStaged ? smem : vs + cols;
+    float* red = vs + cols + (kStaged ? 0 : p.stripeRows * cols); // [32], then [0] = readout scale, [1] = q . k
 
     // The [F, Dv + 1] state of one (b, h) is F * (Dv + 1) contiguous floats, a multiple of 4 (F % 16 == 0):
     // thread t owns float4 number t of every pass of passThreads float4s. A pass covers exactly
@@ -36,7 +44,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     int const passThreads = stripeRows * cols / 4; // float4s per pass; the block may have up to 31 more threads
     int const passes = threadIdx.x < passThreads ? F / stripeRows : 0;
     int const t = threadIdx.x, e0 = 4 * t;
-    constexpr int kBatch = 8;
+    constexpr int kBatch = kStaged ? 1 : (kMaxThreads > 512 ? 4 : 8); // 64 registers at 1024 threads
     float4 s[kBatch];
     auto loadBatch = [&](int base) {
         // All loads of a batch are issued before any store: the state may be updated in place.
@@ -49,15 +57,33 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             }
         }
     };
-    loadBatch(0); // before the q, k, v loads: the two latencies overlap
+    // Either way the state loads go out before the q, k, v loads: the two latencies overlap.
+    if constexpr (kStaged)
+    {
+        for (int u = 0; u < passes; ++u)
+        {
+            if (sIn)
+            {
+                cpAsync16(slab + u * passThreads + t, sIn + (size_t) u * passThreads + t, true);
+            }
+            else
+            {
+                slab[u * passThreads + t] = make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+        }
+        cpAsyncCommit();
+    }
+    else
+    {
+        loadBatch(0);
+    }
 
     T const* q = static_cast<T const*>(p.q) + (size_t) b * p.qkBatchStride + (size_t) h * F;
     T const* k = static_cast<T const*>(p.k) + (size_t) b * p.qkBatchStride + (size_t) h * F;
     T const* v = static_cast<T const*>(p.v) + (size_t) b * p.vBatchStride + (size_t) h * Dv;
-    for (int i = threadIdx.x; i < F; i += blockDim.x)
+    for (int i = threadIdx.x; i <= F; i += blockDim.x)
     {
-        qs[i] = toFloat(q[i]);
-        ks[i] = toFloat(k[i]);
+        qk[i] = i < F ? make_float2(toFloat(q[i]), toFloat(k[i])) : make_float2(0.f, 0.f);
     }
     for (int i = threadIdx.x; i < cols; i += blockDim.x)
     {
@@ -73,51 +99,67 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp == 0)
     {
-        float qk = 0.f;
+        float dot = 0.f;
         for (int f = lane; f < F; f += 32)
         {
-            qk = fmaf(qs[f], ks[f], qk);
+            dot = fmaf(qk[f].x, qk[f].y, dot);
         }
-        qk = warpSum(qk);
+        dot = warpSum(dot);
         if (lane == 0)
         {
-            red[1] = qk;
+            red[1] = dot;
         }
     }
 
     float const keep = gated ? gate : 1.f;
     float const write = gated ? 1.f - gate : 1.f;
-    int row0[4];
+    // The thread's first lane sits at row r0, column c0 of the pass; lanes m >= wrap continue on row r0 + 1.
+    int const r0 = e0 / cols, c0 = e0 - r0 * cols, wrap = cols - c0;
     float wv[4];
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int m = 0; m < 4; ++m)
     {
-        row0[m] = (e0 + m) / cols;
-        wv[m] = write * vs[(e0 + m) % cols];
+        wv[m] = write * vs[c0 + m < cols ? c0 + m : c0 + m - cols];
     }
-    for (int base = 0; base < passes; base += kBatch)
-    {
-        if (base > 0)
+    auto update = [&](float4 const& cur, int pass) {
+        int const row = r0 + pass * stripeRows;
+        float2 const here = qk[row], next = qk[row + 1];
+        float const old[4] = {cur.x, cur.y, cur.z, cur.w};
+        float upd[4];
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
         {
-            loadBatch(base);
+            float2 const x = m < wrap ? here : next;
+            upd[m] = fmaf(keep, old[m], x.y * wv[m]);
+            acc[m] = fmaf(x.x, old[m], acc[m]);
         }
-#pragma unroll
-        for (int u = 0; u < kBatch; ++u)
+        sOut[(size_t) pass * passThreads + t] = make_float4(upd[0], upd[1], upd[2], upd[3]);
+    };
+    if constexpr (kStaged)
+    {
+        cpAsyncWait<0>(); // this thread's own copies; nobody else reads them
+#pragma unroll 4
+        for (int u = 0; u < passes; ++u)
         {
-            if (base + u < passes)
+            update(slab[u * passThreads + t], u);
+        }
+    }
+    else
+    {
+        for (int base = 0; base < passes; base += kBatch)
+        {
+            if (base > 0)
             {
-                int const rowOffset = (base + u) * stripeRows;
-                float const old[4] = {s[u].x, s[u].y, s[u].z, s[u].w};
-                float upd[4];
+                loadBatch(base);
+            }
 #pragma unroll
-                for (int m = 0; m < 4; ++m)
+            for (int u = 0; u < kBatch; ++u)
+            {
+                if (base + u < passes)
                 {
-                    int const row = row0[m] + rowOffset;
-                    upd[m] = fmaf(keep, old[m], ks[row] * wv[m]);
-                    acc[m] = fmaf(qs[row], old[m], acc[m]);
+                    update(s[u], base + u);
                 }
-                sOut[(size_t) (base + u) * passThreads + t] = make_float4(upd[0], upd[1], upd[2], upd[3]);
             }
         }
     }
@@ -132,7 +174,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     __syncthreads();
 
     // num[c] = keep * (q^T S_old)[c] + write * (q . k) * [v, 1][c]; then max |num| over the Dv value columns.
-    float const qk = red[1];
+    float const qDotK = red[1];
     float localMax = 0.f;
     for (int cc = threadIdx.x; cc < cols; cc += blockDim.x)
     {
@@ -141,7 +183,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         {
             sum += part[rr * cols + cc];
         }
-        sum = fmaf(keep, sum, write * qk * vs[cc]);
+        sum = fmaf(keep, sum, write * qDotK * vs[cc]);
         part[cc] = sum; // row group 0's slot now holds the total (each column is owned by one thread here)
         if (cc < Dv)
         {
@@ -180,10 +222,12 @@ int stepStripeRows(int Dv)
     return 4 * (Dv + 1) <= 1024 ? 16 : 8;
 }
 
-size_t stepSharedBytes(int stripeRows, int F, int Dv)
+constexpr int kStagedMaxThreads = 288; // Dv <= 64 with 16-row passes
+
+size_t stepSharedBytes(bool staged, int stripeRows, int F, int Dv)
 {
     int const cols = Dv + 1;
-    return sizeof(float) * (2 * F + cols + stripeRows * cols + 32);
+    return sizeof(float) * ((staged ? F * cols : stripeRows * cols) + 2 * (F + 1) + cols + 32);
 }
 
 template <typename T>
@@ -191,18 +235,29 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
 {
     p.stripeRows = stepStripeRows(p.Dv);
     int const threads = (p.stripeRows * (p.Dv + 1) / 4 + 31) / 32 * 32;
-    size_t const bytes = stepSharedBytes(p.stripeRows, p.F, p.Dv);
-    if (threads <= 320)
+    bool const staged = threads <= kStagedMaxThreads;
+    size_t const bytes = stepSharedBytes(staged, p.stripeRows, p.F, p.Dv);
+    if (staged)
     {
-        scanStepKernel<T, 320, 3><<<p.B * p.H, threads, bytes, stream>>>(p);
+        // F = 256 needs 67 KB of the slab: above the 48 KB default, so opt in (host-side, cheap)
+        auto kernel = scanStepKernel<T, kStagedMaxThreads, 5, true>;
+        if (bytes > 48 * 1024)
+        {
+            cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+            if (e != cudaSuccess)
+            {
+                return e;
+            }
+        }
+        kernel<<<p.B * p.H, threads, bytes, stream>>>(p);
     }
     else if (threads <= 512)
     {
-        scanStepKernel<T, 512, 1><<<p.B * p.H, threads, bytes, stream>>>(p);
+        scanStepKernel<T, 512, 1, false><<<p.B * p.H, threads, bytes, stream>>>(p);
     }
     else
     {
-        scanStepKernel<T, 1024, 1><<<p.B * p.H, threads, bytes, stream>>>(p);
+        scanStepKernel<T, 1024, 1, false><<<p.B * p.H, threads, bytes, stream>>>(p);
     }
     return cudaGetLastError();
 }

@@ -5,6 +5,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 namespace rfa
 {
 
@@ -95,6 +97,29 @@ __device__ __forceinline__ float warpSum(float x)
         x += __shfl_xor_sync(0xffffffffu, x, o);
     }
     return x;
+}
+
+__device__ __forceinline__ uint32_t smemAddr(void const* p)
+{
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared without registers; bytes == 0 writes zeros (rows past T).
+__device__ __forceinline__ void cpAsync16(void* dst, void const* src, bool valid)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smemAddr(dst)), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cpAsyncCommit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cpAsyncWait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 } // namespace rfa

@@ -124,7 +124,8 @@ int main(int argc, char** argv)
         cases = {{2, 70, 2, 32, 32, Gate::kRandom, true, false}, {1, 1, 3, 64, 80, Gate::kNone, false, false},
             {1, 33, 2, 32, 144, Gate::kNear1, true, true},
             {1, 150, 2, 128, 64, Gate::kRandom, true, true}, // tensor-core prefill, 3 stages, in place
-            {1, 70, 1, 64, 128, Gate::kNone, true, false}};  // tensor-core prefill, 2 stages
+            {1, 70, 1, 64, 128, Gate::kNone, true, false},   // tensor-core prefill, 2 stages
+            {2, 2, 3, 256, 64, Gate::kRandom, true, true}};  // staged step, 67 KB of shared memory, in place
     }
     else
     {
@@ -151,6 +152,8 @@ int main(int argc, char** argv)
             {3, 129, 2, 64, 128, Gate::kExact, false, false},
             {2, 190, 2, 64, 64, Gate::kNone, true, true},
             {2, 64, 2, 128, 64, Gate::kNear0, false, false},
+            {3, 1, 5, 256, 48, Gate::kNear1, false, false},   // staged step, F = 256, no initial state
+            {2, 2, 3, 256, 64, Gate::kRandom, true, true},    // staged step, 67 KB of shared memory, in place
         };
     }
     int failures = 0;
