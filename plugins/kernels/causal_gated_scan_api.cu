@@ -63,6 +63,7 @@ rfa::StepParams stepParams(rfa_scan_args_t const* a, int t, float const* stateIn
     p.qkBatchStride = size_t(a->T) * qkStep;
     p.vBatchStride = size_t(a->T) * vStep;
     p.gBatchStride = size_t(a->T) * a->H;
+    p.outBatchStride = p.vBatchStride;
     return p;
 }
 

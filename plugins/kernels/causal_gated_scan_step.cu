@@ -8,16 +8,83 @@
 // batches. The readout uses q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1]: numerator and normaliser
 // then share the factor (q . k) exactly, as in the chunked kernel, which keeps the ratio accurate when
 // q . k nearly cancels. Partial q^T S_old sums are reduced over the rows of a pass in shared memory.
+#include "random_features.h"
 #include "scan_common.cuh"
 #include "scan_launch.h"
 
 namespace rfa
 {
 
+constexpr int kStagedMaxThreads = 288; // Dv <= 64 with 16-row passes
+#ifndef RFA_STEP_UNROLL
+#define RFA_STEP_UNROLL 4
+#endif
+constexpr int kWalkUnroll = RFA_STEP_UNROLL;
+
+// The decode prologue: phi(q) and phi(k) of head h (random_features.h; the same fp32 arithmetic as that
+// kernel, then rounded to T as its output is) into qk[0 .. F], padding entry F included. Warps 0 and 1
+// normalise q and k; then one thread per (vector, projection). All threads must call it.
+template <typename T>
+__device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, float2* qk, float* xs)
+{
+    int const dh = p.Dv, D = p.D, F = p.F;
+    int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    T const* sigma = static_cast<T const*>(p.sigma) + (size_t) h * dh;
+    if (warp < 2)
+    {
+        T const* x = warp == 0 ? q : k;
+        float sq = 0.f;
+        for (int j = lane; j < dh; j += 32)
+        {
+            float const v = toFloat(x[j]);
+            sq = fmaf(v, v, sq);
+        }
+        float const inv = 1.f / fmaxf(sqrtf(warpSum(sq)), 1e-6f);
+        for (int j = lane; j < dh; j += 32)
+        {
+            xs[warp * dh + j] = toFloat(x[j]) * inv * toFloat(sigma[j]);
+        }
+    }
+    __syncthreads();
+    bool const gaussian = p.featureKind == RFA_FEATURES_GAUSSIAN;
+    float const scale = gaussian ? rsqrtf(float(D)) : sqrtf(2.f / float(D));
+    float* const out = reinterpret_cast<float*>(qk); // [F + 1][2]: q features at even, k at odd entries
+    T const* const w = static_cast<T const*>(p.wTilde) + (size_t) h * D * dh;
+    for (int i = threadIdx.x; i < 2 * D; i += blockDim.x)
+    {
+        int const vec = i / D, d = i % D;
+        float const* const x = xs + vec * dh;
+        T const* const wr = w + (size_t) d * dh;
+        float proj = 0.f;
+        for (int j = 0; j < dh; ++j)
+        {
+            proj = fmaf(x[j], toFloat(wr[j]), proj);
+        }
+        auto rounded = [](float f) { return toFloat(fromFloat<T>(f)); };
+        if (gaussian)
+        {
+            float sn, cs;
+            sincosf(proj, &sn, &cs);
+            out[2 * d + vec] = rounded(sn * scale);
+            out[2 * (D + d) + vec] = rounded(cs * scale);
+        }
+        else
+        {
+            out[2 * d + vec] = rounded(fmaxf(proj, 0.f) * scale);
+        }
+    }
+    if (threadIdx.x == 0)
+    {
+        qk[F] = make_float2(0.f, 0.f);
+    }
+}
+
 // kMaxThreads / kMinBlocks: launch bounds. Staged (Dv <= 64): 288 / 5 (B256 on the H200: 72.8 us, against
 // 79.6 us for registers with three blocks, which spilled, and 72.1 us with four blocks of four-float4
 // batches, which fell to 87 us in place); 512 for Dv <= 112, 1024 beyond.
-template <typename T, int kMaxThreads, int kMinBlocks, bool kStaged>
+// kMapFeatures: the decode prologue of rfa_decode_attention_step (raw q, k and gate logits in, features and
+// gate made here while the state loads are in flight), otherwise the op's inputs as they are.
+template <typename T, int kMaxThreads, int kMinBlocks, bool kStaged, bool kMapFeatures>
 __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepParams p)
 {
     extern __shared__ __align__(16) float smem[];
@@ -32,6 +99,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     // float4 it copied itself and has consumed by the time it writes them
     float* part = kStaged ? smem : vs + cols;
     float* red = vs + cols + (kStaged ? 0 : p.stripeRows * cols); // [32], then [0] = readout scale, [1] = q . k
+    float* xs = red + 32; // kMapFeatures: [2][Dv] x_hat ⊙ sigma of q and k
 
     // The [F, Dv + 1] state of one (b, h) is F * (Dv + 1) contiguous floats, a multiple of 4 (F % 16 == 0):
     // thread t owns float4 number t of every pass of passThreads float4s. A pass covers exactly
@@ -78,12 +146,16 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         loadBatch(0);
     }
 
-    T const* q = static_cast<T const*>(p.q) + (size_t) b * p.qkBatchStride + (size_t) h * F;
-    T const* k = static_cast<T const*>(p.k) + (size_t) b * p.qkBatchStride + (size_t) h * F;
+    int const headQK = kMapFeatures ? Dv : F; // elements of one head in q and k
+    T const* q = static_cast<T const*>(p.q) + (size_t) b * p.qkBatchStride + (size_t) h * headQK;
+    T const* k = static_cast<T const*>(p.k) + (size_t) b * p.qkBatchStride + (size_t) h * headQK;
     T const* v = static_cast<T const*>(p.v) + (size_t) b * p.vBatchStride + (size_t) h * Dv;
-    for (int i = threadIdx.x; i <= F; i += blockDim.x)
+    if constexpr (!kMapFeatures)
     {
-        qk[i] = i < F ? make_float2(toFloat(q[i]), toFloat(k[i])) : make_float2(0.f, 0.f);
+        for (int i = threadIdx.x; i <= F; i += blockDim.x)
+        {
+            qk[i] = i < F ? make_float2(toFloat(q[i]), toFloat(k[i])) : make_float2(0.f, 0.f);
+        }
     }
     for (int i = threadIdx.x; i < cols; i += blockDim.x)
     {
@@ -94,6 +166,14 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     if (gated)
     {
         gate = toFloat(static_cast<T const*>(p.g)[(size_t) b * p.gBatchStride + h]);
+    }
+    bool masked = false;
+    if constexpr (kMapFeatures)
+    {
+        mapFeatures<T>(p, q, k, h, qk, xs);
+        // as torch.sigmoid on a T tensor: computed in fp32, rounded to T
+        gate = toFloat(fromFloat<T>(1.f / (1.f + expf(-gate))));
+        masked = p.keepMask != nullptr && p.keepMask[b] == 0;
     }
     __syncthreads();
     int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -111,8 +191,9 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         }
     }
 
-    float const keep = gated ? gate : 1.f;
-    float const write = gated ? 1.f - gate : 1.f;
+    // a masked entry (decode prologue) keeps its state: as k = 0 and g = 1 in the model
+    float const keep = masked ? 1.f : (gated ? gate : 1.f);
+    float const write = masked ? 0.f : (gated ? 1.f - gate : 1.f);
     // The thread's first lane sits at row r0, column c0 of the pass; lanes m >= wrap continue on row r0 + 1.
     int const r0 = e0 / cols, c0 = e0 - r0 * cols, wrap = cols - c0;
     float wv[4];
@@ -139,7 +220,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     if constexpr (kStaged)
     {
         cpAsyncWait<0>(); // this thread's own copies; nobody else reads them
-#pragma unroll 4
+#pragma unroll kWalkUnroll
         for (int u = 0; u < passes; ++u)
         {
             update(slab[u * passThreads + t], u);
@@ -208,7 +289,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     }
     __syncthreads();
     float const scale = red[0];
-    T* out = static_cast<T*>(p.out) + (size_t) b * p.vBatchStride + (size_t) h * Dv;
+    T* out = static_cast<T*>(p.out) + (size_t) b * p.outBatchStride + (size_t) h * Dv;
     for (int cc = threadIdx.x; cc < Dv; cc += blockDim.x)
     {
         out[cc] = fromFloat<T>(part[cc] * scale);
@@ -222,25 +303,24 @@ int stepStripeRows(int Dv)
     return 4 * (Dv + 1) <= 1024 ? 16 : 8;
 }
 
-constexpr int kStagedMaxThreads = 288; // Dv <= 64 with 16-row passes
 
-size_t stepSharedBytes(bool staged, int stripeRows, int F, int Dv)
+size_t stepSharedBytes(bool staged, int stripeRows, int F, int Dv, bool mapFeatures)
 {
     int const cols = Dv + 1;
-    return sizeof(float) * ((staged ? F * cols : stripeRows * cols) + 2 * (F + 1) + cols + 32);
+    return sizeof(float) * ((staged ? F * cols : stripeRows * cols) + 2 * (F + 1) + cols + 32 + (mapFeatures ? 2 * Dv : 0));
 }
 
-template <typename T>
+template <typename T, bool kMapFeatures>
 cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
 {
     p.stripeRows = stepStripeRows(p.Dv);
     int const threads = (p.stripeRows * (p.Dv + 1) / 4 + 31) / 32 * 32;
     bool const staged = threads <= kStagedMaxThreads;
-    size_t const bytes = stepSharedBytes(staged, p.stripeRows, p.F, p.Dv);
+    size_t const bytes = stepSharedBytes(staged, p.stripeRows, p.F, p.Dv, kMapFeatures);
     if (staged)
     {
         // F = 256 needs 67 KB of the slab: above the 48 KB default, so opt in (host-side, cheap)
-        auto kernel = scanStepKernel<T, kStagedMaxThreads, 5, true>;
+        auto kernel = scanStepKernel<T, kStagedMaxThreads, 5, true, kMapFeatures>;
         if (bytes > 48 * 1024)
         {
             cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
@@ -253,11 +333,11 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
     }
     else if (threads <= 512)
     {
-        scanStepKernel<T, 512, 1, false><<<p.B * p.H, threads, bytes, stream>>>(p);
+        scanStepKernel<T, 512, 1, false, kMapFeatures><<<p.B * p.H, threads, bytes, stream>>>(p);
     }
     else
     {
-        scanStepKernel<T, 1024, 1, false><<<p.B * p.H, threads, bytes, stream>>>(p);
+        scanStepKernel<T, 1024, 1, false, kMapFeatures><<<p.B * p.H, threads, bytes, stream>>>(p);
     }
     return cudaGetLastError();
 }
@@ -266,9 +346,19 @@ cudaError_t launchStep(StepParams const& p, int dtype, cudaStream_t stream)
 {
     switch (dtype)
     {
-    case 0: return launchStepTyped<float>(p, stream);
-    case 1: return launchStepTyped<__half>(p, stream);
-    default: return launchStepTyped<__nv_bfloat16>(p, stream);
+    case 0: return launchStepTyped<float, false>(p, stream);
+    case 1: return launchStepTyped<__half, false>(p, stream);
+    default: return launchStepTyped<__nv_bfloat16, false>(p, stream);
+    }
+}
+
+cudaError_t launchDecodeStep(StepParams const& p, int dtype, cudaStream_t stream)
+{
+    switch (dtype)
+    {
+    case 0: return launchStepTyped<float, true>(p, stream);
+    case 1: return launchStepTyped<__half, true>(p, stream);
+    default: return launchStepTyped<__nv_bfloat16, true>(p, stream);
     }
 }
 

@@ -20,8 +20,15 @@ struct StepParams
     float const* stateIn; // may be null (zeros) or equal to stateOut
     void* out;
     float* stateOut;
-    size_t qkBatchStride, vBatchStride, gBatchStride;
+    size_t qkBatchStride, vBatchStride, gBatchStride, outBatchStride;
     int stripeRows; // state rows per pass of the block; set by the launcher
+    // Decode prologue (rfa_decode_attention_step) when wTilde is set: q and k are raw head vectors of dh
+    // (= Dv) elements, mapped to the F features in the kernel; g holds gate logits; keepMask (may be null)
+    // marks batch entries whose step leaves the state unchanged (0).
+    void const* sigma;  // [H, dh]
+    void const* wTilde; // [H, D, dh]
+    int D, featureKind; // rfa_feature_kind_t
+    long long const* keepMask;
 };
 
 struct ChunkParams
@@ -39,6 +46,8 @@ struct ChunkParams
 };
 
 cudaError_t launchStep(StepParams const& p, int dtype, cudaStream_t stream);
+// The step kernel with the decode prologue (p.wTilde set).
+cudaError_t launchDecodeStep(StepParams const& p, int dtype, cudaStream_t stream);
 cudaError_t launchChunk(ChunkParams const& p, int dtype, cudaStream_t stream);
 
 // The tensor-core prefill (causal_gated_scan_chunk_mma.cu) for the sizes it is built for; launchChunk

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_scan, causal_gated_scan_
+from ..ops.decode_attention import cuda_decode_attention_step_, decode_attention_kernel_supports
 from .feature_maps import RandomFeatureMap
 from .inference_path import cuda_inference
 
@@ -58,7 +59,12 @@ class CausalRFASelfAttention(_RFAHeads):
             y [B, T, d_model], new state [B, H, F, dh + 1].
         """
         if cuda_inference(x, *self._projections()):
-            qk, v, g = self._fused_projections(x)
+            y = self._fused_projection(x)
+            if x.shape[1] == 1 and inplace_state and state is not None:
+                out = self._fused_decode_step(y, state, attention_mask)
+                if out is not None:
+                    return self.merge(out[:, None]), state
+            qk, v, g = self._split_projection(y)
         else:
             qk = torch.stack([self.heads(self.q_proj, x), self.heads(self.k_proj, x)])
             v = self.heads(self.v_proj, x)
@@ -83,21 +89,38 @@ class CausalRFASelfAttention(_RFAHeads):
     def _projection_params(self):
         return [t for lin in self._projections() for t in (lin.weight, lin.bias)]
 
-    def _fused_projections(self, x: torch.Tensor):
-        """q, k, v and the gate logits through one GEMM (inference on CUDA: decoding is launch-bound).
-        Returns qk [2, B, T, H, dh], v [B, T, H, dh], gate logits [B, T, H] or None. The concatenated weight
-        is cached and rebuilt whenever a source parameter changes (its storage or version counter)."""
+    def _fused_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """q, k, v and the gate logits through one GEMM (inference on CUDA: decoding is launch-bound):
+        [B, T, d_model] -> [B, T, 3 d_model (+ H)]. The concatenated weight is cached and rebuilt whenever a
+        source parameter changes (its storage or version counter)."""
         linears = self._projections()
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._projection_params())
         if getattr(self, "_fused_key", None) != key:
             self._fused_weight = torch.cat([lin.weight for lin in linears])
             self._fused_bias = torch.cat([lin.bias for lin in linears])
             self._fused_key = key
-        y = nn.functional.linear(x, self._fused_weight, self._fused_bias)
+        return nn.functional.linear(x, self._fused_weight, self._fused_bias)
+
+    def _split_projection(self, y: torch.Tensor):
+        """[B, T, 3 d_model (+ H)] -> qk [2, B, T, H, dh], v [B, T, H, dh], gate logits [B, T, H] or None (views)."""
         d = self.n_heads * self.head_dim
         qk = y[..., : 2 * d].unflatten(-1, (2, self.n_heads, self.head_dim)).movedim(-3, 0)
         v = y[..., 2 * d : 3 * d].unflatten(-1, (self.n_heads, self.head_dim))
         return qk, v, (y[..., 3 * d :] if self.gate is not None else None)
+
+    def _fused_decode_step(self, y: torch.Tensor, state: torch.Tensor, attention_mask: Optional[torch.Tensor]):
+        """One decoding step (T = 1) as one kernel: features, gate and scan step, `state` updated in place.
+        Returns out [B, H, dh], or None where the kernel does not take these inputs (the caller then runs
+        the composed path)."""
+        d = self.n_heads * self.head_dim
+        row = y[:, 0]
+        q, k, v = (row[:, i * d : (i + 1) * d].unflatten(-1, (self.n_heads, self.head_dim)) for i in range(3))
+        gate_logits = row[:, 3 * d :] if self.gate is not None else None
+        keep = None if attention_mask is None else attention_mask[:, 0].to(torch.int64)
+        phi = self.phi
+        if not cuda_inference(y, phi) or not decode_attention_kernel_supports(q, k, v, gate_logits, phi.sigma, phi.w_tilde, phi.kind, state, keep):
+            return None
+        return cuda_decode_attention_step_(q, k, v, gate_logits, phi.sigma, phi.w_tilde, phi.kind, state, self.eps, keep)
 
 
 class RFAAttention(_RFAHeads):

@@ -1,0 +1,43 @@
+// One decode step of a causal RFA attention layer in one launch: the random feature map of q and k
+// (random_features.h), the gate's sigmoid and the rfa::CausalGatedScan step (causal_gated_scan.h, T = 1),
+// the state updated in place. This is the model's decoding fast path, not part of the op contract: the op
+// takes features; this takes the projections the features are made from. Launch only, on the given stream.
+#pragma once
+
+#include "random_features.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// q, k, v [B, H, dh] and gate_logits [B, H] (null = ungated) are strided by row_stride elements between
+// batch entries and dense within one (they may be column slices of one fused projection), all of `dtype`;
+// sigma [H, dh], w_tilde [H, D, dh] of `dtype`; keep [B] int64, 0 where the step must leave that entry's
+// state unchanged (null = all steps count); state [B, H, F, dh + 1] fp32, F = 2D (gaussian) or D (arccos),
+// read and written in place; out [B, H, dh] dense, of `dtype`.
+typedef struct
+{
+    int B, H, dh, D;
+    int kind;
+    rfa_dtype_t dtype;
+    float eps;
+    long long row_stride;
+    const void* q;
+    const void* k;
+    const void* v;
+    const void* gate_logits;
+    const void* sigma;
+    const void* w_tilde;
+    const long long* keep;
+    float* state;
+    void* out;
+} rfa_decode_args_t;
+
+// 0 when supported: B, H >= 1; dh and D in [1, 128] with F and dh multiples of 16 in [16, 256] (the step
+// kernel's sizes); kind and dtype valid; required pointers set; state 16-byte aligned; row_stride >= H * dh.
+RFA_API int rfa_decode_attention_step_check(const rfa_decode_args_t* args);
+RFA_API int rfa_decode_attention_step(const rfa_decode_args_t* args, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,101 @@
+"""One decode step of a causal RFA layer as one CUDA launch (plugins/kernels/decode_attention_step.h), via
+ctypes: the random features of q and k, the gate's sigmoid and the scan step, the state updated in place."""
+
+import ctypes
+from typing import Optional
+
+import torch
+
+from ..native import load_error, load_kernels
+
+_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_KINDS = {"gaussian": 0, "arccos": 1}
+
+
+class _DecodeArgs(ctypes.Structure):
+    _fields_ = [
+        ("B", ctypes.c_int), ("H", ctypes.c_int), ("dh", ctypes.c_int), ("D", ctypes.c_int),
+        ("kind", ctypes.c_int), ("dtype", ctypes.c_int), ("eps", ctypes.c_float), ("row_stride", ctypes.c_longlong),
+        ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("gate_logits", ctypes.c_void_p),
+        ("sigma", ctypes.c_void_p), ("w_tilde", ctypes.c_void_p), ("keep", ctypes.c_void_p),
+        ("state", ctypes.c_void_p), ("out", ctypes.c_void_p),
+    ]
+
+
+def _bind(lib) -> None:
+    lib.rfa_decode_attention_step.argtypes = [ctypes.POINTER(_DecodeArgs), ctypes.c_void_p]
+    lib.rfa_decode_attention_step_check.argtypes = [ctypes.POINTER(_DecodeArgs)]
+    lib.rfa_status_string.restype = ctypes.c_char_p
+
+
+def _layout_ok(q, k, v, gate_logits, row: int) -> bool:
+    """q, k, v [B, H, dh] and gate_logits [B, H]: batch entries `row` elements apart, dense within one."""
+    B, H, dh = q.shape
+    for t in (q, k, v):
+        if t.shape != (B, H, dh) or (B > 1 and t.stride(0) != row) or t.stride(1) != dh or t.stride(2) != 1:
+            return False
+    if gate_logits is not None:
+        if gate_logits.shape != (B, H) or (B > 1 and gate_logits.stride(0) != row) or gate_logits.stride(1) != 1:
+            return False
+    return True
+
+
+def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr) -> _DecodeArgs:
+    B, H, dh = q.shape
+    D = w_tilde.shape[1]
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    return _DecodeArgs(B, H, dh, D, _KINDS[kind], _DTYPES[q.dtype], float(eps), q.stride(0) if B > 1 else H * dh,
+                       ptr(q), ptr(k), ptr(v), ptr(gate_logits), ptr(sigma), ptr(w_tilde), ptr(keep), ptr(state), out_ptr)
+
+
+def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind, state, keep=None) -> bool:
+    """True when the fused kernel takes these inputs as they are: CUDA tensors of one dtype (fp32/fp16/bf16),
+    the layout of _layout_ok, a contiguous fp32 state [B, H, F, dh + 1], keep None or int64 [B], and sizes the
+    kernel supports (dh, D <= 128; F and dh multiples of 16 in [16, 256])."""
+    if not q.is_cuda or q.dtype not in _DTYPES or kind not in _KINDS or q.dim() != 3:
+        return False
+    tensors = [k, v, sigma, w_tilde] + ([gate_logits] if gate_logits is not None else [])
+    if any(t.dtype != q.dtype or t.device != q.device for t in tensors):
+        return False
+    B, H, dh = q.shape
+    D = w_tilde.shape[1] if w_tilde.dim() == 3 else -1
+    F = 2 * D if kind == "gaussian" else D
+    if w_tilde.shape != (H, D, dh) or sigma.shape != (H, dh) or not (sigma.is_contiguous() and w_tilde.is_contiguous()):
+        return False
+    if state is None or state.dtype != torch.float32 or state.shape != (B, H, F, dh + 1) or not state.is_contiguous():
+        return False
+    if keep is not None and (keep.dtype != torch.int64 or keep.shape != (B,) or not keep.is_contiguous()):
+        return False
+    if not _layout_ok(q, k, v, gate_logits, q.stride(0)):
+        return False
+    lib = load_kernels(_bind)
+    if lib is None:
+        return False
+    args = _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, 0.0, keep, state.data_ptr())
+    return lib.rfa_decode_attention_step_check(ctypes.byref(args)) == 0
+
+
+def cuda_decode_attention_step_(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    gate_logits: Optional[torch.Tensor],
+    sigma: torch.Tensor,
+    w_tilde: torch.Tensor,
+    kind: str,
+    state: torch.Tensor,
+    eps: float,
+    keep: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Same contract as naive_decode_attention_step, but `state` is updated in place; returns out [B, H, dh].
+    Inputs must pass decode_attention_kernel_supports."""
+    lib = load_kernels(_bind)
+    if lib is None:
+        raise RuntimeError(f"CUDA kernels unavailable: {load_error()}")
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    args = _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out.data_ptr())
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    status = lib.rfa_decode_attention_step(ctypes.byref(args), ctypes.c_void_p(stream))
+    if status != 0:
+        raise RuntimeError(f"rfa_decode_attention_step: {lib.rfa_status_string(status).decode()}")
+    return out

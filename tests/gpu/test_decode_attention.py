@@ -1,0 +1,97 @@
+"""The fused decode step (features + gate + scan step in one kernel) against the float64 composition, and
+the model's use of it."""
+
+import pytest
+import torch
+
+from helpers import rel_err
+from rfa_export.model import RFAConfig, RFALanguageModel
+from rfa_export.ops.decode_attention import (cuda_decode_attention_step_, decode_attention_kernel_supports,
+                                             naive_decode_attention_step)
+
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_kernels")]
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def projections(B, H, dh, gated, dtype, g):
+    """q, k, v, gate logits as column slices of one [B, 3 H dh (+ H)] row block, like the fused GEMM's output."""
+    d = H * dh
+    y = (torch.randn(B, 3 * d + (H if gated else 0), generator=g) * 2).to("cuda", dtype)
+    q, k, v = (y[:, i * d : (i + 1) * d].unflatten(-1, (H, dh)) for i in range(3))
+    return q, k, v, (y[:, 3 * d :] if gated else None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind, gated", [("gaussian", True), ("arccos", False), ("gaussian", False), ("arccos", True)])
+@pytest.mark.parametrize("B, H, dh, D", [(3, 2, 64, 64), (5, 4, 32, 16), (2, 3, 128, 64), (1, 16, 64, 128)])
+def test_kernel_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
+    F = 2 * D if kind == "gaussian" else D
+    if F > 256:
+        pytest.skip("F > 256 is outside the step kernel's sizes (tested as unsupported below)")
+    g = torch.Generator().manual_seed(hash((kind, gated, B, H, dh, D)) % 2**31)
+    q, k, v, logits = projections(B, H, dh, gated, dtype, g)
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to("cuda", dtype)
+    w = torch.randn(H, D, dh, generator=g).to("cuda", dtype)
+    state = torch.rand(B, H, F, dh + 1, generator=g).cuda()
+    keep = (torch.arange(B) % 3 != 1).to(torch.int64).cuda()  # entry 1 (if any) is a padding step
+    assert decode_attention_kernel_supports(q, k, v, logits, sigma, w, kind, state, keep)
+    ref_out, ref_state = naive_decode_attention_step(
+        *(t.double().cpu() for t in (q, k, v)), None if logits is None else logits.double().cpu(),
+        sigma.double().cpu(), w.double().cpu(), kind, state.double().cpu(), keep=keep.cpu())
+    before = state.clone()
+    out = cuda_decode_attention_step_(q, k, v, logits, sigma, w, kind, state, 1e-6, keep)
+    assert out.shape == (B, H, dh) and out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out.double().cpu(), ref_out) <= TOL[dtype]
+    assert rel_err(state.double().cpu(), ref_state) <= TOL[dtype]
+    if B > 1:
+        assert torch.equal(state[1], before[1])  # the padding step left its state exactly as it was
+
+
+def test_unsupported_inputs_are_refused():
+    g = torch.Generator().manual_seed(0)
+    q, k, v, logits = projections(2, 2, 64, True, torch.float32, g)
+    sigma, w = torch.ones(2, 64, device="cuda"), torch.randn(2, 64, 64, device="cuda")
+    state = torch.zeros(2, 2, 128, 65, device="cuda")
+    assert decode_attention_kernel_supports(q, k, v, logits, sigma, w, "gaussian", state)
+    assert not decode_attention_kernel_supports(q, k, v, logits, sigma, w, "arccos", state)  # F = 64: wrong state
+    assert not decode_attention_kernel_supports(q, k, v, logits, sigma.half(), w, "gaussian", state)
+    assert not decode_attention_kernel_supports(q, k, v, logits, sigma, w, "gaussian", state.double())
+    assert not decode_attention_kernel_supports(q.contiguous().transpose(1, 2).contiguous().transpose(1, 2), k, v,
+                                                logits, sigma, w, "gaussian", state)  # head-major strides
+    big = torch.randn(2, 200, 64, device="cuda")  # D = 200: F = 400 > 256
+    assert not decode_attention_kernel_supports(q, k, v, logits, sigma, big, "gaussian", torch.zeros(2, 2, 400, 65, device="cuda"))
+
+
+def test_model_decodes_through_the_fused_step(monkeypatch):
+    torch.manual_seed(0)
+    cfg = RFAConfig(vocab_size=300, d_model=128, n_heads=2, n_layers=2, d_ffn=256, num_features=64, gated=True,
+                    positional="none")
+    model = RFALanguageModel(cfg).eval()
+    ids = torch.randint(0, 300, (3, 20))
+    more = torch.randint(0, 300, (3, 4))
+    with torch.no_grad():
+        ref, _ = model(torch.cat([ids, more], 1))  # CPU, the whole sequence at once
+        cuda = model.cuda()
+        _, state = cuda(ids.cuda())
+        from rfa_export.model import attention
+
+        calls = []
+        real = attention.cuda_decode_attention_step_
+        monkeypatch.setattr(attention, "cuda_decode_attention_step_", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+        for t in range(4):
+            logits, _ = cuda.step(more[:, t].cuda(), state, torch.full((3,), 20 + t, device="cuda"), inplace_state=True)
+            assert rel_err(logits.cpu(), ref[:, 20 + t]) <= 1e-4
+    assert len(calls) == 4 * cfg.n_layers
+    # a padding step (attention_mask 0) through the fused step leaves that sequence's state as it was
+    with torch.no_grad():
+        token, pos, mask = more[:, 0], torch.full((3, 1), 24), torch.tensor([[1], [0], [1]])
+        cpu_state = [s.cpu() for s in state]
+        ref_logits, ref_state = model.cpu()(token[:, None], cpu_state, pos, mask)
+        cuda = model.cuda()
+        logits, _ = cuda(token[:, None].cuda(), state, pos.cuda(), mask.cuda(), inplace_state=True)
+    assert len(calls) == 5 * cfg.n_layers
+    assert rel_err(logits.cpu(), ref_logits) <= 1e-4
+    for s, r, before in zip(state, ref_state, cpu_state):
+        assert rel_err(s.cpu(), r) <= 1e-4
+        assert torch.equal(s[1].cpu(), before[1])
