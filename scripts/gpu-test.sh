@@ -25,8 +25,9 @@ if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool, fused decode step"
     PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} compute-sanitizer --tool $tool --error-exitcode 9 \
-      python3 -m pytest -q -m gpu tests/gpu/test_decode_attention.py -k "kernel_matches and bfloat16" -p no:cacheprovider \
+      python3 -m pytest -q -m gpu tests/gpu/test_decode_attention.py -k "kernel_matches and bf16" -p no:cacheprovider \
       >"$out/sanitizer_decode_$tool.log" 2>&1 || status=1
+    grep -qE "[0-9]+ passed" "$out/sanitizer_decode_$tool.log" || { echo "no test ran under $tool"; status=1; }
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$out/sanitizer_decode_$tool.log" | tail -3
   done
 else

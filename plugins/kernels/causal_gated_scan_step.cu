@@ -16,19 +16,15 @@ namespace rfa
 {
 
 constexpr int kStagedMaxThreads = 288; // Dv <= 64 with 16-row passes
-#ifndef RFA_STEP_UNROLL
-#define RFA_STEP_UNROLL 4
-#endif
-constexpr int kWalkUnroll = RFA_STEP_UNROLL;
-
-// The decode prologue: phi(q) and phi(k) of head h (random_features.h; the same fp32 arithmetic as that
-// kernel, then rounded to T as its output is) into qk[0 .. F], padding entry F included. Warps 0 and 1
-// normalise q and k; then one thread per (vector, projection). All threads must call it.
+// The decode prologue: phi(q) and phi(k) of head h (random_features.h, in fp32, then rounded to T as that
+// kernel's output is) into qk[0 .. F], padding entry F included. Warps 0 and 1 normalise q and k; then each
+// warp takes rows d of W~[h] (coalesced: lanes along dh) and reduces both projections of a row across the
+// warp, so the 2 D dot products cost one pass over W~[h] shared by q and k. All threads must call it.
 template <typename T>
 __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, float2* qk, float* xs)
 {
     int const dh = p.Dv, D = p.D, F = p.F;
-    int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int const warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
     T const* sigma = static_cast<T const*>(p.sigma) + (size_t) h * dh;
     if (warp < 2)
     {
@@ -48,29 +44,34 @@ __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, 
     __syncthreads();
     bool const gaussian = p.featureKind == RFA_FEATURES_GAUSSIAN;
     float const scale = gaussian ? rsqrtf(float(D)) : sqrtf(2.f / float(D));
-    float* const out = reinterpret_cast<float*>(qk); // [F + 1][2]: q features at even, k at odd entries
+    auto rounded = [](float f) { return toFloat(fromFloat<T>(f)); };
     T const* const w = static_cast<T const*>(p.wTilde) + (size_t) h * D * dh;
-    for (int i = threadIdx.x; i < 2 * D; i += blockDim.x)
+    for (int d = warp; d < D; d += warps)
     {
-        int const vec = i / D, d = i % D;
-        float const* const x = xs + vec * dh;
         T const* const wr = w + (size_t) d * dh;
-        float proj = 0.f;
-        for (int j = 0; j < dh; ++j)
+        float pq = 0.f, pk = 0.f;
+        for (int j = lane; j < dh; j += 32)
         {
-            proj = fmaf(x[j], toFloat(wr[j]), proj);
+            float const wv = toFloat(wr[j]);
+            pq = fmaf(xs[j], wv, pq);
+            pk = fmaf(xs[dh + j], wv, pk);
         }
-        auto rounded = [](float f) { return toFloat(fromFloat<T>(f)); };
-        if (gaussian)
+        pq = warpSum(pq);
+        pk = warpSum(pk);
+        if (lane == 0)
         {
-            float sn, cs;
-            sincosf(proj, &sn, &cs);
-            out[2 * d + vec] = rounded(sn * scale);
-            out[2 * (D + d) + vec] = rounded(cs * scale);
-        }
-        else
-        {
-            out[2 * d + vec] = rounded(fmaxf(proj, 0.f) * scale);
+            if (gaussian)
+            {
+                float sq, cq, sk, ck;
+                sincosf(pq, &sq, &cq);
+                sincosf(pk, &sk, &ck);
+                qk[d] = make_float2(rounded(sq * scale), rounded(sk * scale));
+                qk[D + d] = make_float2(rounded(cq * scale), rounded(ck * scale));
+            }
+            else
+            {
+                qk[d] = make_float2(rounded(fmaxf(pq, 0.f) * scale), rounded(fmaxf(pk, 0.f) * scale));
+            }
         }
     }
     if (threadIdx.x == 0)
@@ -220,7 +221,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     if constexpr (kStaged)
     {
         cpAsyncWait<0>(); // this thread's own copies; nobody else reads them
-#pragma unroll kWalkUnroll
+#pragma unroll 1 // unrolled: one spilled register and 76.0 against 75.3 us at B256
         for (int u = 0; u < passes; ++u)
         {
             update(slab[u * passThreads + t], u);

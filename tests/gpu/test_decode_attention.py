@@ -22,7 +22,7 @@ def projections(B, H, dh, gated, dtype, g):
     return q, k, v, (y[:, 3 * d :] if gated else None)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("kind, gated", [("gaussian", True), ("arccos", False), ("gaussian", False), ("arccos", True)])
 @pytest.mark.parametrize("B, H, dh, D", [(3, 2, 64, 64), (5, 4, 32, 16), (2, 3, 128, 64), (1, 16, 64, 128)])
 def test_kernel_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
