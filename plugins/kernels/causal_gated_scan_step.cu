@@ -12,16 +12,43 @@
 #include "scan_common.cuh"
 #include "scan_launch.h"
 
+#include <cstdint>
+
 namespace rfa
 {
 
 constexpr int kStagedMaxThreads = 288; // Dv <= 64 with 16-row passes
-// The decode prologue: phi(q) and phi(k) of head h (random_features.h, in fp32, then rounded to T as that
-// kernel's output is) into qk[0 .. F], padding entry F included. Warps 0 and 1 normalise q and k; then each
-// warp takes rows d of W~[h] (coalesced: lanes along dh) and reduces both projections of a row across the
-// warp, so the 2 D dot products cost one pass over W~[h] shared by q and k. All threads must call it.
+// The decode prologue, part 1: W~[h] into shared memory (cp.async when 16-byte aligned), as one cp.async
+// group committed before the state's, so mapFeatures can wait for it alone.
 template <typename T>
-__device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, float2* qk, float* xs)
+__device__ void stageRandomMatrix(StepParams const& p, int h, T* wsm)
+{
+    int const n = p.D * p.Dv;
+    T const* const w = static_cast<T const*>(p.wTilde) + (size_t) h * n;
+    size_t const bytes = size_t(n) * sizeof(T);
+    if ((reinterpret_cast<uintptr_t>(w) & 15u) == 0 && bytes % 16 == 0)
+    {
+        for (int i = threadIdx.x; i < int(bytes / 16); i += blockDim.x)
+        {
+            cpAsync16(reinterpret_cast<char*>(wsm) + 16 * i, reinterpret_cast<char const*>(w) + 16 * i, true);
+        }
+    }
+    else
+    {
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+        {
+            wsm[i] = w[i];
+        }
+    }
+    cpAsyncCommit();
+}
+
+// Part 2: phi(q) and phi(k) of head h (random_features.h, in fp32, then rounded to T as that kernel's output
+// is) into qk[0 .. F], padding entry F included. Warps 0 and 1 normalise q and k; then each warp takes rows
+// d of W~[h] (lanes along dh) and reduces both projections of a row across the warp: one pass over W~[h]
+// serves q and k. kLaterGroups: cp.async groups committed after W~'s. All threads must call it.
+template <typename T, int kLaterGroups>
+__device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, float2* qk, float* xs, T const* wsm)
 {
     int const dh = p.Dv, D = p.D, F = p.F;
     int const warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
@@ -41,14 +68,14 @@ __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, 
             xs[warp * dh + j] = toFloat(x[j]) * inv * toFloat(sigma[j]);
         }
     }
-    __syncthreads();
+    cpAsyncWait<kLaterGroups>(); // this thread's part of W~[h]
+    __syncthreads();             // everyone's, and x_hat
     bool const gaussian = p.featureKind == RFA_FEATURES_GAUSSIAN;
     float const scale = gaussian ? rsqrtf(float(D)) : sqrtf(2.f / float(D));
     auto rounded = [](float f) { return toFloat(fromFloat<T>(f)); };
-    T const* const w = static_cast<T const*>(p.wTilde) + (size_t) h * D * dh;
     for (int d = warp; d < D; d += warps)
     {
-        T const* const wr = w + (size_t) d * dh;
+        T const* const wr = wsm + d * dh;
         float pq = 0.f, pk = 0.f;
         for (int j = lane; j < dh; j += 32)
         {
@@ -100,7 +127,8 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     // float4 it copied itself and has consumed by the time it writes them
     float* part = kStaged ? smem : vs + cols;
     float* red = vs + cols + (kStaged ? 0 : p.stripeRows * cols); // [32], then [0] = readout scale, [1] = q . k
-    float* xs = red + 32; // kMapFeatures: [2][Dv] x_hat ⊙ sigma of q and k
+    float* xs = red + 32; // kMapFeatures: [2][Dv] x_hat ⊙ sigma of q and k, then W~[h] (16-byte aligned)
+    T* wsm = reinterpret_cast<T*>(smem + (int(xs - smem) + 2 * Dv + 3) / 4 * 4);
 
     // The [F, Dv + 1] state of one (b, h) is F * (Dv + 1) contiguous floats, a multiple of 4 (F % 16 == 0):
     // thread t owns float4 number t of every pass of passThreads float4s. A pass covers exactly
@@ -126,6 +154,10 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             }
         }
     };
+    if constexpr (kMapFeatures)
+    {
+        stageRandomMatrix<T>(p, h, wsm);
+    }
     // Either way the state loads go out before the q, k, v loads: the two latencies overlap.
     if constexpr (kStaged)
     {
@@ -171,7 +203,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     bool masked = false;
     if constexpr (kMapFeatures)
     {
-        mapFeatures<T>(p, q, k, h, qk, xs);
+        mapFeatures<T, kStaged ? 1 : 0>(p, q, k, h, qk, xs, wsm);
         // as torch.sigmoid on a T tensor: computed in fp32, rounded to T
         gate = toFloat(fromFloat<T>(1.f / (1.f + expf(-gate))));
         masked = p.keepMask != nullptr && p.keepMask[b] == 0;
@@ -305,10 +337,16 @@ int stepStripeRows(int Dv)
 }
 
 
-size_t stepSharedBytes(bool staged, int stripeRows, int F, int Dv, bool mapFeatures)
+// The layout of scanStepKernel: [slab (staged) | qk | vs | part (not staged) | red | xs | W~[h]].
+size_t stepSharedBytes(bool staged, int stripeRows, int F, int Dv, int D, size_t elemBytes, bool mapFeatures)
 {
     int const cols = Dv + 1;
-    return sizeof(float) * ((staged ? F * cols : stripeRows * cols) + 2 * (F + 1) + cols + 32 + (mapFeatures ? 2 * Dv : 0));
+    size_t const fixedFloats = (staged ? F * cols : stripeRows * cols) + 2 * (F + 1) + cols + 32;
+    if (!mapFeatures)
+    {
+        return sizeof(float) * fixedFloats;
+    }
+    return sizeof(float) * ((fixedFloats + 2 * Dv + 3) / 4 * 4) + (size_t(D) * Dv * elemBytes + 15) / 16 * 16;
 }
 
 template <typename T, bool kMapFeatures>
@@ -317,11 +355,10 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
     p.stripeRows = stepStripeRows(p.Dv);
     int const threads = (p.stripeRows * (p.Dv + 1) / 4 + 31) / 32 * 32;
     bool const staged = threads <= kStagedMaxThreads;
-    size_t const bytes = stepSharedBytes(staged, p.stripeRows, p.F, p.Dv, kMapFeatures);
-    if (staged)
-    {
-        // F = 256 needs 67 KB of the slab: above the 48 KB default, so opt in (host-side, cheap)
-        auto kernel = scanStepKernel<T, kStagedMaxThreads, 5, true, kMapFeatures>;
+    size_t const bytes = stepSharedBytes(staged, p.stripeRows, p.F, p.Dv, p.D, sizeof(T), kMapFeatures);
+    // Above the 48 KB default (F = 256 staged: 67 KB; a large W~ in the decode prologue) opt in: a cheap
+    // host-side call, made for the kernel about to run.
+    auto launch = [&](auto kernel) {
         if (bytes > 48 * 1024)
         {
             cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
@@ -331,14 +368,14 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
             }
         }
         kernel<<<p.B * p.H, threads, bytes, stream>>>(p);
-    }
-    else if (threads <= 512)
+        return cudaSuccess;
+    };
+    cudaError_t const e = staged ? launch(scanStepKernel<T, kStagedMaxThreads, 5, true, kMapFeatures>)
+        : threads <= 512         ? launch(scanStepKernel<T, 512, 1, false, kMapFeatures>)
+                                 : launch(scanStepKernel<T, 1024, 1, false, kMapFeatures>);
+    if (e != cudaSuccess)
     {
-        scanStepKernel<T, 512, 1, false, kMapFeatures><<<p.B * p.H, threads, bytes, stream>>>(p);
-    }
-    else
-    {
-        scanStepKernel<T, 1024, 1, false, kMapFeatures><<<p.B * p.H, threads, bytes, stream>>>(p);
+        return e;
     }
     return cudaGetLastError();
 }

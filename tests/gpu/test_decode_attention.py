@@ -24,7 +24,7 @@ def projections(B, H, dh, gated, dtype, g):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("kind, gated", [("gaussian", True), ("arccos", False), ("gaussian", False), ("arccos", True)])
-@pytest.mark.parametrize("B, H, dh, D", [(3, 2, 64, 64), (5, 4, 32, 16), (2, 3, 128, 64), (1, 16, 64, 128)])
+@pytest.mark.parametrize("B, H, dh, D", [(3, 2, 64, 64), (5, 4, 32, 16), (2, 3, 128, 64), (1, 16, 64, 128), (2, 2, 128, 128)])
 def test_kernel_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
     F = 2 * D if kind == "gaussian" else D
     if F > 256:
@@ -38,7 +38,7 @@ def test_kernel_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
     assert decode_attention_kernel_supports(q, k, v, logits, sigma, w, kind, state, keep)
     ref_out, ref_state = naive_decode_attention_step(
         *(t.double().cpu() for t in (q, k, v)), None if logits is None else logits.double().cpu(),
-        sigma.double().cpu(), w.double().cpu(), kind, state.double().cpu(), keep=keep.cpu())
+        sigma.double().cpu(), w.double().cpu(), kind, state.double().cpu(), keep=keep.cpu(), round_to=dtype)
     before = state.clone()
     out = cuda_decode_attention_step_(q, k, v, logits, sigma, w, kind, state, 1e-6, keep)
     assert out.shape == (B, H, dh) and out.dtype == dtype and torch.isfinite(out).all()
@@ -46,6 +46,22 @@ def test_kernel_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
     assert rel_err(state.double().cpu(), ref_state) <= TOL[dtype]
     if B > 1:
         assert torch.equal(state[1], before[1])  # the padding step left its state exactly as it was
+
+
+def test_misaligned_random_matrix():
+    """W~ at an address that is not 16-byte aligned takes the plain-load staging path."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v, logits = projections(2, 2, 64, True, torch.bfloat16, g)
+    sigma = (torch.rand(2, 64, generator=g) + 0.5).to("cuda", torch.bfloat16)
+    w = torch.randn(2, 64, 64, generator=g).to("cuda", torch.bfloat16)
+    shifted = torch.empty(w.numel() + 1, dtype=w.dtype, device="cuda")[1:].view_as(w)
+    shifted.copy_(w)
+    assert shifted.data_ptr() % 16 != 0
+    state = torch.rand(2, 2, 128, 65, generator=g).cuda()
+    ref_state = state.clone()
+    out = cuda_decode_attention_step_(q, k, v, logits, sigma, shifted, "gaussian", state, 1e-6)
+    ref = cuda_decode_attention_step_(q, k, v, logits, sigma, w, "gaussian", ref_state, 1e-6)
+    assert torch.equal(out, ref) and torch.equal(state, ref_state)
 
 
 def test_unsupported_inputs_are_refused():
