@@ -18,54 +18,82 @@ namespace rfa
 {
 
 constexpr int kStagedMaxThreads = 288; // Dv <= 64 with 16-row passes
-// The decode prologue, part 1: W~[h] into shared memory (cp.async when 16-byte aligned), as one cp.async
-// group committed before the state's, so mapFeatures can wait for it alone.
+// The decode prologue, part 1: W~[h] into shared memory, rows padded by 8 bytes (kWPad elements) so the
+// threads of part 2, one per row, read it with at most two-way bank conflicts. One cp.async group (8-byte
+// copies; plain loads where W~ is not 8-byte aligned), committed before the state's so that part 2 can wait
+// for it alone.
+template <typename T>
+constexpr int kWPad = 8 / sizeof(T);
+
 template <typename T>
 __device__ void stageRandomMatrix(StepParams const& p, int h, T* wsm)
 {
-    int const n = p.D * p.Dv;
-    T const* const w = static_cast<T const*>(p.wTilde) + (size_t) h * n;
-    size_t const bytes = size_t(n) * sizeof(T);
-    if ((reinterpret_cast<uintptr_t>(w) & 15u) == 0 && bytes % 16 == 0)
+    int const dh = p.Dv, stride = dh + kWPad<T>;
+    T const* const w = static_cast<T const*>(p.wTilde) + (size_t) h * p.D * dh;
+    if ((reinterpret_cast<uintptr_t>(w) & 7u) == 0)
     {
-        for (int i = threadIdx.x; i < int(bytes / 16); i += blockDim.x)
+        int const chunksPerRow = dh / kWPad<T>; // dh % 16 == 0
+        for (int i = threadIdx.x; i < p.D * chunksPerRow; i += blockDim.x)
         {
-            cpAsync16(reinterpret_cast<char*>(wsm) + 16 * i, reinterpret_cast<char const*>(w) + 16 * i, true);
+            int const d = i / chunksPerRow, c = (i % chunksPerRow) * kWPad<T>;
+            cpAsync8(wsm + d * stride + c, w + d * dh + c);
         }
     }
     else
     {
-        for (int i = threadIdx.x; i < n; i += blockDim.x)
+        for (int i = threadIdx.x; i < p.D * dh; i += blockDim.x)
         {
-            wsm[i] = w[i];
+            wsm[(i / dh) * stride + i % dh] = w[i];
         }
     }
     cpAsyncCommit();
 }
 
-// Part 2: phi(q) and phi(k) of head h (random_features.h, in fp32, then rounded to T as that kernel's output
-// is) into qk[0 .. F], padding entry F included. Warps 0 and 1 normalise q and k; then each warp takes rows
-// d of W~[h] (lanes along dh) and reduces both projections of a row across the warp: one pass over W~[h]
-// serves q and k. kLaterGroups: cp.async groups committed after W~'s. All threads must call it.
+template <typename T>
+__device__ __forceinline__ float2 loadPair(T const* p) // 2 consecutive elements, p 4-byte aligned
+{
+    if constexpr (sizeof(T) == 4)
+    {
+        return *reinterpret_cast<float2 const*>(p);
+    }
+    else
+    {
+        return make_float2(toFloat(p[0]), toFloat(p[1]));
+    }
+}
+
+// Part 2: phi(q) and phi(k) of head h into qk[0 .. F], padding entry F included: the arithmetic of
+// random_features.cu (fp32, the same order of sums), then rounded to T as that kernel's output is, so the
+// model's fused and composed CUDA paths see the same features. Warps 0 and 1 normalise q and k; then one
+// thread per row d of W~[h] projects both. kLaterGroups: cp.async groups committed after W~'s. All threads
+// must call it.
 template <typename T, int kLaterGroups>
 __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, float2* qk, float* xs, T const* wsm)
 {
-    int const dh = p.Dv, D = p.D, F = p.F;
-    int const warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-    T const* sigma = static_cast<T const*>(p.sigma) + (size_t) h * dh;
+    int const dh = p.Dv, D = p.D, F = p.F, stride = dh + kWPad<T>;
+    int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp < 2)
     {
-        T const* x = warp == 0 ? q : k;
+        T const* const x = warp == 0 ? q : k;
+        T const* const sigma = static_cast<T const*>(p.sigma) + (size_t) h * dh;
+        float v[4]; // dh <= 128
         float sq = 0.f;
-        for (int j = lane; j < dh; j += 32)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
         {
-            float const v = toFloat(x[j]);
-            sq = fmaf(v, v, sq);
+            int const j = lane + 32 * i;
+            v[i] = j < dh ? toFloat(x[j]) : 0.f;
+            sq = fmaf(v[i], v[i], sq);
         }
         float const inv = 1.f / fmaxf(sqrtf(warpSum(sq)), 1e-6f);
-        for (int j = lane; j < dh; j += 32)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
         {
-            xs[warp * dh + j] = toFloat(x[j]) * inv * toFloat(sigma[j]);
+            int const j = lane + 32 * i;
+            if (j < dh)
+            {
+                xs[warp * dh + j] = v[i] * inv * toFloat(sigma[j]);
+            }
         }
     }
     cpAsyncWait<kLaterGroups>(); // this thread's part of W~[h]
@@ -73,32 +101,29 @@ __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, 
     bool const gaussian = p.featureKind == RFA_FEATURES_GAUSSIAN;
     float const scale = gaussian ? rsqrtf(float(D)) : sqrtf(2.f / float(D));
     auto rounded = [](float f) { return toFloat(fromFloat<T>(f)); };
-    for (int d = warp; d < D; d += warps)
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
     {
-        T const* const wr = wsm + d * dh;
+        T const* const wr = wsm + d * stride;
         float pq = 0.f, pk = 0.f;
-        for (int j = lane; j < dh; j += 32)
+        for (int j = 0; j < dh; j += 2)
         {
-            float const wv = toFloat(wr[j]);
-            pq = fmaf(xs[j], wv, pq);
-            pk = fmaf(xs[dh + j], wv, pk);
+            float2 const w2 = loadPair(wr + j);
+            float2 const xq = *reinterpret_cast<float2 const*>(xs + j);
+            float2 const xk = *reinterpret_cast<float2 const*>(xs + dh + j);
+            pq = fmaf(xq.y, w2.y, fmaf(xq.x, w2.x, pq));
+            pk = fmaf(xk.y, w2.y, fmaf(xk.x, w2.x, pk));
         }
-        pq = warpSum(pq);
-        pk = warpSum(pk);
-        if (lane == 0)
+        if (gaussian)
         {
-            if (gaussian)
-            {
-                float sq, cq, sk, ck;
-                sincosf(pq, &sq, &cq);
-                sincosf(pk, &sk, &ck);
-                qk[d] = make_float2(rounded(sq * scale), rounded(sk * scale));
-                qk[D + d] = make_float2(rounded(cq * scale), rounded(ck * scale));
-            }
-            else
-            {
-                qk[d] = make_float2(rounded(fmaxf(pq, 0.f) * scale), rounded(fmaxf(pk, 0.f) * scale));
-            }
+            float sq, cq, sk, ck;
+            sincosf(pq, &sq, &cq);
+            sincosf(pk, &sk, &ck);
+            qk[d] = make_float2(rounded(sq * scale), rounded(sk * scale));
+            qk[D + d] = make_float2(rounded(cq * scale), rounded(ck * scale));
+        }
+        else
+        {
+            qk[d] = make_float2(rounded(fmaxf(pq, 0.f) * scale), rounded(fmaxf(pk, 0.f) * scale));
         }
     }
     if (threadIdx.x == 0)
@@ -127,8 +152,9 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     // float4 it copied itself and has consumed by the time it writes them
     float* part = kStaged ? smem : vs + cols;
     float* red = vs + cols + (kStaged ? 0 : p.stripeRows * cols); // [32], then [0] = readout scale, [1] = q . k
-    float* xs = red + 32; // kMapFeatures: [2][Dv] x_hat ⊙ sigma of q and k, then W~[h] (16-byte aligned)
-    T* wsm = reinterpret_cast<T*>(smem + (int(xs - smem) + 2 * Dv + 3) / 4 * 4);
+    // kMapFeatures: [2][Dv] x_hat ⊙ sigma of q and k, then W~[h]; both 16-byte aligned (Dv % 16 == 0)
+    float* xs = smem + (int(red - smem) + 32 + 3) / 4 * 4;
+    T* wsm = reinterpret_cast<T*>(xs + 2 * Dv);
 
     // The [F, Dv + 1] state of one (b, h) is F * (Dv + 1) contiguous floats, a multiple of 4 (F % 16 == 0):
     // thread t owns float4 number t of every pass of passThreads float4s. A pass covers exactly
@@ -346,7 +372,8 @@ size_t stepSharedBytes(bool staged, int stripeRows, int F, int Dv, int D, size_t
     {
         return sizeof(float) * fixedFloats;
     }
-    return sizeof(float) * ((fixedFloats + 2 * Dv + 3) / 4 * 4) + (size_t(D) * Dv * elemBytes + 15) / 16 * 16;
+    size_t const wBytes = size_t(D) * (Dv * elemBytes + 8); // rows padded by 8 bytes (kWPad)
+    return sizeof(float) * ((fixedFloats + 3) / 4 * 4 + 2 * Dv) + wBytes;
 }
 
 template <typename T, bool kMapFeatures>

@@ -111,6 +111,12 @@ __device__ __forceinline__ void cpAsync16(void* dst, void const* src, bool valid
                  : "memory");
 }
 
+// 8 bytes global -> shared (through L1: cp.async.cg copies 16 bytes only); both addresses 8-byte aligned.
+__device__ __forceinline__ void cpAsync8(void* dst, void const* src)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smemAddr(dst)), "l"(src) : "memory");
+}
+
 __device__ __forceinline__ void cpAsyncCommit()
 {
     asm volatile("cp.async.commit_group;\n" ::: "memory");

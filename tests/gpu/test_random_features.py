@@ -1,5 +1,7 @@
 """The fused random-feature kernel against the float64 PyTorch feature map, and the model using it."""
 
+import zlib
+
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 @pytest.mark.parametrize("lead, H, dh, D", [((1,), 1, 16, 8), ((2, 64, 1), 16, 64, 64), ((3, 37), 4, 128, 128),
                                             ((17,), 2, 48, 100), ((2, 5), 8, 1, 1)])
 def test_kernel_matches_float64_reference(dtype, kind, lead, H, dh, D):
-    g = torch.Generator().manual_seed(hash((kind, H, dh, D)) % 2**31)
+    g = torch.Generator().manual_seed(zlib.crc32(f"{kind} {H} {dh} {D}".encode()))  # hash() of a str varies per process
     x = torch.randn(*lead, H, dh, generator=g) * 3
     x[..., 0, :] = 0  # the 1e-6 floor of the norm
     sigma = torch.rand(H, dh, generator=g) + 0.5
