@@ -118,9 +118,10 @@ class CausalRFASelfAttention(_RFAHeads):
         gate_logits = row[:, 3 * d :] if self.gate is not None else None
         keep = None if attention_mask is None else attention_mask[:, 0].to(torch.int64)
         phi = self.phi
-        if not cuda_inference(y, phi) or not decode_attention_kernel_supports(q, k, v, gate_logits, phi.sigma, phi.w_tilde, phi.kind, state, keep):
+        features = (phi.sigma, phi.w_tilde, phi.kind)
+        if not cuda_inference(y, phi) or not decode_attention_kernel_supports(q, k, v, gate_logits, *features, state, keep):
             return None
-        return cuda_decode_attention_step_(q, k, v, gate_logits, phi.sigma, phi.w_tilde, phi.kind, state, self.eps, keep)
+        return cuda_decode_attention_step_(q, k, v, gate_logits, *features, state, self.eps, keep)
 
 
 class RFAAttention(_RFAHeads):
