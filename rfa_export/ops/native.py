@@ -1,13 +1,20 @@
 """The native kernel library (librfa_kernels.so, built from plugins/kernels/), loaded once through ctypes.
 
 Looked up at $RFA_KERNELS_LIBRARY, then build/librfa_kernels.so of the source tree. Each op module binds
-the functions it calls (argument and result types) through `load_kernels(bind)`.
+the functions it calls (argument and result types) through `load_kernels(bind)`; the codes of the C enums
+and the status check every call ends with are here once.
 """
 
 import ctypes
 import os
 from pathlib import Path
 from typing import Callable, Optional
+
+import torch
+
+# rfa_dtype_t (causal_gated_scan.h) and rfa_feature_kind_t (random_features.h)
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+FEATURE_KIND_CODES = {"gaussian": 0, "arccos": 1}
 
 _lib = None
 _error: Optional[str] = None
@@ -31,6 +38,7 @@ def load_kernels(bind: Callable[[ctypes.CDLL], None]):
         else:
             try:
                 _lib = ctypes.CDLL(str(path))
+                _lib.rfa_status_string.restype = ctypes.c_char_p
             except OSError as e:
                 _error = f"cannot load {path}: {e}"
     if _lib is not None and bind not in _bound:
@@ -41,3 +49,17 @@ def load_kernels(bind: Callable[[ctypes.CDLL], None]):
 
 def load_error() -> Optional[str]:
     return _error
+
+
+def require_kernels(bind: Callable[[ctypes.CDLL], None]):
+    """load_kernels, raising RuntimeError (with load_error()) when the library is unavailable."""
+    lib = load_kernels(bind)
+    if lib is None:
+        raise RuntimeError(f"CUDA kernels unavailable: {_error}")
+    return lib
+
+
+def check_status(lib, status: int, function: str) -> None:
+    """Raise RuntimeError naming `function` and the library's message for a non-zero rfa_status_t."""
+    if status != 0:
+        raise RuntimeError(f"{function}: {lib.rfa_status_string(status).decode()}")

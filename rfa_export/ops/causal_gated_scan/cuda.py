@@ -10,11 +10,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..native import load_error, load_kernels
+from ..native import DTYPE_CODES, check_status, load_error, load_kernels, require_kernels
 from .naive import accumulation_dtype
 from .readout import DEFAULT_EPS
-
-_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
 class _ScanArgs(ctypes.Structure):
@@ -30,7 +28,6 @@ def _bind(lib) -> None:
     lib.rfa_causal_gated_scan.argtypes = [ctypes.POINTER(_ScanArgs), ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.rfa_causal_gated_scan_path.argtypes = [ctypes.POINTER(_ScanArgs), ctypes.c_int, ctypes.c_void_p]
     lib.rfa_scan_check.argtypes = [ctypes.c_int] * 6
-    lib.rfa_status_string.restype = ctypes.c_char_p
 
 
 def _load():
@@ -47,10 +44,10 @@ def kernels_unavailable_reason() -> Optional[str]:
 
 def kernel_supports(q: torch.Tensor, v: torch.Tensor) -> bool:
     lib = _load()
-    if lib is None or not q.is_cuda or q.dtype not in _DTYPES:
+    if lib is None or not q.is_cuda or q.dtype not in DTYPE_CODES:
         return False
     B, T, H, F = q.shape
-    return lib.rfa_scan_check(B, max(T, 1), H, F, v.shape[-1], _DTYPES[q.dtype]) == 0
+    return lib.rfa_scan_check(B, max(T, 1), H, F, v.shape[-1], DTYPE_CODES[q.dtype]) == 0
 
 
 def cuda_causal_gated_scan(
@@ -68,9 +65,7 @@ def cuda_causal_gated_scan(
     T == 1, chunked otherwise), 0 = chunked, 1 = one step launch per time step. `out_state` may be
     `initial_state` itself for an in-place update; `out` / `out_state` are written, never read (tests poison
     them first)."""
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(f"CUDA kernels unavailable: {load_error()}")
+    lib = require_kernels(_bind)
     B, T, H, F = q.shape
     Dv = v.shape[-1]
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
@@ -80,12 +75,11 @@ def cuda_causal_gated_scan(
         out = torch.empty((B, T, H, Dv), dtype=v.dtype, device=v.device)
     state = out_state if out_state is not None else torch.empty((B, H, F, Dv + 1), dtype=accumulation_dtype(q.dtype), device=q.device)
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    args = _ScanArgs(B, T, H, F, Dv, _DTYPES[q.dtype], float(eps), ptr(q), ptr(k), ptr(v), ptr(g), ptr(s0), ptr(out), ptr(state))
+    args = _ScanArgs(B, T, H, F, Dv, DTYPE_CODES[q.dtype], float(eps), ptr(q), ptr(k), ptr(v), ptr(g), ptr(s0), ptr(out), ptr(state))
     stream = torch.cuda.current_stream(q.device).cuda_stream
     if path is None:
         status = lib.rfa_causal_gated_scan(ctypes.byref(args), None, 0, ctypes.c_void_p(stream))
     else:
         status = lib.rfa_causal_gated_scan_path(ctypes.byref(args), int(path), ctypes.c_void_p(stream))
-    if status != 0:
-        raise RuntimeError(f"rfa_causal_gated_scan: {lib.rfa_status_string(status).decode()}")
+    check_status(lib, status, "rfa_causal_gated_scan")
     return out, state

@@ -6,10 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..native import load_error, load_kernels
-
-_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_KINDS = {"gaussian": 0, "arccos": 1}
+from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, load_kernels, require_kernels
 
 
 class _DecodeArgs(ctypes.Structure):
@@ -25,7 +22,6 @@ class _DecodeArgs(ctypes.Structure):
 def _bind(lib) -> None:
     lib.rfa_decode_attention_step.argtypes = [ctypes.POINTER(_DecodeArgs), ctypes.c_void_p]
     lib.rfa_decode_attention_step_check.argtypes = [ctypes.POINTER(_DecodeArgs)]
-    lib.rfa_status_string.restype = ctypes.c_char_p
 
 
 def _layout_ok(q, k, v, gate_logits, row: int) -> bool:
@@ -44,7 +40,7 @@ def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr)
     B, H, dh = q.shape
     D = w_tilde.shape[1]
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    return _DecodeArgs(B, H, dh, D, _KINDS[kind], _DTYPES[q.dtype], float(eps), q.stride(0) if B > 1 else H * dh,
+    return _DecodeArgs(B, H, dh, D, FEATURE_KIND_CODES[kind], DTYPE_CODES[q.dtype], float(eps), q.stride(0) if B > 1 else H * dh,
                        ptr(q), ptr(k), ptr(v), ptr(gate_logits), ptr(sigma), ptr(w_tilde), ptr(keep), ptr(state), out_ptr)
 
 
@@ -52,7 +48,7 @@ def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind,
     """True when the fused kernel takes these inputs as they are: CUDA tensors of one dtype (fp32/fp16/bf16),
     the layout of _layout_ok, a contiguous fp32 state [B, H, F, dh + 1], keep None or int64 [B], and sizes the
     kernel supports (dh, D <= 128; F and dh multiples of 16 in [16, 256])."""
-    if not q.is_cuda or q.dtype not in _DTYPES or kind not in _KINDS or q.dim() != 3:
+    if not q.is_cuda or q.dtype not in DTYPE_CODES or kind not in FEATURE_KIND_CODES or q.dim() != 3:
         return False
     tensors = [k, v, sigma, w_tilde] + ([gate_logits] if gate_logits is not None else [])
     if any(t.dtype != q.dtype or t.device != q.device for t in tensors):
@@ -89,13 +85,10 @@ def cuda_decode_attention_step_(
 ) -> torch.Tensor:
     """Same contract as naive_decode_attention_step, but `state` is updated in place; returns out [B, H, dh].
     Inputs must pass decode_attention_kernel_supports."""
-    lib = load_kernels(_bind)
-    if lib is None:
-        raise RuntimeError(f"CUDA kernels unavailable: {load_error()}")
+    lib = require_kernels(_bind)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     args = _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out.data_ptr())
     stream = torch.cuda.current_stream(q.device).cuda_stream
     status = lib.rfa_decode_attention_step(ctypes.byref(args), ctypes.c_void_p(stream))
-    if status != 0:
-        raise RuntimeError(f"rfa_decode_attention_step: {lib.rfa_status_string(status).decode()}")
+    check_status(lib, status, "rfa_decode_attention_step")
     return out

@@ -4,10 +4,7 @@ import ctypes
 
 import torch
 
-from ..native import load_error, load_kernels
-
-_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_KINDS = {"gaussian": 0, "arccos": 1}
+from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, load_kernels, require_kernels
 
 
 class _FeatureArgs(ctypes.Structure):
@@ -21,18 +18,17 @@ class _FeatureArgs(ctypes.Structure):
 def _bind(lib) -> None:
     lib.rfa_random_features.argtypes = [ctypes.POINTER(_FeatureArgs), ctypes.c_void_p]
     lib.rfa_random_features_check.argtypes = [ctypes.POINTER(_FeatureArgs)]
-    lib.rfa_status_string.restype = ctypes.c_char_p
 
 
 def _args(x, sigma, w_tilde, kind, out_ptr: int) -> _FeatureArgs:
     H, D, dh = w_tilde.shape
-    return _FeatureArgs(x.numel() // (H * dh), H, dh, D, _KINDS[kind], _DTYPES[x.dtype],
+    return _FeatureArgs(x.numel() // (H * dh), H, dh, D, FEATURE_KIND_CODES[kind], DTYPE_CODES[x.dtype],
                         x.data_ptr(), sigma.data_ptr(), w_tilde.data_ptr(), out_ptr)
 
 
 def random_features_kernel_supports(x: torch.Tensor, sigma: torch.Tensor, w_tilde: torch.Tensor, kind: str) -> bool:
     """True when the fused kernel takes these inputs: CUDA, one dtype of fp32/fp16/bf16, dh and D <= 128."""
-    if not (x.is_cuda and x.dtype in _DTYPES and sigma.dtype == x.dtype and w_tilde.dtype == x.dtype) or kind not in _KINDS:
+    if not (x.is_cuda and x.dtype in DTYPE_CODES and sigma.dtype == x.dtype and w_tilde.dtype == x.dtype) or kind not in FEATURE_KIND_CODES:
         return False
     if x.numel() == 0 or w_tilde.dim() != 3 or x.shape[-2:] != (w_tilde.shape[0], w_tilde.shape[2]):
         return False
@@ -43,14 +39,11 @@ def random_features_kernel_supports(x: torch.Tensor, sigma: torch.Tensor, w_tild
 
 def cuda_random_features(x: torch.Tensor, sigma: torch.Tensor, w_tilde: torch.Tensor, kind: str) -> torch.Tensor:
     """Same contract as naive_random_features; x [..., H, dh] -> [..., H, F] on x's stream."""
-    lib = load_kernels(_bind)
-    if lib is None:
-        raise RuntimeError(f"CUDA kernels unavailable: {load_error()}")
+    lib = require_kernels(_bind)
     H, D, dh = w_tilde.shape
     x, sigma, w_tilde = x.contiguous(), sigma.contiguous(), w_tilde.contiguous()
     out = torch.empty((*x.shape[:-1], 2 * D if kind == "gaussian" else D), dtype=x.dtype, device=x.device)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     status = lib.rfa_random_features(ctypes.byref(_args(x, sigma, w_tilde, kind, out.data_ptr())), ctypes.c_void_p(stream))
-    if status != 0:
-        raise RuntimeError(f"rfa_random_features: {lib.rfa_status_string(status).decode()}")
+    check_status(lib, status, "rfa_random_features")
     return out
