@@ -8,7 +8,7 @@
 // batches. The readout uses q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1]: numerator and normaliser
 // then share the factor (q . k) exactly, as in the chunked kernel, which keeps the ratio accurate when
 // q . k nearly cancels. Partial q^T S_old sums are reduced over the rows of a pass in shared memory.
-#include "random_features.h"
+#include "feature_map.cuh"
 #include "scan_common.cuh"
 #include "scan_launch.h"
 
@@ -85,7 +85,7 @@ __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, 
             v[i] = j < dh ? toFloat(x[j]) : 0.f;
             sq = fmaf(v[i], v[i], sq);
         }
-        float const inv = 1.f / fmaxf(sqrtf(warpSum(sq)), 1e-6f);
+        float const inv = inverseNorm(warpSum(sq));
 #pragma unroll
         for (int i = 0; i < 4; ++i)
         {
@@ -99,7 +99,7 @@ __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, 
     cpAsyncWait<kLaterGroups>(); // this thread's part of W~[h]
     __syncthreads();             // everyone's, and x_hat
     bool const gaussian = p.featureKind == RFA_FEATURES_GAUSSIAN;
-    float const scale = gaussian ? rsqrtf(float(D)) : sqrtf(2.f / float(D));
+    float const scale = featureScale(gaussian, D);
     auto rounded = [](float f) { return toFloat(fromFloat<T>(f)); };
     for (int d = threadIdx.x; d < D; d += blockDim.x)
     {
@@ -113,17 +113,11 @@ __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, 
             pq = fmaf(xq.y, w2.y, fmaf(xq.x, w2.x, pq));
             pk = fmaf(xk.y, w2.y, fmaf(xk.x, w2.x, pk));
         }
+        float2 const fq = featurePair(gaussian, pq, scale), fk = featurePair(gaussian, pk, scale);
+        qk[d] = make_float2(rounded(fq.x), rounded(fk.x));
         if (gaussian)
         {
-            float sq, cq, sk, ck;
-            sincosf(pq, &sq, &cq);
-            sincosf(pk, &sk, &ck);
-            qk[d] = make_float2(rounded(sq * scale), rounded(sk * scale));
-            qk[D + d] = make_float2(rounded(cq * scale), rounded(ck * scale));
-        }
-        else
-        {
-            qk[d] = make_float2(rounded(fmaxf(pq, 0.f) * scale), rounded(fmaxf(pk, 0.f) * scale));
+            qk[D + d] = make_float2(rounded(fq.y), rounded(fk.y));
         }
     }
     if (threadIdx.x == 0)

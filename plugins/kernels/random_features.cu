@@ -1,6 +1,7 @@
 // Fused random feature map (random_features.h). Grid (H, row groups): a block stages W~[h] transposed in
 // shared memory once and maps kRows rows of that head: one warp per row for the norm, then one thread per
 // (row, feature) for the projection, features on consecutive lanes (conflict-free, coalesced stores).
+#include "feature_map.cuh"
 #include "random_features.h"
 #include "scan_common.cuh"
 
@@ -48,14 +49,15 @@ __global__ void __launch_bounds__(kThreads) randomFeaturesKernel(rfa_features_ar
             float const v = toFloat(xr[j]);
             sq = fmaf(v, v, sq);
         }
-        float const inv = 1.f / fmaxf(sqrtf(warpSum(sq)), 1e-6f);
+        float const inv = inverseNorm(warpSum(sq));
         for (int j = lane; j < dh; j += 32)
         {
             xs[r * dh + j] = toFloat(xr[j]) * inv * toFloat(sigma[j]);
         }
     }
     __syncthreads();
-    float const scale = a.kind == RFA_FEATURES_GAUSSIAN ? rsqrtf(float(D)) : sqrtf(2.f / float(D));
+    bool const gaussian = a.kind == RFA_FEATURES_GAUSSIAN;
+    float const scale = featureScale(gaussian, D);
     T* out = static_cast<T*>(a.out);
     for (int i = threadIdx.x; i < rows * D; i += kThreads)
     {
@@ -66,16 +68,11 @@ __global__ void __launch_bounds__(kThreads) randomFeaturesKernel(rfa_features_ar
             p = fmaf(xs[r * dh + j], ws[j * (D + 1) + d], p);
         }
         T* o = out + (size_t(row0 + r) * H + h) * F;
-        if (a.kind == RFA_FEATURES_GAUSSIAN)
+        float2 const f = featurePair(gaussian, p, scale);
+        o[d] = fromFloat<T>(f.x);
+        if (gaussian)
         {
-            float s, c;
-            sincosf(p, &s, &c);
-            o[d] = fromFloat<T>(s * scale);
-            o[D + d] = fromFloat<T>(c * scale);
-        }
-        else
-        {
-            o[d] = fromFloat<T>(fmaxf(p, 0.f) * scale);
+            o[D + d] = fromFloat<T>(f.y);
         }
     }
 }
