@@ -48,13 +48,16 @@ struct Problem
 // head (F = 2D), so q . z is a positive kernel sum on average and well conditioned. With exact 0/1 gates a
 // reset leaves a single q . k term in den, which sin/cos features can make ~0 (ill-conditioned in any
 // precision); that case uses arc-cosine (ReLU) features, q . k >= 0.
-inline Problem makeProblem(int B, int T, int H, int F, int Dv, Gate gate, bool initialState, uint64_t seed)
+// clamp: every output row in the normaliser's clamp (ReLU features, an initial z < 0, gates near 1 keep
+// den < 0), with the upper half of the value columns 8x larger, so each row's max |num| lies there.
+inline Problem makeProblem(int B, int T, int H, int F, int Dv, Gate gate, bool initialState, uint64_t seed,
+    bool clamp = false)
 {
     Problem p{B, T, H, F, Dv, gate, initialState, {}, {}, {}, {}, {}};
     std::mt19937_64 rng(seed);
     std::normal_distribution<double> normal;
     std::uniform_real_distribution<double> uniform(0.0, 1.0);
-    bool const relu = gate == Gate::kExact;
+    bool const relu = gate == Gate::kExact || clamp;
     int const D = relu ? F : F / 2, d = 8;
     std::vector<double> w(size_t(H) * D * d);
     for (auto& x : w)
@@ -96,9 +99,9 @@ inline Problem makeProblem(int B, int T, int H, int F, int Dv, Gate gate, bool i
     features(p.q);
     features(p.k);
     p.v.resize(size_t(B) * T * H * Dv);
-    for (auto& x : p.v)
+    for (size_t i = 0; i < p.v.size(); ++i)
     {
-        x = normal(rng);
+        p.v[i] = normal(rng) * (clamp && int(i % Dv) >= Dv / 2 ? 8.0 : 1.0);
     }
     if (gate != Gate::kNone)
     {
@@ -121,7 +124,8 @@ inline Problem makeProblem(int B, int T, int H, int F, int Dv, Gate gate, bool i
         for (size_t i = 0; i < p.s0.size(); ++i)
         {
             bool const zColumn = (i % (Dv + 1)) == size_t(Dv);
-            p.s0[i] = zColumn ? 0.5 + std::fabs(normal(rng)) : 0.1 * normal(rng);
+            double const z = 0.5 + std::fabs(normal(rng));
+            p.s0[i] = zColumn ? (clamp ? -z : z) : 0.1 * normal(rng);
         }
     }
     return p;

@@ -55,13 +55,14 @@ struct Case
     Gate gate;
     bool initialState;
     bool inPlace;
+    bool clamp = false; // every row in the normaliser's clamp, its max |num| in the upper value half
 };
 
 // path: -1 = the dispatcher (step kernel for T == 1, chunked otherwise), 0 = chunked, 1 = step loop
 template <typename T>
 bool runCase(Case const& c, int path, uint64_t seed)
 {
-    Problem p = makeProblem(c.B, c.T, c.H, c.F, c.Dv, c.gate, c.initialState || c.inPlace, seed);
+    Problem p = makeProblem(c.B, c.T, c.H, c.F, c.Dv, c.gate, c.initialState || c.inPlace, seed, c.clamp);
     roundActivations<T>(p);
     double const eps = 1e-3;
     std::vector<double> refOut, refState;
@@ -100,9 +101,9 @@ bool runCase(Case const& c, int path, uint64_t seed)
     // The state is stored and accumulated in fp32; with half activations the tensor-core products round the
     // scaled keys/values to the activation dtype, so it is held to the dtype's tolerance (op_contract.md).
     bool const ok = status == RFA_OK && eOut <= tol && eState <= tol;
-    std::printf("%s %-4s path=%-5s B=%-3d T=%-5d H=%-3d F=%-3d Dv=%-3d gate=%-8s s0=%d inplace=%d  out %.2e  state %.2e%s\n",
+    std::printf("%s %-4s path=%-5s B=%-3d T=%-5d H=%-3d F=%-3d Dv=%-3d gate=%-8s s0=%d inplace=%d%s  out %.2e  state %.2e%s\n",
         ok ? "ok  " : "FAIL", DtypeOf<T>::name, path < 0 ? "auto" : (path == 0 ? "chunk" : "step"), c.B, c.T, c.H, c.F,
-        c.Dv, gateName(c.gate), int(c.initialState), int(c.inPlace), eOut, eState,
+        c.Dv, gateName(c.gate), int(c.initialState), int(c.inPlace), c.clamp ? " clamp" : "", eOut, eState,
         status == RFA_OK ? "" : (std::string("  status: ") + rfa_status_string(status)).c_str());
     for (void* ptr : {(void*) dq, (void*) dk, (void*) dv, (void*) dg, (void*) ds0, (void*) dout})
     {
@@ -124,6 +125,7 @@ int main(int argc, char** argv)
         cases = {{2, 70, 2, 32, 32, Gate::kRandom, true, false}, {1, 1, 3, 64, 80, Gate::kNone, false, false},
             {1, 33, 2, 32, 144, Gate::kNear1, true, true},
             {1, 150, 2, 128, 64, Gate::kRandom, true, true}, // tensor-core prefill, 3 stages, in place
+            {1, 70, 1, 64, 64, Gate::kNear1, true, false, true}, // the normaliser's clamp on tensor cores
             {1, 70, 1, 64, 128, Gate::kNone, true, false},   // tensor-core prefill, 2 stages
             {2, 2, 3, 256, 64, Gate::kRandom, true, true}};  // staged step, 67 KB of shared memory, in place
     }
@@ -154,6 +156,11 @@ int main(int argc, char** argv)
             {2, 64, 2, 128, 64, Gate::kNear0, false, false},
             {3, 1, 5, 256, 48, Gate::kNear1, false, false},   // staged step, F = 256, no initial state
             {2, 2, 3, 256, 64, Gate::kRandom, true, true},    // staged step, 67 KB of shared memory, in place
+            // the normaliser's clamp: each row's max |num| in the upper value half (the other value half of the
+            // tensor-core prefill's warps, other blocks of the general kernel's clusters)
+            {2, 130, 3, 128, 64, Gate::kNear1, true, true, true},
+            {1, 100, 2, 64, 64, Gate::kNear1, true, false, true},
+            {2, 70, 2, 48, 160, Gate::kNear1, true, false, true}, // value tiles 0-63 (small), 64-127, 128-159
         };
     }
     int failures = 0;
