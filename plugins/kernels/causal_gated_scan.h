@@ -65,7 +65,8 @@ RFA_API size_t rfa_scan_workspace_size(int B, int T, int H, int F, int Dv, int d
 // Launch the scan on `stream`: the single-step kernel when T == 1, the chunked kernel otherwise.
 RFA_API int rfa_causal_gated_scan(const rfa_scan_args_t* args, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
-// Force one path (tests and benchmarks): 0 = chunked, 1 = single-step loop (T launches).
+// Force one path (tests and benchmarks): 0 = chunked, 1 = single-step loop (T launches), 2 = chunked without
+// the Hopper wgmma prefill (the mma.sync kernel where the wgmma one would run).
 RFA_API int rfa_causal_gated_scan_path(const rfa_scan_args_t* args, int path, cudaStream_t stream);
 
 RFA_API const char* rfa_status_string(int status);

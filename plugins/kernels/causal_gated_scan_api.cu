@@ -141,6 +141,7 @@ int rfa_causal_gated_scan_path(rfa_scan_args_t const* args, int path, cudaStream
     p.stateIn = args->initial_state;
     p.out = args->out;
     p.stateOut = args->final_state;
+    p.mmaSyncOnly = path == 2;
     return launchStatus(rfa::launchChunk(p, args->dtype, stream));
 }
 

@@ -515,6 +515,10 @@ cudaError_t launchChunkTyped(ChunkParams p, cudaStream_t stream)
 
 cudaError_t launchChunk(ChunkParams const& p, int dtype, cudaStream_t stream)
 {
+    if (!p.mmaSyncOnly && chunkWgmmaSupports(p.F, p.Dv, dtype))
+    {
+        return launchChunkWgmma(p, dtype, stream);
+    }
     if (chunkMmaSupports(p.F, p.Dv, dtype))
     {
         return launchChunkMma(p, dtype, stream);

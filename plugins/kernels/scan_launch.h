@@ -42,7 +42,8 @@ struct ChunkParams
     float const* stateIn;
     void* out;
     float* stateOut;
-    int tileWidth; // value columns per block; blocks of one (b, h) form a cluster
+    int tileWidth;     // value columns per block; blocks of one (b, h) form a cluster
+    bool mmaSyncOnly;  // tests and benchmarks: the mma.sync prefill even where the wgmma one runs
 };
 
 cudaError_t launchStep(StepParams const& p, int dtype, cudaStream_t stream);
@@ -54,5 +55,9 @@ cudaError_t launchChunk(ChunkParams const& p, int dtype, cudaStream_t stream);
 // uses it when chunkMmaSupports says so.
 bool chunkMmaSupports(int F, int Dv, int dtype);
 cudaError_t launchChunkMma(ChunkParams const& p, int dtype, cudaStream_t stream);
+// The Hopper warpgroup-MMA prefill (causal_gated_scan_chunk_wgmma.cu): F = 128, Dv = 64, fp16/bf16, built for
+// sm_90a (RFA_HAVE_WGMMA) and running on a compute capability 9.0 device; launchChunk prefers it.
+bool chunkWgmmaSupports(int F, int Dv, int dtype);
+cudaError_t launchChunkWgmma(ChunkParams const& p, int dtype, cudaStream_t stream);
 
 } // namespace rfa

@@ -58,7 +58,8 @@ struct Case
     bool clamp = false; // every row in the normaliser's clamp, its max |num| in the upper value half
 };
 
-// path: -1 = the dispatcher (step kernel for T == 1, chunked otherwise), 0 = chunked, 1 = step loop
+// path: -1 = the dispatcher (step kernel for T == 1, chunked otherwise), 0 = chunked, 1 = step loop,
+// 2 = chunked with the mma.sync prefill where the wgmma one would run
 template <typename T>
 bool runCase(Case const& c, int path, uint64_t seed)
 {
@@ -102,7 +103,7 @@ bool runCase(Case const& c, int path, uint64_t seed)
     // scaled keys/values to the activation dtype, so it is held to the dtype's tolerance (op_contract.md).
     bool const ok = status == RFA_OK && eOut <= tol && eState <= tol;
     std::printf("%s %-4s path=%-5s B=%-3d T=%-5d H=%-3d F=%-3d Dv=%-3d gate=%-8s s0=%d inplace=%d%s  out %.2e  state %.2e%s\n",
-        ok ? "ok  " : "FAIL", DtypeOf<T>::name, path < 0 ? "auto" : (path == 0 ? "chunk" : "step"), c.B, c.T, c.H, c.F,
+        ok ? "ok  " : "FAIL", DtypeOf<T>::name, path < 0 ? "auto" : (path == 0 ? "chunk" : (path == 1 ? "step" : "mma")), c.B, c.T, c.H, c.F,
         c.Dv, gateName(c.gate), int(c.initialState), int(c.inPlace), c.clamp ? " clamp" : "", eOut, eState,
         status == RFA_OK ? "" : (std::string("  status: ") + rfa_status_string(status)).c_str());
     for (void* ptr : {(void*) dq, (void*) dk, (void*) dv, (void*) dg, (void*) ds0, (void*) dout})
@@ -167,8 +168,12 @@ int main(int argc, char** argv)
     uint64_t seed = 1;
     for (Case const& c : cases)
     {
-        for (int path : {-1, 0, 1})
+        for (int path : {-1, 0, 1, 2})
         {
+            if (path == 2 && !(c.F == 128 && c.Dv == 64))
+            {
+                continue; // the same kernels as path 0
+            }
             if (c.T > 1000 && path == 1)
             {
                 continue; // one launch per step: covered by the shorter cases

@@ -62,7 +62,8 @@ def cuda_causal_gated_scan(
     out: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The native kernels (same contract as naive_causal_gated_scan). path None = dispatch (step kernel for
-    T == 1, chunked otherwise), 0 = chunked, 1 = one step launch per time step. `out_state` may be
+    T == 1, chunked otherwise), 0 = chunked, 1 = one step launch per time step, 2 = chunked with the mma.sync
+    prefill where the Hopper wgmma one would run (comparisons). `out_state` may be
     `initial_state` itself for an in-place update; `out` / `out_state` are written, never read (tests poison
     them first)."""
     lib = require_kernels(_bind)

@@ -1,0 +1,142 @@
+// Hopper warpgroup MMA (wgmma.mma_async, sm_90a): shared-memory matrix descriptors, fences and the
+// m64n64k16 / m64n8k16 shapes used by the tensor-core prefill. Layouts (PTX ISA, "asynchronous warpgroup
+// level matrix shared memory layout"): a swizzled tile here is [rows][64] 16-bit elements, 128 bytes a row,
+// 16-byte chunk c of row r stored at chunk c ^ (r % 8), based on a 1024-byte boundary. Read with its rows
+// as the M/N index and K along the row it is K-major; with its rows as the K index it is MN-major. An
+// 8-column tile ([rows][8], 16 bytes a row, no swizzle) is an MN-major B operand of width 8.
+#pragma once
+
+#include "scan_common.cuh"
+
+#include <cstdint>
+#include <type_traits>
+
+namespace rfa
+{
+
+// byte offset of element (row, col) in a [rows][64] 128-byte-swizzled tile
+__device__ __forceinline__ uint32_t swizzled(int row, int col)
+{
+    return uint32_t(row) * 128u + ((uint32_t(col >> 3) ^ uint32_t(row & 7)) << 4) + uint32_t(col & 7) * 2u;
+}
+
+// lbo/sbo in bytes: K-major swizzled: sbo = 1024 (8-row groups), lbo unused; MN-major swizzled: sbo = 1024
+// (8 K-rows), lbo = next 64 M/N columns (unused at width 64); 8-column tile: lbo = 128 (8 K-rows), no swizzle.
+__device__ __forceinline__ uint64_t matrixDesc(void const* p, uint32_t lbo, uint32_t sbo, bool swizzle128)
+{
+    uint64_t const a = smemAddr(p);
+    return ((a & 0x3FFFFu) >> 4) | (uint64_t((lbo & 0x3FFFFu) >> 4) << 16) | (uint64_t((sbo & 0x3FFFFu) >> 4) << 32) |
+        (swizzle128 ? (uint64_t(1) << 62) : 0);
+}
+
+// this thread's generic shared-memory writes become visible to later async-proxy reads (wgmma operands)
+__device__ __forceinline__ void fenceProxyAsync()
+{
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void wgmmaFence()
+{
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void wgmmaCommit()
+{
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void wgmmaWaitAll()
+{
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+
+// Keeps the compiler from moving reads or writes of accumulators across a wgmma fence or wait.
+template <int N>
+__device__ __forceinline__ void pinRegisters(float (&d)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+    {
+        asm volatile("" : "+f"(d[i])::"memory");
+    }
+}
+
+// wgmma.mma_async, m64n64k16 and m64n8k16, 16-bit inputs, f32 accumulators added to (scale-d = 1).
+// SS: A and B from shared memory descriptors; RS: A from registers (the accumulator layout of a previous wgmma).
+template <typename T, int kTransA, int kTransB>
+__device__ __forceinline__ void wgmmaSS64(float (&d)[32], uint64_t descA, uint64_t descB)
+{
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %34, %35;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB));
+    }
+    else
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %34, %35;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB));
+    }
+}
+
+template <typename T, int kTransA, int kTransB>
+__device__ __forceinline__ void wgmmaSS8(float (&d)[4], uint64_t descA, uint64_t descB)
+{
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, %6, %7;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB));
+    }
+    else
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, %6, %7;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB));
+    }
+}
+
+template <typename T, int kTransB>
+__device__ __forceinline__ void wgmmaRS64(float (&d)[32], uint32_t const (&a)[4], uint64_t descB)
+{
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB));
+    }
+    else
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB));
+    }
+}
+
+template <typename T, int kTransB>
+__device__ __forceinline__ void wgmmaRS8(float (&d)[4], uint32_t const (&a)[4], uint64_t descB)
+{
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, %9;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB));
+    }
+    else
+    {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, %9;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB));
+    }
+}
+
+} // namespace rfa
