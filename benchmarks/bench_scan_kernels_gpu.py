@@ -4,7 +4,8 @@
 
 Side by side in one run (triton.testing.do_bench medians, same inputs):
   prefill  B8 T4096 and B1 T16384, H16 F128 Dv64, bf16 activations, fp32 state:
-           ours (chunked kernel) | fla chunk_simple_gla | onnxruntime-gpu com.microsoft.LinearAttention (fp32)
+           ours (chunked kernel: the Hopper wgmma prefill on sm_90a builds) | ours with the mma.sync prefill |
+           fla chunk_simple_gla | onnxruntime-gpu com.microsoft.LinearAttention (fp32)
   decode   one step, B256 and B1, bf16 activations, fp32 state [B, H, F, Dv + 1]:
            ours (step kernel) | fla fused_recurrent_simple_gla | onnxruntime-gpu LinearAttention (fp32)
   graph    a single-sequence step of an 8-layer stack captured in a CUDA graph, per layer: ours
@@ -36,10 +37,15 @@ def inputs(B, T, H=16, F=128, Dv=64, dtype=torch.bfloat16, seed=0):
     return q, k, v, gate, s0
 
 
-def ours(q, k, v, gate, s0):
+def ours(q, k, v, gate, s0, path=None):
     out = torch.empty(v.shape, dtype=v.dtype, device="cuda")
     state = torch.empty_like(s0)
-    return lambda: cuda_causal_gated_scan(q, k, v, gate, s0, out=out, out_state=state)
+    return lambda: cuda_causal_gated_scan(q, k, v, gate, s0, path=path, out=out, out_state=state)
+
+
+def ours_mma_sync(q, k, v, gate, s0):
+    """Our previous prefill (mma.sync) on the same inputs: what the Hopper wgmma kernel replaced."""
+    return ours(q, k, v, gate, s0, path=2)
 
 
 def fla_prefill(q, k, v, gate, s0):
@@ -132,7 +138,11 @@ def main():
     for kind, B, T in cases:
         x = inputs(B, T)
         fla = fla_prefill if kind == "prefill" else fla_step
-        for name, ms, note in (row("ours", ours, *x), row("fla", fla, *x), row("onnxruntime-gpu LinearAttention fp32", ort_linear_attention, *x)):
+        rows = [row("ours", ours, *x)]
+        if kind == "prefill":
+            rows.append(row("ours, mma.sync prefill", ours_mma_sync, *x))
+        rows += [row("fla", fla, *x), row("onnxruntime-gpu LinearAttention fp32", ort_linear_attention, *x)]
+        for name, ms, note in rows:
             results["rows"].append({"case": f"{kind} B{B} T{T}", "impl": name, "ms": ms, "note": note})
     results["rows"].append({"case": "graph step B1 (per layer, 8 layers)", "impl": "ours", "ms": graphed_step_per_layer(), "note": ""})
     print(f"# {results['gpu']}, H16 F128 Dv64, bf16 activations, fp32 state (median of triton do_bench)")
