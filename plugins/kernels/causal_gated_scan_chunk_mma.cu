@@ -12,7 +12,7 @@
 // prepares the next chunk's gates, while this chunk is computed; outputs leave as 16-byte stores.
 // Warp w: 16 rows of the chunk and value half w / 4 (half 1 also has the den tile) for the
 // scores, Q S and A V; 16 rows of the state (and a column group when F < 128) for the update.
-#include "scan_common.cuh"
+#include "chunk_common.cuh"
 #include "scan_launch.h"
 
 #include <cstdint>
@@ -23,7 +23,7 @@ namespace rfa
 namespace
 {
 
-constexpr int kC = 64;
+constexpr int kC = kGateChunk;
 constexpr int kWarpsMma = 8;
 constexpr int kThreadsMma = 32 * kWarpsMma;
 constexpr size_t kSharedLimit = 227 * 1024;
@@ -54,21 +54,6 @@ struct MmaPlan
     static_assert(DV % 32 == 0 && stateCols % 16 == 0, "Dv: two value halves, 16-column ldmatrix tiles");
     static_assert(totalBytes <= kSharedLimit, "shared memory");
 };
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi);
-template <>
-__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi)
-{
-    __nv_bfloat162 const v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t const*>(&v);
-}
-template <>
-__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi)
-{
-    __half2 const v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t const*>(&v);
-}
 
 template <typename T>
 __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t const (&a)[4], uint32_t b0, uint32_t b1)
@@ -113,20 +98,6 @@ __device__ __forceinline__ void ldsm2t(uint32_t& r0, uint32_t& r1, void const* p
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(smemAddr(p)) : "memory");
 }
 
-// 2^x on the special-function unit (relative error ~2^-22; large negative x gives 0).
-__device__ __forceinline__ float fastExp2(float x)
-{
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ float quadMax(float x)
-{
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-
 template <typename T, int F, int DV>
 __global__ void __launch_bounds__(kThreadsMma, 1) scanChunkMmaKernel(ChunkParams p)
 {
@@ -135,8 +106,7 @@ __global__ void __launch_bounds__(kThreadsMma, 1) scanChunkMmaKernel(ChunkParams
     constexpr int kHalfCols = DV / 2; // value columns of a warp in Q S, A V and the readout
     constexpr int kHalfTiles = kHalfCols / 8;
     constexpr int kStateTiles = P::stateCols / 8;
-    constexpr int kGateStride = 4 * kC + 4;
-    constexpr float kLog2e = 1.4426950408889634f;
+    constexpr int kGateStride = kGateTermsStride;
     extern __shared__ __align__(128) unsigned char smem[];
     T* const stageBase = reinterpret_cast<T*>(smem);
     unsigned char* cursor = smem + kStages * P::stageBytes;
@@ -208,46 +178,10 @@ __global__ void __launch_bounds__(kThreadsMma, 1) scanChunkMmaKernel(ChunkParams
         }
     };
 
-    // Warp 0 keeps the raw gates of the chunk after next in registers (lane l: steps 2l, 2l + 1), so their
-    // load latency hides behind a whole chunk, and turns them into the gate terms one chunk ahead.
-    auto loadGates = [&](int n, float (&gv)[2]) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-        {
-            int const t = n * kC + 2 * lane + j;
-            gv[j] = (gated && t < T_) ? toFloat(g[size_t(t) * p.H]) : 0.f;
-        }
-    };
-    auto computeGates = [&](int n, float const (&gv)[2]) {
-        float* const gb = gateBuf + (n & 1) * kGateStride;
-        double a[2];
-        float ks[2];
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-        {
-            bool const valid = n * kC + 2 * lane + j < T_;
-            a[j] = (gated && valid) ? double(logGate(gv[j])) : 0.0;
-            ks[j] = valid ? (gated ? 1.f - gv[j] : 1.f) : 0.f;
-        }
-        // prefix sums of log g in fp64: differences of them stay exact for gates near 1
-        double const pairSum = a[0] + a[1];
-        double const incl = warpInclusiveSum(pairSum);
-        double const bj[2] = {incl - pairSum + a[0], incl};
-        double const last = __shfl_sync(0xffffffffu, incl, 31);
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-        {
-            int const t = 2 * lane + j;
-            gb[t] = float(bj[j]) * kLog2e;
-            gb[kC + t] = ks[j];
-            gb[2 * kC + t] = expf(float(bj[j]));
-            gb[3 * kC + t] = expf(float(last - bj[j])) * ks[j];
-        }
-        if (lane == 0)
-        {
-            gb[4 * kC] = expf(float(last));
-        }
-    };
+    // Warp 0 keeps the raw gates of the chunk after next in registers, so their load latency hides behind a
+    // whole chunk, and turns them into the gate terms one chunk ahead.
+    auto loadGates = [&](int n, float (&gv)[2]) { loadChunkGates(g, size_t(p.H), n, T_, gv); };
+    auto computeGates = [&](int n, float const (&gv)[2]) { chunkGateTerms(gateBuf + (n & 1) * kGateStride, n, T_, gated, gv); };
 
     for (int n = 0; n < kStages - 1; ++n)
     {

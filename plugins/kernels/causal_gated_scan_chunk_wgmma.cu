@@ -10,44 +10,17 @@
 // 64 rows of the fp32 state, which lives in its accumulators for the whole sequence (K^T is read M-major from
 // the tile that fed the scores), while warpgroup 1 reads out the chunk. Q, K, V stream in by cp.async into
 // 128-byte-swizzled tiles three chunks ahead; warp 0 prepares the next chunk's gate terms.
+#include "chunk_common.cuh"
 #include "scan_launch.h"
 #include "wgmma.cuh"
 
 namespace rfa
 {
 
-template <typename T>
-__device__ __forceinline__ uint32_t pack2w(float lo, float hi)
-{
-    if constexpr (std::is_same<T, __nv_bfloat16>::value)
-    {
-        __nv_bfloat162 const v = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t const*>(&v);
-    }
-    else
-    {
-        __half2 const v = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t const*>(&v);
-    }
-}
-
-__device__ __forceinline__ float exp2Approx(float x)
-{
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
-__device__ __forceinline__ float quadMaxW(float x)
-{
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-
 namespace
 {
 
-constexpr int kCw = 64, kFw = 128, kDvw = 64, kStagesW = 3, kThreadsW = 256;
+constexpr int kCw = kGateChunk, kFw = 128, kDvw = 64, kStagesW = 3, kThreadsW = 256;
 constexpr uint32_t kTile = 64 * 128;               // one [64][64] swizzled tile, bytes
 constexpr uint32_t kStageBytes = 5 * kTile;        // Q and K (two column blocks each), V
 constexpr uint32_t kOffS = kStagesW * kStageBytes; // T copy of S: [128 f][64] swizzled
@@ -60,7 +33,7 @@ constexpr uint32_t kOffNum = kOffOnes + kCw * 16; // A V partial, fp32 [64][kLdN
 constexpr uint32_t kOffDen = kOffNum + kCw * kLdNum * 4;
 constexpr int kLdOut = kDvw + 8;
 constexpr uint32_t kOffOut = kOffDen + kCw * 4; // output tile, T [64][kLdOut]
-constexpr int kGateStrideW = 4 * kCw + 4;
+constexpr int kGateStrideW = kGateTermsStride;
 constexpr uint32_t kOffGates = kOffOut + kCw * kLdOut * 2;
 constexpr uint32_t kSmemW = kOffGates + 2 * kGateStrideW * 4 + 1024; // + slack to align the base to 1 KB
 static_assert(kSmemW <= 227 * 1024, "shared memory");
@@ -70,7 +43,6 @@ template <typename T>
 __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams p)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    constexpr float kLog2e = 1.4426950408889634f;
     extern __shared__ unsigned char smemRaw[];
     unsigned char* const smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
     unsigned char* const sCopy = smem + kOffS;
@@ -139,46 +111,10 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         }
     };
 
-    // Warp 0 keeps the raw gates of the chunk after next in registers (lane l: steps 2l, 2l + 1) and turns
-    // them into the gate terms one chunk ahead: [C] b log2(e), [C] 1 - g (0 past T), [C] exp(b), [C] w,
-    // [1] exp(b_C). Prefix sums in fp64: differences of them stay exact for gates near 1.
-    auto loadGates = [&](int n, float (&gv)[2]) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-        {
-            int const t = n * kCw + 2 * lane + j;
-            gv[j] = (gated && t < T_) ? toFloat(g[size_t(t) * p.H]) : 0.f;
-        }
-    };
-    auto computeGates = [&](int n, float const (&gv)[2]) {
-        float* const gb = gateBuf + (n & 1) * kGateStrideW;
-        double a[2];
-        float ks[2];
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-        {
-            bool const valid = n * kCw + 2 * lane + j < T_;
-            a[j] = (gated && valid) ? double(logGate(gv[j])) : 0.0;
-            ks[j] = valid ? (gated ? 1.f - gv[j] : 1.f) : 0.f;
-        }
-        double const pairSum = a[0] + a[1];
-        double const incl = warpInclusiveSum(pairSum);
-        double const bj[2] = {incl - pairSum + a[0], incl};
-        double const last = __shfl_sync(0xffffffffu, incl, 31);
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-        {
-            int const t = 2 * lane + j;
-            gb[t] = float(bj[j]) * kLog2e;
-            gb[kCw + t] = ks[j];
-            gb[2 * kCw + t] = expf(float(bj[j]));
-            gb[3 * kCw + t] = expf(float(last - bj[j])) * ks[j];
-        }
-        if (lane == 0)
-        {
-            gb[4 * kCw] = expf(float(last));
-        }
-    };
+    // Warp 0 keeps the raw gates of the chunk after next in registers and turns them into the gate terms
+    // one chunk ahead.
+    auto loadGates = [&](int n, float (&gv)[2]) { loadChunkGates(g, size_t(p.H), n, T_, gv); };
+    auto computeGates = [&](int n, float const (&gv)[2]) { chunkGateTerms(gateBuf + (n & 1) * kGateStrideW, n, T_, gated, gv); };
 
     if (wg == 0)
     {
@@ -231,8 +167,8 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         for (int j = 0; j < 8; ++j)
         {
             int const c = 8 * j + 2 * tig;
-            *reinterpret_cast<uint32_t*>(sCopy + swizzled(f0, c)) = pack2w<T>(sAcc[4 * j], sAcc[4 * j + 1]);
-            *reinterpret_cast<uint32_t*>(sCopy + swizzled(f1, c)) = pack2w<T>(sAcc[4 * j + 2], sAcc[4 * j + 3]);
+            *reinterpret_cast<uint32_t*>(sCopy + swizzled(f0, c)) = pack2<T>(sAcc[4 * j], sAcc[4 * j + 1]);
+            *reinterpret_cast<uint32_t*>(sCopy + swizzled(f1, c)) = pack2<T>(sAcc[4 * j + 2], sAcc[4 * j + 3]);
         }
         if (tig == 0)
         {
@@ -273,12 +209,7 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         {
             // scores of all 64 x 64 pairs; masked and decayed in registers, then the A operand of A [V, 1]
             float sc[32];
-#pragma unroll
-            for (int i = 0; i < 32; ++i)
-            {
-                sc[i] = 0.f;
-            }
-            pinRegisters(sc);
+            zeroRegisters(sc);
             wgmmaFence();
 #pragma unroll
             for (int kk = 0; kk < kFw / 16; ++kk)
@@ -300,8 +231,8 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
                 {
                     float const ks = keyScale[key + e];
                     float const bk = bl2[key + e];
-                    dA[2 * j + e] = key + e <= r0 ? (gated ? exp2Approx(bA - bk) * ks : ks) : 0.f;
-                    dB[2 * j + e] = key + e <= r1 ? (gated ? exp2Approx(bB - bk) * ks : ks) : 0.f;
+                    dA[2 * j + e] = key + e <= r0 ? (gated ? fastExp2(bA - bk) * ks : ks) : 0.f;
+                    dB[2 * j + e] = key + e <= r1 ? (gated ? fastExp2(bB - bk) * ks : ks) : 0.f;
                 }
             }
             wgmmaWaitAll();
@@ -310,21 +241,11 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
 #pragma unroll
             for (int j = 0; j < 8; ++j)
             {
-                af[j >> 1][(j & 1) * 2] = pack2w<T>(sc[4 * j] * dA[2 * j], sc[4 * j + 1] * dA[2 * j + 1]);
-                af[j >> 1][(j & 1) * 2 + 1] = pack2w<T>(sc[4 * j + 2] * dB[2 * j], sc[4 * j + 3] * dB[2 * j + 1]);
+                af[j >> 1][(j & 1) * 2] = pack2<T>(sc[4 * j] * dA[2 * j], sc[4 * j + 1] * dA[2 * j + 1]);
+                af[j >> 1][(j & 1) * 2 + 1] = pack2<T>(sc[4 * j + 2] * dB[2 * j], sc[4 * j + 3] * dB[2 * j + 1]);
             }
-#pragma unroll
-            for (int i = 0; i < 32; ++i)
-            {
-                nx[i] = 0.f;
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-            {
-                dx[i] = 0.f;
-            }
-            pinRegisters(nx);
-            pinRegisters(dx);
+            zeroRegisters(nx);
+            zeroRegisters(dx);
             wgmmaFence();
 #pragma unroll
             for (int kk = 0; kk < kCw / 16; ++kk)
@@ -353,18 +274,8 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         {
             // diag(exp(b)) Q [S, z]; while it runs: the previous output tile, V diag(w) and w (rounded to T)
             // for the state update, the next chunk's gate terms
-#pragma unroll
-            for (int i = 0; i < 32; ++i)
-            {
-                nx[i] = 0.f;
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-            {
-                dx[i] = 0.f;
-            }
-            pinRegisters(nx);
-            pinRegisters(dx);
+            zeroRegisters(nx);
+            zeroRegisters(dx);
             wgmmaFence();
 #pragma unroll
             for (int kk = 0; kk < kFw / 16; ++kk)
@@ -465,14 +376,14 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
                 m0 = fmaxf(m0, fmaxf(fabsf(nx[4 * j]), fabsf(nx[4 * j + 1])));
                 m1 = fmaxf(m1, fmaxf(fabsf(nx[4 * j + 2]), fabsf(nx[4 * j + 3])));
             }
-            float const sc0 = readoutScale(den0, quadMaxW(m0), p.eps);
-            float const sc1 = readoutScale(den1, quadMaxW(m1), p.eps);
+            float const sc0 = readoutScale(den0, quadMax(m0), p.eps);
+            float const sc1 = readoutScale(den1, quadMax(m1), p.eps);
 #pragma unroll
             for (int j = 0; j < 8; ++j)
             {
                 int const c = 8 * j + 2 * tig;
-                *reinterpret_cast<uint32_t*>(Osm + r0 * kLdOut + c) = pack2w<T>(nx[4 * j] * sc0, nx[4 * j + 1] * sc0);
-                *reinterpret_cast<uint32_t*>(Osm + r1 * kLdOut + c) = pack2w<T>(nx[4 * j + 2] * sc1, nx[4 * j + 3] * sc1);
+                *reinterpret_cast<uint32_t*>(Osm + r0 * kLdOut + c) = pack2<T>(nx[4 * j] * sc0, nx[4 * j + 1] * sc0);
+                *reinterpret_cast<uint32_t*>(Osm + r1 * kLdOut + c) = pack2<T>(nx[4 * j + 2] * sc1, nx[4 * j + 3] * sc1);
             }
         }
         wgmmaWaitAll();

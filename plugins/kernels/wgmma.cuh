@@ -61,6 +61,18 @@ __device__ __forceinline__ void pinRegisters(float (&d)[N])
     }
 }
 
+// fresh accumulators for a wgmma sequence
+template <int N>
+__device__ __forceinline__ void zeroRegisters(float (&d)[N])
+{
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+    {
+        d[i] = 0.f;
+    }
+    pinRegisters(d);
+}
+
 // wgmma.mma_async, m64n64k16 and m64n8k16, 16-bit inputs, f32 accumulators added to (scale-d = 1).
 // SS: A and B from shared memory descriptors; RS: A from registers (the accumulator layout of a previous wgmma).
 template <typename T, int kTransA, int kTransB>
