@@ -17,12 +17,17 @@ def build(tmp_path_factory):
     if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
         pytest.skip("nvcc (CUDA toolkit) not installed")
     out = tmp_path_factory.mktemp("native")
+    return out, configure_and_build(out)
+
+
+def configure_and_build(out: Path, *cmake_args, target=None):
     env = dict(os.environ, PATH=os.environ["PATH"] + ":/usr/local/cuda/bin")
-    configure = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(out)], capture_output=True, text=True, env=env)
+    configure = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(out), *cmake_args], capture_output=True, text=True, env=env)
     assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
-    built = subprocess.run(["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)], capture_output=True, text=True, env=env)
+    cmd = ["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)] + (["--target", target] if target else [])
+    built = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert built.returncode == 0, built.stdout[-5000:] + built.stderr[-5000:]
-    return out, configure.stdout
+    return configure.stdout
 
 
 def exported_symbols(lib: Path, undefined=False):
@@ -52,3 +57,19 @@ def test_plugin_libraries_or_a_plain_skip_message(build):
     assert "nvinfer" not in subprocess.run(["ldd", str(plugin)], capture_output=True, text=True).stdout
     assert "getPluginRegistry" in exported_symbols(autoreg, undefined=True)  # resolved from libnvinfer at load
     assert (out / "rfa_trt_plugin_tests").is_file()
+
+
+def wgmma_enabled(out: Path) -> bool:
+    return "RFA_HAVE_WGMMA" in (out / "CMakeFiles" / "rfa_kernels_obj.dir" / "flags.make").read_text()
+
+
+def test_default_build_includes_the_hopper_prefill(build):
+    out, _ = build
+    assert wgmma_enabled(out)  # sm_90a: the wgmma prefill is compiled and dispatched to on compute capability 9.0
+
+
+def test_portable_build_leaves_the_hopper_prefill_out(build, tmp_path):
+    # sm_90 (portable PTX) has no wgmma: that kernel compiles empty, warning-free, and is never dispatched to
+    configure_and_build(tmp_path, "-DCMAKE_CUDA_ARCHITECTURES=90", target="rfa_kernels")
+    assert (tmp_path / "librfa_kernels.so").is_file()
+    assert not wgmma_enabled(tmp_path)
