@@ -9,7 +9,8 @@
 // warpgroup 1 scales V by w and computes Q [S, z] from the T copy of the state. Then each warpgroup updates
 // 64 rows of the fp32 state, which lives in its accumulators for the whole sequence (K^T is read M-major from
 // the tile that fed the scores), while warpgroup 1 reads out the chunk. Q, K, V stream in by cp.async into
-// 128-byte-swizzled tiles three chunks ahead; warp 0 prepares the next chunk's gate terms.
+// 128-byte-swizzled tiles of a three-stage ring (issued while the scores are computed); warp 0 prepares the
+// next chunk's gate terms while the state update runs.
 #include "chunk_common.cuh"
 #include "scan_launch.h"
 #include "wgmma.cuh"
@@ -37,7 +38,6 @@ constexpr int kGateStrideW = kGateTermsStride;
 constexpr uint32_t kOffGates = kOffOut + kCw * kLdOut * 2;
 constexpr uint32_t kSmemW = kOffGates + 2 * kGateStrideW * 4 + 1024; // + slack to align the base to 1 KB
 static_assert(kSmemW <= 227 * 1024, "shared memory");
-
 
 template <typename T>
 __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams p)
