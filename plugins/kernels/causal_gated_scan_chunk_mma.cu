@@ -1,5 +1,7 @@
 // Chunked prefill of rfa::CausalGatedScan for fp16/bf16 on tensor cores (mma.sync m16n8k16, fp32
-// accumulation), for F in {64, 128} and Dv in {64, 128}; other sizes and fp32 take the general kernel.
+// accumulation), for F in {64, 128} and Dv in {64, 128}, except F = 128, Dv = 64 on sm_90a builds running on
+// Hopper, which take the wgmma kernel (causal_gated_scan_chunk_wgmma.cu); other sizes and fp32 take the
+// general kernel.
 //
 // One block of 8 warps per (b, h) walks the sequence in chunks of C = 64 steps, the math of the general
 // kernel (causal_gated_scan_chunk.cu), with the value column of ones made explicit, V' = [V, 1]:
