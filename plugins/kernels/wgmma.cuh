@@ -75,22 +75,42 @@ __device__ __forceinline__ void zeroRegisters(float (&d)[N])
 
 // wgmma.mma_async, m64n64k16 and m64n8k16, 16-bit inputs, f32 accumulators added to (scale-d = 1).
 // SS: A and B from shared memory descriptors; RS: A from registers (the accumulator layout of a previous wgmma).
+// One asm text per shape; DT is the PTX input type, "bf16" or "f16".
+#define RFA_WGMMA_ACC32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define RFA_WGMMA_D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define RFA_WGMMA_ACC4 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+#define RFA_WGMMA_HEAD "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+#define RFA_WGMMA_SS64(DT)                                                                                         \
+    asm volatile(RFA_WGMMA_HEAD "wgmma.mma_async.sync.aligned.m64n64k16.f32." DT "." DT                              \
+                 " " RFA_WGMMA_D32 ", %32, %33, p, 1, 1, %34, %35;\n}\n"         \
+                 : RFA_WGMMA_ACC32                                                                                 \
+                 : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB))
+#define RFA_WGMMA_SS8(DT)                                                                                          \
+    asm volatile(RFA_WGMMA_HEAD "wgmma.mma_async.sync.aligned.m64n8k16.f32." DT "." DT                               \
+                 " {%0, %1, %2, %3}, %4, %5, p, 1, 1, %6, %7;\n}\n"                                                \
+                 : RFA_WGMMA_ACC4                                                                                  \
+                 : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB))
+#define RFA_WGMMA_RS64(DT)                                                                                         \
+    asm volatile(RFA_WGMMA_HEAD "wgmma.mma_async.sync.aligned.m64n64k16.f32." DT "." DT                              \
+                 " " RFA_WGMMA_D32 ", {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n" \
+                 : RFA_WGMMA_ACC32                                                                                 \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB))
+#define RFA_WGMMA_RS8(DT)                                                                                          \
+    asm volatile(RFA_WGMMA_HEAD "wgmma.mma_async.sync.aligned.m64n8k16.f32." DT "." DT                               \
+                 " {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, %9;\n}\n"                                     \
+                 : RFA_WGMMA_ACC4                                                                                  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB))
+
 template <typename T, int kTransA, int kTransB>
 __device__ __forceinline__ void wgmmaSS64(float (&d)[32], uint64_t descA, uint64_t descB)
 {
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
     {
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %34, %35;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB));
+        RFA_WGMMA_SS64("bf16");
     }
     else
     {
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %34, %35;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB));
+        RFA_WGMMA_SS64("f16");
     }
 }
 
@@ -99,17 +119,11 @@ __device__ __forceinline__ void wgmmaSS8(float (&d)[4], uint64_t descA, uint64_t
 {
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
     {
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, %6, %7;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB));
+        RFA_WGMMA_SS8("bf16");
     }
     else
     {
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, %4, %5, p, 1, 1, %6, %7;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB));
+        RFA_WGMMA_SS8("f16");
     }
 }
 
@@ -118,17 +132,11 @@ __device__ __forceinline__ void wgmmaRS64(float (&d)[32], uint32_t const (&a)[4]
 {
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
     {
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB));
+        RFA_WGMMA_RS64("bf16");
     }
     else
     {
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB));
+        RFA_WGMMA_RS64("f16");
     }
 }
 
@@ -137,18 +145,21 @@ __device__ __forceinline__ void wgmmaRS8(float (&d)[4], uint32_t const (&a)[4], 
 {
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
     {
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, %9;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB));
+        RFA_WGMMA_RS8("bf16");
     }
     else
     {
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, %9;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB));
+        RFA_WGMMA_RS8("f16");
     }
 }
+
+#undef RFA_WGMMA_RS8
+#undef RFA_WGMMA_RS64
+#undef RFA_WGMMA_SS8
+#undef RFA_WGMMA_SS64
+#undef RFA_WGMMA_HEAD
+#undef RFA_WGMMA_ACC4
+#undef RFA_WGMMA_D32
+#undef RFA_WGMMA_ACC32
 
 } // namespace rfa
