@@ -192,9 +192,7 @@ __global__ void __launch_bounds__(kThreadsMma, 1) scanChunkMmaKernel(ChunkParams
     float gReg[2] = {0.f, 0.f};
     if (warp == 0)
     {
-        loadGates(0, gReg);
-        computeGates(0, gReg);
-        loadGates(1, gReg);
+        primeChunkGates(g, size_t(p.H), T_, gated, gateBuf, gReg);
     }
     // Columns Dv .. Dv + 7 of V' in every stage (cp.async writes columns < Dv only) and of V' diag(w)
     // (column Dv is rewritten per chunk): ones / w, then zeros.

@@ -126,9 +126,7 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
     float gReg[2] = {0.f, 0.f};
     if (warp == 0)
     {
-        loadGates(0, gReg);
-        computeGates(0, gReg);
-        loadGates(1, gReg);
+        primeChunkGates(g, size_t(p.H), T_, gated, gateBuf, gReg);
     }
     // 8-column tiles: zeros but for column 0 (ones for the normaliser of A [V, 1])
     for (int i = tid; i < (kFw + 2 * kCw) * 8; i += kThreadsW)

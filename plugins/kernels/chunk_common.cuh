@@ -91,4 +91,13 @@ __device__ __forceinline__ void chunkGateTerms(float* gb, int n, int T_, bool ga
     }
 }
 
+// One warp, before the first chunk: chunk 0's gate terms into gb0, and chunk 1's raw gates into gv.
+template <typename T>
+__device__ __forceinline__ void primeChunkGates(T const* g, size_t stride, int T_, bool gated, float* gb0, float (&gv)[2])
+{
+    loadChunkGates(g, stride, 0, T_, gv);
+    chunkGateTerms(gb0, 0, T_, gated, gv);
+    loadChunkGates(g, stride, 1, T_, gv);
+}
+
 } // namespace rfa
