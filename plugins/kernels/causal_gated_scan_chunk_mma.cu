@@ -182,14 +182,14 @@ __global__ void __launch_bounds__(kThreadsMma, 1) scanChunkMmaKernel(ChunkParams
 
     // Warp 0 keeps the raw gates of the chunk after next in registers, so their load latency hides behind a
     // whole chunk, and turns them into the gate terms one chunk ahead.
-    auto loadGates = [&](int n, float (&gv)[2]) { loadChunkGates(g, size_t(p.H), n, T_, gv); };
-    auto computeGates = [&](int n, float const (&gv)[2]) { chunkGateTerms(gateBuf + (n & 1) * kGateStride, n, T_, gated, gv); };
+    auto loadGates = [&](int n, T (&gv)[2]) { loadChunkGates(g, size_t(p.H), n, T_, gv); };
+    auto computeGates = [&](int n, T const (&gv)[2]) { chunkGateTerms(gateBuf + (n & 1) * kGateStride, n, T_, gated, gv); };
 
     for (int n = 0; n < kStages - 1; ++n)
     {
         issueLoad(n);
     }
-    float gReg[2] = {0.f, 0.f};
+    T gReg[2];
     if (warp == 0)
     {
         primeChunkGates(g, size_t(p.H), T_, gated, gateBuf, gReg);

@@ -113,8 +113,8 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
 
     // Warp 0 keeps the raw gates of the chunk after next in registers and turns them into the gate terms
     // one chunk ahead.
-    auto loadGates = [&](int n, float (&gv)[2]) { loadChunkGates(g, size_t(p.H), n, T_, gv); };
-    auto computeGates = [&](int n, float const (&gv)[2]) { chunkGateTerms(gateBuf + (n & 1) * kGateStrideW, n, T_, gated, gv); };
+    auto loadGates = [&](int n, T (&gv)[2]) { loadChunkGates(g, size_t(p.H), n, T_, gv); };
+    auto computeGates = [&](int n, T const (&gv)[2]) { chunkGateTerms(gateBuf + (n & 1) * kGateStrideW, n, T_, gated, gv); };
 
     if (wg == 0)
     {
@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
             issueLoad(n);
         }
     }
-    float gReg[2] = {0.f, 0.f};
+    T gReg[2];
     if (warp == 0)
     {
         primeChunkGates(g, size_t(p.H), T_, gated, gateBuf, gReg);

@@ -43,26 +43,29 @@ __device__ __forceinline__ float quadMax(float x)
 }
 
 // One warp: the raw gates of chunk n, lane l holding steps 2l and 2l + 1; 0 past T or without gates (g null).
-// g points at step 0 of the (b, h), consecutive steps `stride` elements apart.
+// g points at step 0 of the (b, h), consecutive steps `stride` elements apart. Kept in the input type and
+// converted only by chunkGateTerms, a chunk later: converting here would wait out the load's latency.
 template <typename T>
-__device__ __forceinline__ void loadChunkGates(T const* g, size_t stride, int n, int T_, float (&gv)[2])
+__device__ __forceinline__ void loadChunkGates(T const* g, size_t stride, int n, int T_, T (&raw)[2])
 {
     int const lane = threadIdx.x % 32;
 #pragma unroll
     for (int j = 0; j < 2; ++j)
     {
         int const t = n * kGateChunk + 2 * lane + j;
-        gv[j] = (g != nullptr && t < T_) ? toFloat(g[size_t(t) * stride]) : 0.f;
+        raw[j] = (g != nullptr && t < T_) ? g[size_t(t) * stride] : fromFloat<T>(0.f);
     }
 }
 
-// One warp: chunk n's gate terms from its raw gates, into gb[kGateTermsStride]:
+// One warp: chunk n's gate terms from its raw gates (loadChunkGates), into gb[kGateTermsStride]:
 //   [C] b log2(e), [C] 1 - g (0 past T), [C] exp(b), [C] w = exp(b_C - b) (1 - g), [1] exp(b_C),
 // b the prefix sums of log g within the chunk, in fp64: differences of them stay exact for gates near 1.
-__device__ __forceinline__ void chunkGateTerms(float* gb, int n, int T_, bool gated, float const (&gv)[2])
+template <typename T>
+__device__ __forceinline__ void chunkGateTerms(float* gb, int n, int T_, bool gated, T const (&raw)[2])
 {
     constexpr float kLog2e = 1.4426950408889634f;
     int const lane = threadIdx.x % 32;
+    float const gv[2] = {toFloat(raw[0]), toFloat(raw[1])};
     double a[2];
     float ks[2];
 #pragma unroll
@@ -91,13 +94,13 @@ __device__ __forceinline__ void chunkGateTerms(float* gb, int n, int T_, bool ga
     }
 }
 
-// One warp, before the first chunk: chunk 0's gate terms into gb0, and chunk 1's raw gates into gv.
+// One warp, before the first chunk: chunk 0's gate terms into gb0, and chunk 1's raw gates into raw.
 template <typename T>
-__device__ __forceinline__ void primeChunkGates(T const* g, size_t stride, int T_, bool gated, float* gb0, float (&gv)[2])
+__device__ __forceinline__ void primeChunkGates(T const* g, size_t stride, int T_, bool gated, float* gb0, T (&raw)[2])
 {
-    loadChunkGates(g, stride, 0, T_, gv);
-    chunkGateTerms(gb0, 0, T_, gated, gv);
-    loadChunkGates(g, stride, 1, T_, gv);
+    loadChunkGates(g, stride, 0, T_, raw);
+    chunkGateTerms(gb0, 0, T_, gated, raw);
+    loadChunkGates(g, stride, 1, T_, raw);
 }
 
 } // namespace rfa
