@@ -1,18 +1,20 @@
-// Chunked prefill of rfa::CausalGatedScan on Hopper warpgroup MMA (wgmma, sm_90a) for F = 128, Dv = 64 and
-// fp16/bf16, the model's head shape; other sizes take causal_gated_scan_chunk_mma.cu. The math is that
-// kernel's, chunks of C = 64 steps:
+// Chunked prefill of rfa::CausalGatedScan on Hopper warpgroup MMA (wgmma) and TMA (sm_90a) for F = 128,
+// Dv = 64 and fp16/bf16, the model's head shape; other sizes take causal_gated_scan_chunk_mma.cu. The math is
+// that kernel's, chunks of C = 64 steps:
 //   A          = (Q K^T) ⊙ D,  D[t, i] = exp(b_t - b_i) (1 - g_i) for i <= t       b: prefix sums of log g
 //   [num, den] = diag(exp(b)) Q [S, z] + A [V, 1]
 //   [S, z]     = exp(b_C) [S, z] + K^T diag(w) [V, 1],   w_i = exp(b_C - b_i) (1 - g_i)
-// One block of two warpgroups per (b, h). Per chunk, between two barriers: warpgroup 0 computes the scores,
-// masks and decays them in registers and multiplies them (as the A operand, from registers) into [V, 1];
-// warpgroup 1 scales V by w and computes Q [S, z] from the T copy of the state. Then each warpgroup updates
-// 64 rows of the fp32 state, which lives in its accumulators for the whole sequence (K^T is read M-major from
-// the tile that fed the scores), while warpgroup 1 reads out the chunk. Q, K, V stream in by cp.async into
-// 128-byte-swizzled tiles of a three-stage ring (issued while the scores are computed); warp 0 prepares the
-// next chunk's gate terms while the state update runs.
+// One block per (b, h): two consumer warpgroups and a producer warp. Per chunk, between two barriers:
+// warpgroup 0 computes the scores, masks and decays them in registers and multiplies them (as the A operand,
+// from registers) into [V, 1]; warpgroup 1 computes Q [S, z] from the 16-bit copy of the state and, behind
+// it, reads out the previous chunk and scales V by w. Then each warpgroup updates 64 rows of the fp32 [S, z],
+// which lives in its accumulators for the whole sequence (K^T is read M-major from the tile that fed the
+// scores). The normaliser column rides along as column 64 of width-72 products. The producer warp keeps
+// everything else off that path: TMA loads of Q, K, V into 128-byte-swizzled tiles of a three-stage ring (one
+// mbarrier a stage), the TMA store of each output tile, and the next chunk's gate terms.
 #include "chunk_common.cuh"
 #include "scan_launch.h"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace rfa
@@ -21,38 +23,44 @@ namespace rfa
 namespace
 {
 
-constexpr int kCw = kGateChunk, kFw = 128, kDvw = 64, kStagesW = 3, kThreadsW = 256;
+constexpr int kCw = kGateChunk, kFw = 128, kDvw = 64, kStagesW = 3, kThreadsW = 288; // 2 warpgroups + the producer warp
 constexpr uint32_t kTile = 64 * 128;               // one [64][64] swizzled tile, bytes
 constexpr uint32_t kStageBytes = 5 * kTile;        // Q and K (two column blocks each), V
 constexpr uint32_t kOffS = kStagesW * kStageBytes; // T copy of S: [128 f][64] swizzled
 constexpr uint32_t kOffVw = kOffS + 2 * kTile;     // V diag(w)
-constexpr uint32_t kOffZ = kOffVw + kTile;         // T copy of z: [128 f][8], column 0
-constexpr uint32_t kOffW = kOffZ + kFw * 16;       // w: [64][8], column 0
-constexpr uint32_t kOffOnes = kOffW + kCw * 16;    // ones: [64][8], column 0
+// Column 64 of the width-72 B operands, as the second 64-column block of a swizzled MN-major tile (reached
+// through the descriptor's leading byte offset): z beside S, w beside V diag(w), ones beside V. Only that
+// column is ever written; the rest stays zero.
+constexpr uint32_t kOffZx = kOffVw + kTile;        // [128 f]
+constexpr uint32_t kOffWx = kOffZx + 2 * kTile;    // [64 keys]
+constexpr uint32_t kOffOnesx = kOffWx + kTile;     // [64 keys]
 constexpr int kLdNum = kDvw + 8;
-constexpr uint32_t kOffNum = kOffOnes + kCw * 16; // A V partial, fp32 [64][kLdNum]
-constexpr uint32_t kOffDen = kOffNum + kCw * kLdNum * 4;
-constexpr int kLdOut = kDvw + 8;
-constexpr uint32_t kOffOut = kOffDen + kCw * 4; // output tile, T [64][kLdOut]
+constexpr uint32_t kNumBytes = kCw * kLdNum * 4;
+constexpr uint32_t kOffNum = kOffOnesx + kTile; // A V partial, fp32 [64][kLdNum], two buffers (chunk parity)
+constexpr uint32_t kOffDen = kOffNum + 2 * kNumBytes; // its normaliser column, two buffers
+constexpr uint32_t kOffOut = (kOffDen + 2 * kCw * 4 + 1023u) & ~1023u; // output tile, swizzled [64][64] (TMA store)
 constexpr int kGateStrideW = kGateTermsStride;
-constexpr uint32_t kOffGates = kOffOut + kCw * kLdOut * 2;
-constexpr uint32_t kSmemW = kOffGates + 2 * kGateStrideW * 4 + 1024; // + slack to align the base to 1 KB
+constexpr uint32_t kOffGates = kOffOut + kTile;
+constexpr uint32_t kOffBars = kOffGates + 2 * kGateStrideW * 4;   // one mbarrier per stage
+constexpr uint32_t kSmemW = kOffBars + kStagesW * 8 + 1024;       // + slack to align the base to 1 KB
 static_assert(kSmemW <= 227 * 1024, "shared memory");
 
 template <typename T>
-__global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams p)
+__global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams p, __grid_constant__ CUtensorMap const mapQ,
+    __grid_constant__ CUtensorMap const mapK, __grid_constant__ CUtensorMap const mapV, __grid_constant__ CUtensorMap const mapOut)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ unsigned char smemRaw[];
     unsigned char* const smem = smemRaw + ((1024u - (smemAddr(smemRaw) & 1023u)) & 1023u);
     unsigned char* const sCopy = smem + kOffS;
     unsigned char* const vw = smem + kOffVw;
-    T* const zTile = reinterpret_cast<T*>(smem + kOffZ);
-    T* const wTile = reinterpret_cast<T*>(smem + kOffW);
-    T* const onesTile = reinterpret_cast<T*>(smem + kOffOnes);
-    float* const numBuf = reinterpret_cast<float*>(smem + kOffNum);
-    float* const denBuf = reinterpret_cast<float*>(smem + kOffDen);
-    T* const Osm = reinterpret_cast<T*>(smem + kOffOut);
+    unsigned char* const zExt = smem + kOffZx;
+    unsigned char* const wExt = smem + kOffWx;
+    unsigned char* const onesExt = smem + kOffOnesx;
+    float* const numBufs = reinterpret_cast<float*>(smem + kOffNum);
+    float* const denBufs = reinterpret_cast<float*>(smem + kOffDen);
+    unsigned char* const Osm = smem + kOffOut;
+    uint64_t* const full = reinterpret_cast<uint64_t*>(smem + kOffBars);
     float* const gateBuf = reinterpret_cast<float*>(smem + kOffGates);
 
     int const tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -61,88 +69,111 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
     int const h = blockIdx.x, b = blockIdx.y;
     int const T_ = p.T;
     bool const gated = p.g != nullptr;
-    size_t const qkStride = size_t(p.H) * kFw, vStride = size_t(p.H) * kDvw;
-    T const* const q = static_cast<T const*>(p.q) + size_t(b) * T_ * qkStride + size_t(h) * kFw;
-    T const* const k = static_cast<T const*>(p.k) + size_t(b) * T_ * qkStride + size_t(h) * kFw;
-    T const* const v = static_cast<T const*>(p.v) + size_t(b) * T_ * vStride + size_t(h) * kDvw;
     T const* const g = gated ? static_cast<T const*>(p.g) + size_t(b) * T_ * p.H + h : nullptr;
-    T* const out = static_cast<T*>(p.out) + size_t(b) * T_ * vStride + size_t(h) * kDvw;
     int const chunks = (T_ + kCw - 1) / kCw;
 
-    // By warpgroup 0 (tid < 128), while its scores are computed. Q/K: 16 chunks of 16 bytes a row; V: 8.
+    // By the producer warp's lane 0: chunk n's Q, K (two 64-column boxes each) and V into stage n % 3, rows
+    // past T zero-filled by the tensor map; completion counted on that stage's mbarrier.
     auto issueLoad = [&](int n) {
         if (n < chunks)
         {
-            unsigned char* const st = smem + (n % kStagesW) * kStageBytes;
-            int const t0 = n * kCw;
-            int const qj = tid & 15, vj = tid & 7;
-#pragma unroll
-            for (int i = 0; i < 8; ++i)
-            {
-                int const r = (tid >> 4) + 8 * i;
-                bool const ok = t0 + r < T_;
-                size_t const off = ok ? size_t(t0 + r) * qkStride + qj * 8 : 0;
-                uint32_t const dst = (qj >> 3) * kTile + swizzled(r, (qj & 7) * 8);
-                cpAsync16(st + dst, q + off, ok);
-                cpAsync16(st + 2 * kTile + dst, k + off, ok);
-            }
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-            {
-                int const r = (tid >> 3) + 16 * i;
-                bool const ok = t0 + r < T_;
-                cpAsync16(st + 4 * kTile + swizzled(r, vj * 8), v + (ok ? size_t(t0 + r) * vStride + vj * 8 : 0), ok);
-            }
+            int const s = n % kStagesW;
+            unsigned char* const st = smem + s * kStageBytes;
+            tmaExpectTx(full + s, kStageBytes);
+            tmaLoad3d(st, &mapQ, full + s, h * kFw, n * kCw, b);
+            tmaLoad3d(st + kTile, &mapQ, full + s, h * kFw + 64, n * kCw, b);
+            tmaLoad3d(st + 2 * kTile, &mapK, full + s, h * kFw, n * kCw, b);
+            tmaLoad3d(st + 3 * kTile, &mapK, full + s, h * kFw + 64, n * kCw, b);
+            tmaLoad3d(st + 4 * kTile, &mapV, full + s, h * kDvw, n * kCw, b);
         }
-        cpAsyncCommit();
     };
-
-    // By warpgroup 1 (tid >= 128), while its Q [S, z] is computed.
+    // By the producer warp's lane 0: the output tile of chunk n (rows past T clipped by the tensor map).
     auto storeOut = [&](int n) {
-        int const t0 = n * kCw, t1 = tid - 128;
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-        {
-            int const r = (t1 >> 3) + 16 * i, c = (t1 & 7) * 8;
-            if (t0 + r < T_)
-            {
-                *reinterpret_cast<uint4*>(out + size_t(t0 + r) * vStride + c) = *reinterpret_cast<uint4 const*>(Osm + r * kLdOut + c);
-            }
-        }
+        tmaStore3d(&mapOut, Osm, h * kDvw, n * kCw, b);
+        tmaStoreCommit();
     };
 
-    // Warp 0 keeps the raw gates of the chunk after next in registers and turns them into the gate terms
-    // one chunk ahead.
-    auto loadGates = [&](int n, T (&gv)[2]) { loadChunkGates(g, size_t(p.H), n, T_, gv); };
-    auto computeGates = [&](int n, T const (&gv)[2]) { chunkGateTerms(gateBuf + (n & 1) * kGateStrideW, n, T_, gated, gv); };
+    // The producer warp keeps the raw gates of the chunk after next in registers (unconverted, so the load's
+    // latency stays hidden) and turns them into the gate terms one chunk ahead.
+    bool const producer = warp == 8;
+    T gRaw[2];
+    auto loadGates = [&](int n) { loadChunkGates(g, size_t(p.H), n, T_, gRaw); };
+    auto computeGates = [&](int n) { chunkGateTerms(gateBuf + (n & 1) * kGateStrideW, n, T_, gated, gRaw); };
 
-    if (wg == 0)
+    if (producer)
     {
-        for (int n = 0; n < kStagesW - 1; ++n)
+        if (lane == 0)
         {
-            issueLoad(n);
+            for (int s = 0; s < kStagesW; ++s)
+            {
+                mbarrierInit(full + s, 1);
+            }
+            fenceMbarrierInit();
+            for (int n = 0; n < kStagesW - 1; ++n)
+            {
+                issueLoad(n);
+            }
         }
+        loadGates(0);
+        computeGates(0);
+        loadGates(1);
     }
-    T gReg[2];
-    if (warp == 0)
+    // the column-64 blocks: zeros, but ones in the ones block (the normaliser of A [V, 1])
+    for (int i = tid; i < 4 * kTile / 16; i += kThreadsW)
     {
-        primeChunkGates(g, size_t(p.H), T_, gated, gateBuf, gReg);
+        int const row = (i / 8) % kCw, chunk = i % 8; // in the ones block (the last 8 KB): its row, 16-byte chunk
+        T e[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+        {
+            e[j] = fromFloat<T>(i >= 3 * kTile / 16 && chunk == (row & 7) && j == 0 ? 1.f : 0.f);
+        }
+        *reinterpret_cast<uint4*>(zExt + 16 * i) = *reinterpret_cast<uint4 const*>(e);
     }
-    // 8-column tiles: zeros but for column 0 (ones for the normaliser of A [V, 1])
-    for (int i = tid; i < (kFw + 2 * kCw) * 8; i += kThreadsW)
-    {
-        T* const tile = i < kFw * 8 ? zTile + i : (i < (kFw + kCw) * 8 ? wTile + (i - kFw * 8) : onesTile + (i - (kFw + kCw) * 8));
-        *tile = fromFloat<T>(i >= (kFw + kCw) * 8 && (i & 7) == 0 ? 1.f : 0.f);
-    }
-    __syncthreads(); // the zeros land before the z copy's column 0
+    fenceProxyAsync();
+    __syncthreads(); // the zeros land before the z copy's column 0; the producer's prologue is done
 
-    // The state: warpgroup wg owns rows f = 64 wg + r0 / r1, in the m64n64 accumulator layout
-    // (sAcc[4j + e]: row r0 (e < 2) or r1, column 8j + 2 tig + e % 2), z in column 0 of an m64n8 one.
+    if (producer)
+    {
+        // per chunk, in step with the consumers' two barriers: in the first phase the loads of chunk n + 2
+        // (into the stage chunk n - 1 used) and the gate terms of chunk n + 1; in the second the store of the
+        // output tile of chunk n - 1
+        for (int n = 0; n < chunks; ++n)
+        {
+            __syncthreads();
+            if (lane == 0)
+            {
+                issueLoad(n + kStagesW - 1);
+            }
+            if (n + 1 < chunks)
+            {
+                computeGates(n + 1);
+                loadGates(n + 2);
+            }
+            __syncthreads();
+            if (lane == 0 && n > 0)
+            {
+                storeOut(n - 1);    // read out during this chunk's first phase
+                tmaStoreWaitRead(); // the next readout rewrites the tile after the next barrier
+            }
+        }
+        __syncthreads(); // the consumers' two barriers around the last readout
+        __syncthreads();
+        if (lane == 0)
+        {
+            storeOut(chunks - 1);
+            tmaStoreWaitAll();
+        }
+        return;
+    }
+
+    // The state: warpgroup wg owns rows f = 64 wg + r0 / r1, in the m64n72 accumulator layout
+    // (sAcc[4j + e]: row r0 (e < 2) or r1, column 8j + 2 tig + e % 2), z in column 64.
     int const f0 = 64 * wg + r0, f1 = 64 * wg + r1;
     int const cols = kDvw + 1;
     size_t const stateBase = (size_t(b) * p.H + h) * kFw * cols;
-    float sAcc[32];
-    float zAcc[4] = {0.f, 0.f, 0.f, 0.f};
+    float sAcc[36]; // [S, z]: z in column 64 (sAcc[32] row r0, sAcc[34] row r1, where tig == 0)
+    sAcc[32] = sAcc[33] = sAcc[34] = sAcc[35] = 0.f;
     {
         float const* const s0 = p.stateIn + stateBase;
 #pragma unroll
@@ -156,8 +187,8 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         }
         if (tig == 0 && p.stateIn)
         {
-            zAcc[0] = s0[size_t(f0) * cols + kDvw];
-            zAcc[2] = s0[size_t(f1) * cols + kDvw];
+            sAcc[32] = s0[size_t(f0) * cols + kDvw];
+            sAcc[34] = s0[size_t(f1) * cols + kDvw];
         }
     }
     auto storeStateCopy = [&]() {
@@ -170,18 +201,50 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         }
         if (tig == 0)
         {
-            zTile[f0 * 8] = fromFloat<T>(zAcc[0]);
-            zTile[f1 * 8] = fromFloat<T>(zAcc[2]);
+            *reinterpret_cast<T*>(zExt + swizzled(f0, 0)) = fromFloat<T>(sAcc[32]);
+            *reinterpret_cast<T*>(zExt + swizzled(f1, 0)) = fromFloat<T>(sAcc[34]);
         }
         fenceProxyAsync(); // read by wgmma (async proxy) after the next barrier
     };
     storeStateCopy();
 
+    // Warpgroup 1: chunk n's output rows from its Q [S, z] part (prev, scaled) and warpgroup 0's A [V, 1]
+    // part, into the output tile
+    float prev[36] = {};
+    auto readout = [&](int n) {
+        float const* const numBuf = numBufs + (n & 1) * (kNumBytes / 4);
+        float const* const denBuf = denBufs + (n & 1) * kCw;
+        float const den0 = __shfl_sync(0xffffffffu, prev[32], lane & ~3) + denBuf[r0];
+        float const den1 = __shfl_sync(0xffffffffu, prev[34], lane & ~3) + denBuf[r1];
+        float m0 = 0.f, m1 = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+        {
+            int const c = 8 * j + 2 * tig;
+            float2 const a = *reinterpret_cast<float2 const*>(numBuf + r0 * kLdNum + c);
+            float2 const bq = *reinterpret_cast<float2 const*>(numBuf + r1 * kLdNum + c);
+            prev[4 * j] += a.x;
+            prev[4 * j + 1] += a.y;
+            prev[4 * j + 2] += bq.x;
+            prev[4 * j + 3] += bq.y;
+            m0 = fmaxf(m0, fmaxf(fabsf(prev[4 * j]), fabsf(prev[4 * j + 1])));
+            m1 = fmaxf(m1, fmaxf(fabsf(prev[4 * j + 2]), fabsf(prev[4 * j + 3])));
+        }
+        float const sc0 = readoutScale(den0, quadMax(m0), p.eps);
+        float const sc1 = readoutScale(den1, quadMax(m1), p.eps);
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+        {
+            int const c = 8 * j + 2 * tig;
+            *reinterpret_cast<uint32_t*>(Osm + swizzled(r0, c)) = pack2<T>(prev[4 * j] * sc0, prev[4 * j + 1] * sc0);
+            *reinterpret_cast<uint32_t*>(Osm + swizzled(r1, c)) = pack2<T>(prev[4 * j + 2] * sc1, prev[4 * j + 3] * sc1);
+        }
+    };
+
     for (int n = 0; n < chunks; ++n)
     {
-        cpAsyncWait<kStagesW - 2>(); // this thread's copies of chunk n have landed
-        fenceProxyAsync();
-        __syncthreads(); // ... and everyone's; chunk n - 1 is completely done
+        __syncthreads(); // chunk n - 1 is completely done
+        mbarrierWait(full + n % kStagesW, (n / kStagesW) & 1); // chunk n's tiles have landed
         unsigned char* const st = smem + (n % kStagesW) * kStageBytes;
         unsigned char* const Qst = st;
         unsigned char* const Kst = st + 2 * kTile;
@@ -198,11 +261,11 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         auto descMn = [&](unsigned char const* base, int kk) { // MN-major, 16 K-rows a step
             return matrixDesc(base + kk * 2048, 8192, 1024, true);
         };
-        auto descCol = [&](T const* base, int kk) { // 8-column tiles, 16 K-rows a step
-            return matrixDesc(base + kk * 16 * 8, 128, 256, false);
+        auto descMn72 = [&](unsigned char const* base, unsigned char const* ext, int kk) { // ... 72 wide
+            return matrixDesc(base + kk * 2048, uint32_t(ext - base), 1024, true);
         };
 
-        float nx[32], dx[4];
+        float nx[36]; // [num, den]: den in column 64 (nx[32] row r0, nx[34] row r1, where tig == 0)
         if (wg == 0)
         {
             // scores of all 64 x 64 pairs; masked and decayed in registers, then the A operand of A [V, 1]
@@ -215,9 +278,7 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
                 wgmmaSS64<T, 0, 0>(sc, descQK(Qst, kk), descQK(Kst, kk));
             }
             wgmmaCommit();
-            // while the scores are computed: the loads of chunk n + 2 (into the stage chunk n - 1 used) and
-            // the decay factors
-            issueLoad(n + kStagesW - 1);
+            // while the scores are computed: the decay factors
             float const bA = bl2[r0], bB = bl2[r1];
             float dA[16], dB[16];
 #pragma unroll
@@ -243,18 +304,17 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
                 af[j >> 1][(j & 1) * 2 + 1] = pack2<T>(sc[4 * j + 2] * dB[2 * j], sc[4 * j + 3] * dB[2 * j + 1]);
             }
             zeroRegisters(nx);
-            zeroRegisters(dx);
             wgmmaFence();
 #pragma unroll
             for (int kk = 0; kk < kCw / 16; ++kk)
             {
-                wgmmaRS64<T, 1>(nx, af[kk], descMn(Vst, kk));
-                wgmmaRS8<T, 1>(dx, af[kk], descCol(onesTile, kk));
+                wgmmaRS72<T, 1>(nx, af[kk], descMn72(Vst, onesExt, kk));
             }
             wgmmaCommit();
             wgmmaWaitAll();
             pinRegisters(nx);
-            pinRegisters(dx);
+            float* const numBuf = numBufs + (n & 1) * (kNumBytes / 4);
+            float* const denBuf = denBufs + (n & 1) * kCw;
 #pragma unroll
             for (int j = 0; j < 8; ++j)
             {
@@ -264,27 +324,24 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
             }
             if (tig == 0)
             {
-                denBuf[r0] = dx[0];
-                denBuf[r1] = dx[2];
+                denBuf[r0] = nx[32];
+                denBuf[r1] = nx[34];
             }
         }
         else
         {
-            // diag(exp(b)) Q [S, z]; while it runs: the previous output tile, V diag(w) and w (rounded to T)
-            // for the state update, the next chunk's gate terms
+            // diag(exp(b)) Q [S, z]; while it runs: V diag(w) and w (rounded to T) for the state update
             zeroRegisters(nx);
-            zeroRegisters(dx);
             wgmmaFence();
 #pragma unroll
             for (int kk = 0; kk < kFw / 16; ++kk)
             {
-                wgmmaSS64<T, 0, 1>(nx, descQK(Qst, kk), descMn(sCopy, kk));
-                wgmmaSS8<T, 0, 1>(dx, descQK(Qst, kk), descCol(zTile, kk));
+                wgmmaSS72<T, 0, 1>(nx, descQK(Qst, kk), descMn72(sCopy, zExt, kk));
             }
             wgmmaCommit();
             if (n > 0)
             {
-                storeOut(n - 1);
+                readout(n - 1); // behind this chunk's Q [S, z]
             }
             int const t1 = tid - 128;
             for (int i = t1; i < kCw * 8; i += 128)
@@ -303,12 +360,11 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
             }
             if (t1 < kCw)
             {
-                wTile[t1 * 8] = fromFloat<T>(wgt[t1]);
+                *reinterpret_cast<T*>(wExt + swizzled(t1, 0)) = fromFloat<T>(wgt[t1]);
             }
             fenceProxyAsync();
             wgmmaWaitAll();
             pinRegisters(nx);
-            pinRegisters(dx);
             float const fA = fromStart[r0], fB = fromStart[r1];
 #pragma unroll
             for (int j = 0; j < 8; ++j)
@@ -318,8 +374,13 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
                 nx[4 * j + 2] *= fB;
                 nx[4 * j + 3] *= fB;
             }
-            dx[0] *= fA;
-            dx[2] *= fB;
+            nx[32] *= fA;
+            nx[34] *= fB;
+#pragma unroll
+            for (int i = 0; i < 36; ++i)
+            {
+                prev[i] = nx[i];
+            }
         }
         __syncthreads(); // V diag(w), w and the A V partial are complete; nobody reads the state copy any more
 
@@ -327,74 +388,31 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         {
             float const lam = gb[4 * kCw];
 #pragma unroll
-            for (int i = 0; i < 32; ++i)
+            for (int i = 0; i < 36; ++i)
             {
                 sAcc[i] *= lam;
             }
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-            {
-                zAcc[i] *= lam;
-            }
             pinRegisters(sAcc);
-            pinRegisters(zAcc);
             wgmmaFence();
             unsigned char const* const kT = Kst + wg * kTile; // features 64 wg .., keys along the rows
 #pragma unroll
             for (int kk = 0; kk < kCw / 16; ++kk)
             {
-                wgmmaSS64<T, 1, 1>(sAcc, descMn(kT, kk), descMn(vw, kk));
-                wgmmaSS8<T, 1, 1>(zAcc, descMn(kT, kk), descCol(wTile, kk));
+                wgmmaSS72<T, 1, 1>(sAcc, descMn(kT, kk), descMn72(vw, wExt, kk));
             }
             wgmmaCommit();
         }
-        // while the update runs: warp 0 prepares the next chunk's gate terms (in the other buffer, whose last
-        // readers finished before this chunk's first barrier)
-        if (warp == 0 && n + 1 < chunks)
-        {
-            computeGates(n + 1, gReg);
-            loadGates(n + 2, gReg);
-        }
-        if (wg == 1)
-        {
-            // readout while the update runs: num = its Q S part + A V (warpgroup 0), the same for den
-            float const den0 = __shfl_sync(0xffffffffu, dx[0], lane & ~3) + denBuf[r0];
-            float const den1 = __shfl_sync(0xffffffffu, dx[2], lane & ~3) + denBuf[r1];
-            float m0 = 0.f, m1 = 0.f;
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-            {
-                int const c = 8 * j + 2 * tig;
-                float2 const a = *reinterpret_cast<float2 const*>(numBuf + r0 * kLdNum + c);
-                float2 const bq = *reinterpret_cast<float2 const*>(numBuf + r1 * kLdNum + c);
-                nx[4 * j] += a.x;
-                nx[4 * j + 1] += a.y;
-                nx[4 * j + 2] += bq.x;
-                nx[4 * j + 3] += bq.y;
-                m0 = fmaxf(m0, fmaxf(fabsf(nx[4 * j]), fabsf(nx[4 * j + 1])));
-                m1 = fmaxf(m1, fmaxf(fabsf(nx[4 * j + 2]), fabsf(nx[4 * j + 3])));
-            }
-            float const sc0 = readoutScale(den0, quadMax(m0), p.eps);
-            float const sc1 = readoutScale(den1, quadMax(m1), p.eps);
-#pragma unroll
-            for (int j = 0; j < 8; ++j)
-            {
-                int const c = 8 * j + 2 * tig;
-                *reinterpret_cast<uint32_t*>(Osm + r0 * kLdOut + c) = pack2<T>(nx[4 * j] * sc0, nx[4 * j + 1] * sc0);
-                *reinterpret_cast<uint32_t*>(Osm + r1 * kLdOut + c) = pack2<T>(nx[4 * j + 2] * sc1, nx[4 * j + 3] * sc1);
-            }
-        }
         wgmmaWaitAll();
         pinRegisters(sAcc);
-        pinRegisters(zAcc);
         storeStateCopy();
     }
-    cpAsyncWait<0>();
-    __syncthreads();
+    __syncthreads(); // the last chunk's A [V, 1] part is complete
     if (wg == 1)
     {
-        storeOut(chunks - 1);
+        readout(chunks - 1);
+        fenceProxyAsync();
     }
+    __syncthreads(); // the last output tile is complete (the producer stores it)
     {
         float* const s1 = p.stateOut + stateBase;
 #pragma unroll
@@ -408,8 +426,8 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         }
         if (tig == 0)
         {
-            s1[size_t(f0) * cols + kDvw] = zAcc[0];
-            s1[size_t(f1) * cols + kDvw] = zAcc[2];
+            s1[size_t(f0) * cols + kDvw] = sAcc[32];
+            s1[size_t(f1) * cols + kDvw] = sAcc[34];
         }
     }
 #endif
@@ -418,13 +436,20 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
 template <typename T>
 cudaError_t launchWgmmaTyped(ChunkParams const& p, cudaStream_t stream)
 {
+    bool const bf16 = std::is_same<T, __nv_bfloat16>::value;
+    CUtensorMap mapQ, mapK, mapV, mapOut;
+    if (!encodeTileMap(&mapQ, p.q, bf16, p.B, p.T, p.H * kFw) || !encodeTileMap(&mapK, p.k, bf16, p.B, p.T, p.H * kFw) ||
+        !encodeTileMap(&mapV, p.v, bf16, p.B, p.T, p.H * kDvw) || !encodeTileMap(&mapOut, p.out, bf16, p.B, p.T, p.H * kDvw))
+    {
+        return cudaErrorInvalidValue;
+    }
     auto kernel = scanChunkWgmmaKernel<T>;
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemW));
     if (e != cudaSuccess)
     {
         return e;
     }
-    kernel<<<dim3(p.H, p.B), kThreadsW, kSmemW, stream>>>(p);
+    kernel<<<dim3(p.H, p.B), kThreadsW, kSmemW, stream>>>(p, mapQ, mapK, mapV, mapOut);
     return cudaGetLastError();
 }
 
@@ -437,9 +462,9 @@ bool chunkWgmmaSupports(int F, int Dv, int dtype)
     {
         return false;
     }
-    // sm_90a code runs on compute capability 9.0 only
+    // sm_90a code runs on compute capability 9.0 only; the tensor maps need the driver's encoder
     int device = 0, major = 0, minor = 0;
-    return cudaGetDevice(&device) == cudaSuccess &&
+    return tensorMapEncoder() != nullptr && cudaGetDevice(&device) == cudaSuccess &&
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 && minor == 0;
 #else

@@ -1,9 +1,9 @@
 // Hopper warpgroup MMA (wgmma.mma_async, sm_90a): shared-memory matrix descriptors, fences and the
-// m64n64k16 / m64n8k16 shapes used by the tensor-core prefill. Layouts (PTX ISA, "asynchronous warpgroup
+// m64n64k16 / m64n72k16 shapes used by the tensor-core prefill. Layouts (PTX ISA, "asynchronous warpgroup
 // level matrix shared memory layout"): a swizzled tile here is [rows][64] 16-bit elements, 128 bytes a row,
 // 16-byte chunk c of row r stored at chunk c ^ (r % 8), based on a 1024-byte boundary. Read with its rows
 // as the M/N index and K along the row it is K-major; with its rows as the K index it is MN-major. An
-// 8-column tile ([rows][8], 16 bytes a row, no swizzle) is an MN-major B operand of width 8.
+// MN-major operand wider than 64 continues in a second such tile, `lbo` bytes further on.
 #pragma once
 
 #include "scan_common.cuh"
@@ -21,7 +21,7 @@ __device__ __forceinline__ uint32_t swizzled(int row, int col)
 }
 
 // lbo/sbo in bytes: K-major swizzled: sbo = 1024 (8-row groups), lbo unused; MN-major swizzled: sbo = 1024
-// (8 K-rows), lbo = next 64 M/N columns (unused at width 64); 8-column tile: lbo = 128 (8 K-rows), no swizzle.
+// (8 K-rows), lbo = offset of the tile holding M/N columns 64.. (unused at width 64).
 __device__ __forceinline__ uint64_t matrixDesc(void const* p, uint32_t lbo, uint32_t sbo, bool swizzle128)
 {
     uint64_t const a = smemAddr(p);
@@ -73,32 +73,28 @@ __device__ __forceinline__ void zeroRegisters(float (&d)[N])
     pinRegisters(d);
 }
 
-// wgmma.mma_async, m64n64k16 and m64n8k16, 16-bit inputs, f32 accumulators added to (scale-d = 1).
+// wgmma.mma_async, m64n64k16 and m64n72k16, 16-bit inputs, f32 accumulators added to (scale-d = 1).
 // SS: A and B from shared memory descriptors; RS: A from registers (the accumulator layout of a previous wgmma).
 // One asm text per shape; DT is the PTX input type, "bf16" or "f16".
 #define RFA_WGMMA_ACC32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 #define RFA_WGMMA_D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
-#define RFA_WGMMA_ACC4 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+#define RFA_WGMMA_ACC36 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35])
+#define RFA_WGMMA_D36 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}"
 #define RFA_WGMMA_HEAD "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
 #define RFA_WGMMA_SS64(DT)                                                                                         \
     asm volatile(RFA_WGMMA_HEAD "wgmma.mma_async.sync.aligned.m64n64k16.f32." DT "." DT                              \
                  " " RFA_WGMMA_D32 ", %32, %33, p, 1, 1, %34, %35;\n}\n"         \
                  : RFA_WGMMA_ACC32                                                                                 \
                  : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB))
-#define RFA_WGMMA_SS8(DT)                                                                                          \
-    asm volatile(RFA_WGMMA_HEAD "wgmma.mma_async.sync.aligned.m64n8k16.f32." DT "." DT                               \
-                 " {%0, %1, %2, %3}, %4, %5, p, 1, 1, %6, %7;\n}\n"                                                \
-                 : RFA_WGMMA_ACC4                                                                                  \
+#define RFA_WGMMA_SS72(DT)                                                                                         \
+    asm volatile(RFA_WGMMA_HEAD "wgmma.mma_async.sync.aligned.m64n72k16.f32." DT "." DT                              \
+                 " " RFA_WGMMA_D36 ", %36, %37, p, 1, 1, %38, %39;\n}\n"                                               \
+                 : RFA_WGMMA_ACC36                                                                                 \
                  : "l"(descA), "l"(descB), "n"(kTransA), "n"(kTransB))
-#define RFA_WGMMA_RS64(DT)                                                                                         \
-    asm volatile(RFA_WGMMA_HEAD "wgmma.mma_async.sync.aligned.m64n64k16.f32." DT "." DT                              \
-                 " " RFA_WGMMA_D32 ", {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n" \
-                 : RFA_WGMMA_ACC32                                                                                 \
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB))
-#define RFA_WGMMA_RS8(DT)                                                                                          \
-    asm volatile(RFA_WGMMA_HEAD "wgmma.mma_async.sync.aligned.m64n8k16.f32." DT "." DT                               \
-                 " {%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, p, 1, 1, %9;\n}\n"                                     \
-                 : RFA_WGMMA_ACC4                                                                                  \
+#define RFA_WGMMA_RS72(DT)                                                                                         \
+    asm volatile(RFA_WGMMA_HEAD "wgmma.mma_async.sync.aligned.m64n72k16.f32." DT "." DT                              \
+                 " " RFA_WGMMA_D36 ", {%36, %37, %38, %39}, %40, p, 1, 1, %41;\n}\n"                                  \
+                 : RFA_WGMMA_ACC36                                                                                 \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB), "n"(kTransB))
 
 template <typename T, int kTransA, int kTransB>
@@ -115,51 +111,38 @@ __device__ __forceinline__ void wgmmaSS64(float (&d)[32], uint64_t descA, uint64
 }
 
 template <typename T, int kTransA, int kTransB>
-__device__ __forceinline__ void wgmmaSS8(float (&d)[4], uint64_t descA, uint64_t descB)
+__device__ __forceinline__ void wgmmaSS72(float (&d)[36], uint64_t descA, uint64_t descB)
 {
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
     {
-        RFA_WGMMA_SS8("bf16");
+        RFA_WGMMA_SS72("bf16");
     }
     else
     {
-        RFA_WGMMA_SS8("f16");
+        RFA_WGMMA_SS72("f16");
     }
 }
 
 template <typename T, int kTransB>
-__device__ __forceinline__ void wgmmaRS64(float (&d)[32], uint32_t const (&a)[4], uint64_t descB)
+__device__ __forceinline__ void wgmmaRS72(float (&d)[36], uint32_t const (&a)[4], uint64_t descB)
 {
     if constexpr (std::is_same<T, __nv_bfloat16>::value)
     {
-        RFA_WGMMA_RS64("bf16");
+        RFA_WGMMA_RS72("bf16");
     }
     else
     {
-        RFA_WGMMA_RS64("f16");
+        RFA_WGMMA_RS72("f16");
     }
 }
 
-template <typename T, int kTransB>
-__device__ __forceinline__ void wgmmaRS8(float (&d)[4], uint32_t const (&a)[4], uint64_t descB)
-{
-    if constexpr (std::is_same<T, __nv_bfloat16>::value)
-    {
-        RFA_WGMMA_RS8("bf16");
-    }
-    else
-    {
-        RFA_WGMMA_RS8("f16");
-    }
-}
-
-#undef RFA_WGMMA_RS8
-#undef RFA_WGMMA_RS64
-#undef RFA_WGMMA_SS8
+#undef RFA_WGMMA_RS72
+#undef RFA_WGMMA_SS72
 #undef RFA_WGMMA_SS64
 #undef RFA_WGMMA_HEAD
-#undef RFA_WGMMA_ACC4
 #undef RFA_WGMMA_D32
 #undef RFA_WGMMA_ACC32
+#undef RFA_WGMMA_D36
+#undef RFA_WGMMA_ACC36
 
 } // namespace rfa
