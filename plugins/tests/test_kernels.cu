@@ -157,6 +157,7 @@ int main(int argc, char** argv)
             {2, 64, 2, 128, 64, Gate::kNear0, false, false},
             {2, 130, 3, 128, 64, Gate::kNone, true, false},     // ungated, both prefills
             {64, 20, 16, 128, 64, Gate::kRandom, true, false},  // B*H = 1024, both prefills
+            {3, 128, 2, 128, 64, Gate::kExact, false, false},   // exactly two chunks (the TMA ring's prologue), gates 0 and 1
             {3, 1, 5, 256, 48, Gate::kNear1, false, false},   // staged step, F = 256, no initial state
             {2, 2, 3, 256, 64, Gate::kRandom, true, true},    // staged step, 67 KB of shared memory, in place
             // the normaliser's clamp: each row's max |num| in the upper value half (the other value half of the
