@@ -84,8 +84,12 @@ inline PFN_cuTensorMapEncodeTiled_v12000 tensorMapEncoder()
     static PFN_cuTensorMapEncodeTiled_v12000 const encode = [] {
         void* fn = nullptr;
         cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) != cudaSuccess ||
-            found != cudaDriverEntryPointSuccess)
+#if CUDART_VERSION >= 12050
+        cudaError_t const e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found);
+#else // the versioned query arrived in CUDA 12.5
+        cudaError_t const e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found);
+#endif
+        if (e != cudaSuccess || found != cudaDriverEntryPointSuccess)
         {
             cudaGetLastError(); // the query's error is an answer, not a sticky failure of the caller's launch
             return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
