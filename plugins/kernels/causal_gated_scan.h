@@ -32,7 +32,7 @@ typedef enum
     RFA_ERR_FEATURES = 3,     // F not a multiple of 16 in [16, 256]
     RFA_ERR_VALUES = 4,       // Dv not a multiple of 16 in [16, 256]
     RFA_ERR_NULL = 5,         // a required pointer is null
-    RFA_ERR_WORKSPACE = 6,    // workspace smaller than rfa_scan_workspace_size
+    RFA_ERR_WORKSPACE = 6,    // reserved (a smaller workspace is not an error, see rfa_causal_gated_scan)
     RFA_ERR_ALIGNMENT = 7,    // a tensor pointer is not 16-byte aligned
     RFA_ERR_LAUNCH = 8,       // the CUDA launch failed (cudaGetLastError)
     RFA_ERR_FEATURE_DIMS = 9  // random features: head dim or feature count outside [1, 128]
@@ -59,14 +59,19 @@ typedef struct
 // 0 (RFA_OK) when the kernels support these sizes; otherwise the status naming what does not fit.
 RFA_API int rfa_scan_check(int B, int T, int H, int F, int Dv, int dtype);
 
-// Bytes of workspace enqueue needs (0 for this implementation; part of the ABI so that can change).
+// Bytes of workspace with which rfa_causal_gated_scan runs fastest on the current device, for any B, T and H
+// (so a workspace sized from one shape serves all): the Hopper prefill (F = 128, Dv = 64, fp16/bf16) then
+// splits long sequences of few (b, h) into segments run in parallel. 0 where nothing uses a workspace.
 RFA_API size_t rfa_scan_workspace_size(int B, int T, int H, int F, int Dv, int dtype);
 
-// Launch the scan on `stream`: the single-step kernel when T == 1, the chunked kernel otherwise.
+// Launch the scan on `stream`: the single-step kernel when T == 1, the chunked kernel otherwise. The workspace
+// (16-byte aligned, stream-ordered, contents not kept) is optional: with fewer than rfa_scan_workspace_size
+// bytes, or null, the same results come without the sequence split.
 RFA_API int rfa_causal_gated_scan(const rfa_scan_args_t* args, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
-// Force one path (tests and benchmarks): 0 = chunked, 1 = single-step loop (T launches), 2 = chunked without
-// the Hopper wgmma prefill (the mma.sync kernel where the wgmma one would run).
+// Force one path (tests and benchmarks), without a workspace (so without the sequence split): 0 = chunked,
+// 1 = single-step loop (T launches), 2 = chunked without the Hopper wgmma prefill (the mma.sync kernel where
+// the wgmma one would run).
 RFA_API int rfa_causal_gated_scan_path(const rfa_scan_args_t* args, int path, cudaStream_t stream);
 
 RFA_API const char* rfa_status_string(int status);

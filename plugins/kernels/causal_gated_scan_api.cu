@@ -97,17 +97,32 @@ int rfa_scan_check(int B, int T, int H, int F, int Dv, int dtype)
     return RFA_OK;
 }
 
-size_t rfa_scan_workspace_size(int, int, int, int, int, int)
+size_t rfa_scan_workspace_size(int B, int T, int H, int F, int Dv, int dtype)
 {
-    return 0;
+    return rfa_scan_check(B, T, H, F, Dv, dtype) == RFA_OK ? rfa::chunkWgmmaWorkspaceBytes(F, Dv, dtype) : 0;
 }
 
-int rfa_causal_gated_scan(rfa_scan_args_t const* args, void*, size_t, cudaStream_t stream)
+namespace
 {
-    return rfa_causal_gated_scan_path(args, args != nullptr && args->T == 1 ? 1 : 0, stream);
+
+int runScan(rfa_scan_args_t const* args, int path, void* workspace, size_t workspaceBytes, cudaStream_t stream);
+
+} // namespace
+
+int rfa_causal_gated_scan(rfa_scan_args_t const* args, void* workspace, size_t workspace_bytes, cudaStream_t stream)
+{
+    return runScan(args, args != nullptr && args->T == 1 ? 1 : 0, workspace, workspace_bytes, stream);
 }
 
 int rfa_causal_gated_scan_path(rfa_scan_args_t const* args, int path, cudaStream_t stream)
+{
+    return runScan(args, path, nullptr, 0, stream);
+}
+
+namespace
+{
+
+int runScan(rfa_scan_args_t const* args, int path, void* workspace, size_t workspaceBytes, cudaStream_t stream)
 {
     int const status = checkArgs(args);
     if (status != RFA_OK)
@@ -142,8 +157,12 @@ int rfa_causal_gated_scan_path(rfa_scan_args_t const* args, int path, cudaStream
     p.out = args->out;
     p.stateOut = args->final_state;
     p.mmaSyncOnly = path == 2;
+    p.workspace = workspace;
+    p.workspaceBytes = workspaceBytes;
     return launchStatus(rfa::launchChunk(p, args->dtype, stream));
 }
+
+} // namespace
 
 char const* rfa_status_string(int status)
 {

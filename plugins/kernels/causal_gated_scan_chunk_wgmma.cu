@@ -45,8 +45,22 @@ constexpr uint32_t kOffBars = kOffGates + 2 * kGateStrideW * 4;   // one mbarrie
 constexpr uint32_t kSmemW = kOffBars + kStagesW * 8 + 1024;       // + slack to align the base to 1 KB
 static_assert(kSmemW <= 227 * 1024, "shared memory");
 
+// The sequence split. Where few (b, h) would leave most of the device idle, the sequence is cut into segments
+// of whole chunks, one block each (blockIdx.z), in three launches: each segment's own state from a zero
+// start (pass 1, no output); combineSegmentStarts turns those into every segment's start state; then each
+// segment runs again from its start state and writes its outputs (pass 2). Without a split: one segment,
+// pass 0.
+struct SegmentPlan
+{
+    int chunks; // per segment; the last may have fewer
+    int pass;
+    // [segments][B][H][F][Dv + 1] fp32: pass 1 writes segment s's own state at s + 1; after the combine,
+    // entry s is segment s's start state (entry 0 the initial state)
+    float* starts;
+};
+
 template <typename T>
-__global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams p, __grid_constant__ CUtensorMap const mapQ,
+__global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams p, SegmentPlan plan, __grid_constant__ CUtensorMap const mapQ,
     __grid_constant__ CUtensorMap const mapK, __grid_constant__ CUtensorMap const mapV, __grid_constant__ CUtensorMap const mapOut)
 {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -67,10 +81,11 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
     int const gid = lane >> 2, tig = lane & 3, wg = warp >> 2, wq = warp & 3;
     int const r0 = 16 * wq + gid, r1 = r0 + 8; // accumulator rows of this thread
     int const h = blockIdx.x, b = blockIdx.y;
-    int const T_ = p.T;
+    int const seg = blockIdx.z, chunk0 = seg * plan.chunks;
+    int const chunks = min(plan.chunks, (p.T + kCw - 1) / kCw - chunk0);
+    int const T_ = min(p.T - chunk0 * kCw, chunks * kCw); // steps of this segment
     bool const gated = p.g != nullptr;
-    T const* const g = gated ? static_cast<T const*>(p.g) + size_t(b) * T_ * p.H + h : nullptr;
-    int const chunks = (T_ + kCw - 1) / kCw;
+    T const* const g = gated ? static_cast<T const*>(p.g) + (size_t(b) * p.T + size_t(chunk0) * kCw) * p.H + h : nullptr;
 
     // By the producer warp's lane 0: chunk n's Q, K (two 64-column boxes each) and V into stage n % 3, rows
     // past T zero-filled by the tensor map; completion counted on that stage's mbarrier.
@@ -80,16 +95,16 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
             int const s = n % kStagesW;
             unsigned char* const st = smem + s * kStageBytes;
             tmaExpectTx(full + s, kStageBytes);
-            tmaLoad3d(st, &mapQ, full + s, h * kFw, n * kCw, b);
-            tmaLoad3d(st + kTile, &mapQ, full + s, h * kFw + 64, n * kCw, b);
-            tmaLoad3d(st + 2 * kTile, &mapK, full + s, h * kFw, n * kCw, b);
-            tmaLoad3d(st + 3 * kTile, &mapK, full + s, h * kFw + 64, n * kCw, b);
-            tmaLoad3d(st + 4 * kTile, &mapV, full + s, h * kDvw, n * kCw, b);
+            tmaLoad3d(st, &mapQ, full + s, h * kFw, (chunk0 + n) * kCw, b);
+            tmaLoad3d(st + kTile, &mapQ, full + s, h * kFw + 64, (chunk0 + n) * kCw, b);
+            tmaLoad3d(st + 2 * kTile, &mapK, full + s, h * kFw, (chunk0 + n) * kCw, b);
+            tmaLoad3d(st + 3 * kTile, &mapK, full + s, h * kFw + 64, (chunk0 + n) * kCw, b);
+            tmaLoad3d(st + 4 * kTile, &mapV, full + s, h * kDvw, (chunk0 + n) * kCw, b);
         }
     };
     // By the producer warp's lane 0: the output tile of chunk n (rows past T clipped by the tensor map).
     auto storeOut = [&](int n) {
-        tmaStore3d(&mapOut, Osm, h * kDvw, n * kCw, b);
+        tmaStore3d(&mapOut, Osm, h * kDvw, (chunk0 + n) * kCw, b);
         tmaStoreCommit();
     };
 
@@ -151,7 +166,7 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
                 loadGates(n + 2);
             }
             __syncthreads();
-            if (lane == 0 && n > 0)
+            if (lane == 0 && n > 0 && plan.pass != 1)
             {
                 storeOut(n - 1);    // read out during this chunk's first phase
                 tmaStoreWaitRead(); // the next readout rewrites the tile after the next barrier
@@ -161,7 +176,10 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         __syncthreads();
         if (lane == 0)
         {
-            storeOut(chunks - 1);
+            if (plan.pass != 1)
+            {
+                storeOut(chunks - 1);
+            }
             tmaStoreWaitAll();
         }
         return;
@@ -171,21 +189,25 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
     // (sAcc[4j + e]: row r0 (e < 2) or r1, column 8j + 2 tig + e % 2), z in column 64.
     int const f0 = 64 * wg + r0, f1 = 64 * wg + r1;
     int const cols = kDvw + 1;
-    size_t const stateBase = (size_t(b) * p.H + h) * kFw * cols;
+    size_t const slab = (size_t(b) * p.H + h) * kFw * cols;
+    size_t const segStride = size_t(p.B) * p.H * kFw * cols;
+    float const* const stateIn = plan.pass == 0 ? p.stateIn : (plan.pass == 1 ? nullptr : plan.starts + seg * segStride);
+    float* const stateOut = plan.pass == 0 ? p.stateOut
+        : (plan.pass == 1 ? plan.starts + (seg + 1) * segStride : (seg + 1 == int(gridDim.z) ? p.stateOut : nullptr));
     float sAcc[36]; // [S, z]: z in column 64 (sAcc[32] row r0, sAcc[34] row r1, where tig == 0)
     sAcc[32] = sAcc[33] = sAcc[34] = sAcc[35] = 0.f;
     {
-        float const* const s0 = p.stateIn + stateBase;
+        float const* const s0 = stateIn + slab;
 #pragma unroll
         for (int j = 0; j < 8; ++j)
         {
             int const c = 8 * j + 2 * tig;
-            sAcc[4 * j + 0] = p.stateIn ? s0[size_t(f0) * cols + c] : 0.f;
-            sAcc[4 * j + 1] = p.stateIn ? s0[size_t(f0) * cols + c + 1] : 0.f;
-            sAcc[4 * j + 2] = p.stateIn ? s0[size_t(f1) * cols + c] : 0.f;
-            sAcc[4 * j + 3] = p.stateIn ? s0[size_t(f1) * cols + c + 1] : 0.f;
+            sAcc[4 * j + 0] = stateIn ? s0[size_t(f0) * cols + c] : 0.f;
+            sAcc[4 * j + 1] = stateIn ? s0[size_t(f0) * cols + c + 1] : 0.f;
+            sAcc[4 * j + 2] = stateIn ? s0[size_t(f1) * cols + c] : 0.f;
+            sAcc[4 * j + 3] = stateIn ? s0[size_t(f1) * cols + c + 1] : 0.f;
         }
-        if (tig == 0 && p.stateIn)
+        if (tig == 0 && stateIn)
         {
             sAcc[32] = s0[size_t(f0) * cols + kDvw];
             sAcc[34] = s0[size_t(f1) * cols + kDvw];
@@ -413,8 +435,9 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         fenceProxyAsync();
     }
     __syncthreads(); // the last output tile is complete (the producer stores it)
+    if (stateOut != nullptr)
     {
-        float* const s1 = p.stateOut + stateBase;
+        float* const s1 = stateOut + slab;
 #pragma unroll
         for (int j = 0; j < 8; ++j)
         {
@@ -433,6 +456,83 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
 #endif
 }
 
+// One block per (b, h), between the two passes of a sequence split: the start state of every segment, in
+// place in plan.starts. Entry 0 = the initial state; entry s + 1 = D_s * entry s + segment s's own state
+// (written there by pass 1), D_s = exp of the sum of log g over segment s (fp64, as the chunk gate terms).
+constexpr int kMaxSegments = 256;
+
+template <typename T>
+__global__ void __launch_bounds__(256) combineSegmentStarts(ChunkParams p, SegmentPlan plan, int segments)
+{
+    __shared__ float decay[kMaxSegments];
+    int const bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+    int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int s = warp; s + 1 < segments; s += blockDim.x / 32)
+    {
+        double sum = 0.0;
+        if (p.g != nullptr)
+        {
+            T const* const g = static_cast<T const*>(p.g) + size_t(b) * p.T * p.H + h;
+            int const t1 = min(p.T, (s + 1) * plan.chunks * kCw);
+            for (int t = s * plan.chunks * kCw + lane; t < t1; t += 32)
+            {
+                sum += double(logGate(toFloat(g[size_t(t) * p.H])));
+            }
+            sum = __shfl_sync(0xffffffffu, warpInclusiveSum(sum), 31);
+        }
+        if (lane == 0)
+        {
+            decay[s] = float(exp(sum));
+        }
+    }
+    __syncthreads();
+    size_t const per = size_t(kFw) * (kDvw + 1), segStride = size_t(p.B) * p.H * per;
+    float* const starts = plan.starts + size_t(bh) * per;
+    float const* const initial = p.stateIn != nullptr ? p.stateIn + size_t(bh) * per : nullptr;
+    for (size_t e = threadIdx.x; e < per; e += blockDim.x)
+    {
+        float x = initial != nullptr ? initial[e] : 0.f;
+        starts[e] = x;
+        for (int s = 0; s + 1 < segments; ++s)
+        {
+            float* const next = starts + (s + 1) * segStride + e;
+            x = fmaf(decay[s], x, *next);
+            *next = x;
+        }
+    }
+}
+
+int multiprocessors()
+{
+    int device = 0, count = 0;
+    return cudaGetDevice(&device) == cudaSuccess &&
+            cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) == cudaSuccess
+        ? count
+        : 0;
+}
+
+// Segments of the sequence split: enough blocks to fill the device, each segment at least
+// kMinSegmentChunks chunks (shorter ones would spend more on the extra pass than they save); 1 = no split.
+constexpr int kMinSegmentChunks = 8;
+
+int segmentCount(int B, int H, int chunks, int sms)
+{
+    int const bh = B * H;
+    if (2 * bh > sms)
+    {
+        return 1;
+    }
+    int const wanted = min(min(sms / bh, chunks / kMinSegmentChunks), kMaxSegments);
+    if (wanted < 2)
+    {
+        return 1;
+    }
+    int const per = (chunks + wanted - 1) / wanted;
+    return (chunks + per - 1) / per;
+}
+
+constexpr size_t kSlabBytes = size_t(kFw) * (kDvw + 1) * sizeof(float);
+
 template <typename T>
 cudaError_t launchWgmmaTyped(ChunkParams const& p, cudaStream_t stream)
 {
@@ -449,7 +549,26 @@ cudaError_t launchWgmmaTyped(ChunkParams const& p, cudaStream_t stream)
     {
         return e;
     }
-    kernel<<<dim3(p.H, p.B), kThreadsW, kSmemW, stream>>>(p, mapQ, mapK, mapV, mapOut);
+    int const chunks = (p.T + kCw - 1) / kCw;
+    int segments = 1;
+    if (p.workspace != nullptr && (reinterpret_cast<uintptr_t>(p.workspace) & 15u) == 0)
+    {
+        segments = segmentCount(p.B, p.H, chunks, multiprocessors());
+        if (size_t(segments) * p.B * p.H * kSlabBytes > p.workspaceBytes)
+        {
+            segments = 1;
+        }
+    }
+    if (segments == 1)
+    {
+        kernel<<<dim3(p.H, p.B, 1), kThreadsW, kSmemW, stream>>>(p, SegmentPlan{chunks, 0, nullptr}, mapQ, mapK, mapV, mapOut);
+        return cudaGetLastError();
+    }
+    SegmentPlan plan{(chunks + segments - 1) / segments, 1, static_cast<float*>(p.workspace)};
+    kernel<<<dim3(p.H, p.B, segments - 1), kThreadsW, kSmemW, stream>>>(p, plan, mapQ, mapK, mapV, mapOut);
+    combineSegmentStarts<T><<<p.B * p.H, 256, 0, stream>>>(p, plan, segments);
+    plan.pass = 2;
+    kernel<<<dim3(p.H, p.B, segments), kThreadsW, kSmemW, stream>>>(p, plan, mapQ, mapK, mapV, mapOut);
     return cudaGetLastError();
 }
 
@@ -471,6 +590,11 @@ bool chunkWgmmaSupports(int F, int Dv, int dtype)
     (void) F, (void) Dv, (void) dtype;
     return false;
 #endif
+}
+
+size_t chunkWgmmaWorkspaceBytes(int F, int Dv, int dtype)
+{
+    return chunkWgmmaSupports(F, Dv, dtype) ? size_t(multiprocessors()) * kSlabBytes : 0;
 }
 
 cudaError_t launchChunkWgmma(ChunkParams const& p, int dtype, cudaStream_t stream)

@@ -44,6 +44,10 @@ struct ChunkParams
     float* stateOut;
     int tileWidth;     // value columns per block; blocks of one (b, h) form a cluster
     bool mmaSyncOnly;  // tests and benchmarks: the mma.sync prefill even where the wgmma one runs
+    // Optional workspace (rfa_causal_gated_scan's): lets the Hopper prefill split long sequences of few (b, h)
+    // into segments run in parallel (chunkWgmmaWorkspaceBytes says how much it needs)
+    void* workspace;
+    size_t workspaceBytes;
 };
 
 cudaError_t launchStep(StepParams const& p, int dtype, cudaStream_t stream);
@@ -59,5 +63,7 @@ cudaError_t launchChunkMma(ChunkParams const& p, int dtype, cudaStream_t stream)
 // sm_90a (RFA_HAVE_WGMMA) and running on a compute capability 9.0 device; launchChunk prefers it.
 bool chunkWgmmaSupports(int F, int Dv, int dtype);
 cudaError_t launchChunkWgmma(ChunkParams const& p, int dtype, cudaStream_t stream);
+// Workspace bytes with which launchChunkWgmma may split any sequence across the device (0 where it does not run)
+size_t chunkWgmmaWorkspaceBytes(int F, int Dv, int dtype);
 
 } // namespace rfa

@@ -90,7 +90,15 @@ bool runCase(Case const& c, int path, uint64_t seed)
     }
     rfa_scan_args_t a{c.B, c.T, c.H, c.F, c.Dv, DtypeOf<T>::value, float(eps), dq, dk, dv, dg,
         (c.initialState || c.inPlace) ? ds0 : nullptr, dout, dstate};
-    int const status = path < 0 ? rfa_causal_gated_scan(&a, nullptr, 0, 0) : rfa_causal_gated_scan_path(&a, path, 0);
+    // the dispatcher gets the workspace it asks for (with it the Hopper prefill may split the sequence)
+    size_t const workspaceBytes = rfa_scan_workspace_size(c.B, c.T, c.H, c.F, c.Dv, DtypeOf<T>::value);
+    void* workspace = nullptr;
+    if (path < 0 && workspaceBytes > 0)
+    {
+        CUDA_CHECK(cudaMalloc(&workspace, workspaceBytes));
+        CUDA_CHECK(cudaMemset(workspace, 0xFF, workspaceBytes));
+    }
+    int const status = path < 0 ? rfa_causal_gated_scan(&a, workspace, workspaceBytes, 0) : rfa_causal_gated_scan_path(&a, path, 0);
     CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<T> out(outCount);
     std::vector<float> state(stateCount);
@@ -106,7 +114,7 @@ bool runCase(Case const& c, int path, uint64_t seed)
         ok ? "ok  " : "FAIL", DtypeOf<T>::name, path < 0 ? "auto" : (path == 0 ? "chunk" : (path == 1 ? "step" : "mma")), c.B, c.T, c.H, c.F,
         c.Dv, gateName(c.gate), int(c.initialState), int(c.inPlace), c.clamp ? " clamp" : "", eOut, eState,
         status == RFA_OK ? "" : (std::string("  status: ") + rfa_status_string(status)).c_str());
-    for (void* ptr : {(void*) dq, (void*) dk, (void*) dv, (void*) dg, (void*) ds0, (void*) dout})
+    for (void* ptr : {(void*) dq, (void*) dk, (void*) dv, (void*) dg, (void*) ds0, (void*) dout, workspace})
     {
         cudaFree(ptr);
     }
@@ -126,6 +134,7 @@ int main(int argc, char** argv)
         cases = {{2, 70, 2, 32, 32, Gate::kRandom, true, false}, {1, 1, 3, 64, 80, Gate::kNone, false, false},
             {1, 33, 2, 32, 144, Gate::kNear1, true, true},
             {1, 150, 2, 128, 64, Gate::kRandom, true, true}, // tensor-core prefill, 3 stages, in place
+            {1, 1030, 1, 128, 64, Gate::kRandom, true, true}, // Hopper prefill split in 2 segments, in place
             {1, 70, 1, 64, 64, Gate::kNear1, true, false, true}, // the normaliser's clamp on tensor cores
             {1, 70, 1, 64, 128, Gate::kNone, true, false},   // tensor-core prefill, 2 stages
             {2, 2, 3, 256, 64, Gate::kRandom, true, true}};  // staged step, 67 KB of shared memory, in place
@@ -158,6 +167,10 @@ int main(int argc, char** argv)
             {2, 130, 3, 128, 64, Gate::kNone, true, false},     // ungated, both prefills
             {64, 20, 16, 128, 64, Gate::kRandom, true, false},  // B*H = 1024, both prefills
             {3, 128, 2, 128, 64, Gate::kExact, false, false},   // exactly two chunks (the TMA ring's prologue), gates 0 and 1
+            // the Hopper prefill's sequence split (dispatch path, few (b, h), >= 16 chunks): segments of 8+ chunks
+            {1, 2000, 2, 128, 64, Gate::kNone, true, false},     // ungated, 4 segments
+            {2, 1100, 1, 128, 64, Gate::kNear0, false, false},   // 2 segments, no initial state
+            {1, 1500, 2, 128, 64, Gate::kNear1, true, true, true}, // 3 segments, in place, the clamp
             {3, 1, 5, 256, 48, Gate::kNear1, false, false},   // staged step, F = 256, no initial state
             {2, 2, 3, 256, 64, Gate::kRandom, true, true},    // staged step, 67 KB of shared memory, in place
             // the normaliser's clamp: each row's max |num| in the upper value half (the other value half of the

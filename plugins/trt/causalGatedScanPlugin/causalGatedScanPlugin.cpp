@@ -269,13 +269,12 @@ int32_t CausalGatedScanPlugin::configurePlugin(
     }
 }
 
+// No workspace: the scan's optional one (rfa_scan_workspace_size, the Hopper prefill's sequence split) is
+// sized for the device it is asked on, and an engine may run on another device than the one that built it.
 size_t CausalGatedScanPlugin::getWorkspaceSize(
-    DynamicPluginTensorDesc const* inputs, int32_t, DynamicPluginTensorDesc const*, int32_t) const noexcept
+    DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*, int32_t) const noexcept
 {
-    Dims const& q = inputs[0].max;
-    Dims const& v = inputs[2].max;
-    return rfa_scan_workspace_size(int(q.d[0]), int(q.d[1]), int(q.d[2]), int(q.d[3]), int(v.d[3]),
-        rfaDtype(inputs[0].desc.type));
+    return 0;
 }
 
 int32_t CausalGatedScanPlugin::getAliasedInput(int32_t outputIndex) noexcept
@@ -344,7 +343,7 @@ int32_t CausalGatedScanPlugin::onShapeChange(
 }
 
 int32_t CausalGatedScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
-    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
+    void const* const* inputs, void* const* outputs, void* /* workspace: none requested */, cudaStream_t stream) noexcept
 {
     // Shapes were checked in onShapeChange; here only the call is assembled (no allocation, no sync).
     (void) outputDesc;
@@ -363,7 +362,7 @@ int32_t CausalGatedScanPlugin::enqueue(PluginTensorDesc const* inputDesc, Plugin
     args.initial_state = mLayout.state >= 0 ? static_cast<float const*>(inputs[mLayout.state]) : nullptr;
     args.out = outputs[0];
     args.final_state = static_cast<float*>(outputs[1]);
-    int const status = rfa_causal_gated_scan(&args, workspace, 0, stream);
+    int const status = rfa_causal_gated_scan(&args, nullptr, 0, stream);
     return status == RFA_OK ? 0 : fail(std::string("enqueue: ") + rfa_status_string(status));
 }
 

@@ -28,6 +28,8 @@ def _bind(lib) -> None:
     lib.rfa_causal_gated_scan.argtypes = [ctypes.POINTER(_ScanArgs), ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     lib.rfa_causal_gated_scan_path.argtypes = [ctypes.POINTER(_ScanArgs), ctypes.c_int, ctypes.c_void_p]
     lib.rfa_scan_check.argtypes = [ctypes.c_int] * 6
+    lib.rfa_scan_workspace_size.argtypes = [ctypes.c_int] * 6
+    lib.rfa_scan_workspace_size.restype = ctypes.c_size_t
 
 
 def _load():
@@ -50,6 +52,21 @@ def kernel_supports(q: torch.Tensor, v: torch.Tensor) -> bool:
     return lib.rfa_scan_check(B, max(T, 1), H, F, v.shape[-1], DTYPE_CODES[q.dtype]) == 0
 
 
+_workspace_bytes = {}  # (device index, F, Dv, dtype code) -> rfa_scan_workspace_size (independent of B, T, H)
+
+
+def _workspace(lib, q: torch.Tensor, F: int, Dv: int) -> Tuple[Optional[torch.Tensor], int]:
+    """The scan's optional workspace (it lets the Hopper prefill split long sequences of few (b, h) across the
+    GPU), from the caching allocator on the current stream; (None, 0) where the kernels use none."""
+    key = (q.device.index, F, Dv, DTYPE_CODES[q.dtype])
+    if key not in _workspace_bytes:
+        _workspace_bytes[key] = int(lib.rfa_scan_workspace_size(1, 2, 1, F, Dv, key[3]))
+    nbytes = _workspace_bytes[key]
+    if nbytes == 0:
+        return None, 0
+    return torch.empty(nbytes, dtype=torch.uint8, device=q.device), nbytes
+
+
 def cuda_causal_gated_scan(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -62,8 +79,9 @@ def cuda_causal_gated_scan(
     out: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The native kernels (same contract as naive_causal_gated_scan). path None = dispatch (step kernel for
-    T == 1, chunked otherwise), 0 = chunked, 1 = one step launch per time step, 2 = chunked with the mma.sync
-    prefill where the Hopper wgmma one would run (comparisons). `out_state` may be
+    T == 1, chunked otherwise, with the workspace that lets the Hopper prefill split long sequences of few
+    (b, h)), 0 = chunked (no workspace: no split), 1 = one step launch per time step, 2 = chunked with the
+    mma.sync prefill where the Hopper wgmma one would run (comparisons). `out_state` may be
     `initial_state` itself for an in-place update; `out` / `out_state` are written, never read (tests poison
     them first)."""
     lib = require_kernels(_bind)
@@ -79,7 +97,8 @@ def cuda_causal_gated_scan(
     args = _ScanArgs(B, T, H, F, Dv, DTYPE_CODES[q.dtype], float(eps), ptr(q), ptr(k), ptr(v), ptr(g), ptr(s0), ptr(out), ptr(state))
     stream = torch.cuda.current_stream(q.device).cuda_stream
     if path is None:
-        status = lib.rfa_causal_gated_scan(ctypes.byref(args), None, 0, ctypes.c_void_p(stream))
+        workspace, nbytes = _workspace(lib, q, F, Dv) if T > 1 else (None, 0)
+        status = lib.rfa_causal_gated_scan(ctypes.byref(args), ptr(workspace), nbytes, ctypes.c_void_p(stream))
     else:
         status = lib.rfa_causal_gated_scan_path(ctypes.byref(args), int(path), ctypes.c_void_p(stream))
     check_status(lib, status, "rfa_causal_gated_scan")
