@@ -513,17 +513,19 @@ int multiprocessors()
 
 // Segments of the sequence split: enough blocks to fill the device, each segment at least
 // kMinSegmentChunks chunks (shorter ones would spend more on the extra pass than they save); 1 = no split.
+// With S segments the two passes take about 2 / S of the unsplit time, so a split needs S >= 3.
 constexpr int kMinSegmentChunks = 8;
+constexpr int kMinSegments = 3;
 
 int segmentCount(int B, int H, int chunks, int sms)
 {
     int const bh = B * H;
-    if (2 * bh > sms)
+    if (kMinSegments * bh > sms)
     {
         return 1;
     }
     int const wanted = min(min(sms / bh, chunks / kMinSegmentChunks), kMaxSegments);
-    if (wanted < 2)
+    if (wanted < kMinSegments)
     {
         return 1;
     }

@@ -134,7 +134,7 @@ int main(int argc, char** argv)
         cases = {{2, 70, 2, 32, 32, Gate::kRandom, true, false}, {1, 1, 3, 64, 80, Gate::kNone, false, false},
             {1, 33, 2, 32, 144, Gate::kNear1, true, true},
             {1, 150, 2, 128, 64, Gate::kRandom, true, true}, // tensor-core prefill, 3 stages, in place
-            {1, 1030, 1, 128, 64, Gate::kRandom, true, true}, // Hopper prefill split in 2 segments, in place
+            {1, 1600, 1, 128, 64, Gate::kRandom, true, true}, // Hopper prefill split in 3 segments, in place
             {1, 70, 1, 64, 64, Gate::kNear1, true, false, true}, // the normaliser's clamp on tensor cores
             {1, 70, 1, 64, 128, Gate::kNone, true, false},   // tensor-core prefill, 2 stages
             {2, 2, 3, 256, 64, Gate::kRandom, true, true}};  // staged step, 67 KB of shared memory, in place
@@ -169,7 +169,8 @@ int main(int argc, char** argv)
             {3, 128, 2, 128, 64, Gate::kExact, false, false},   // exactly two chunks (the TMA ring's prologue), gates 0 and 1
             // the Hopper prefill's sequence split (dispatch path, few (b, h), >= 16 chunks): segments of 8+ chunks
             {1, 2000, 2, 128, 64, Gate::kNone, true, false},     // ungated, 4 segments
-            {2, 1100, 1, 128, 64, Gate::kNear0, false, false},   // 2 segments, no initial state
+            {2, 1100, 1, 128, 64, Gate::kNear0, false, false},   // 18 chunks: 2 segments would not pay, no split
+            {2, 1600, 1, 128, 64, Gate::kNear0, false, false},   // 3 segments, no initial state
             {1, 1500, 2, 128, 64, Gate::kNear1, true, true, true}, // 3 segments, in place, the clamp
             {3, 1, 5, 256, 48, Gate::kNear1, false, false},   // staged step, F = 256, no initial state
             {2, 2, 3, 256, 64, Gate::kRandom, true, true},    // staged step, 67 KB of shared memory, in place
