@@ -72,56 +72,6 @@ int launchStatus(cudaError_t e)
     return e == cudaSuccess ? RFA_OK : RFA_ERR_LAUNCH;
 }
 
-} // namespace
-
-extern "C" {
-
-int rfa_scan_check(int B, int T, int H, int F, int Dv, int dtype)
-{
-    if (dtype != RFA_FLOAT32 && dtype != RFA_FLOAT16 && dtype != RFA_BFLOAT16)
-    {
-        return RFA_ERR_DTYPE;
-    }
-    if (B < 1 || T < 1 || H < 1)
-    {
-        return RFA_ERR_SHAPE;
-    }
-    if (F < 16 || F > 256 || F % 16 != 0)
-    {
-        return RFA_ERR_FEATURES;
-    }
-    if (Dv < 16 || Dv > 256 || Dv % 16 != 0)
-    {
-        return RFA_ERR_VALUES;
-    }
-    return RFA_OK;
-}
-
-size_t rfa_scan_workspace_size(int B, int T, int H, int F, int Dv, int dtype)
-{
-    return rfa_scan_check(B, T, H, F, Dv, dtype) == RFA_OK ? rfa::chunkWgmmaWorkspaceBytes(F, Dv, dtype) : 0;
-}
-
-namespace
-{
-
-int runScan(rfa_scan_args_t const* args, int path, void* workspace, size_t workspaceBytes, cudaStream_t stream);
-
-} // namespace
-
-int rfa_causal_gated_scan(rfa_scan_args_t const* args, void* workspace, size_t workspace_bytes, cudaStream_t stream)
-{
-    return runScan(args, args != nullptr && args->T == 1 ? 1 : 0, workspace, workspace_bytes, stream);
-}
-
-int rfa_causal_gated_scan_path(rfa_scan_args_t const* args, int path, cudaStream_t stream)
-{
-    return runScan(args, path, nullptr, 0, stream);
-}
-
-namespace
-{
-
 int runScan(rfa_scan_args_t const* args, int path, void* workspace, size_t workspaceBytes, cudaStream_t stream)
 {
     int const status = checkArgs(args);
@@ -163,6 +113,44 @@ int runScan(rfa_scan_args_t const* args, int path, void* workspace, size_t works
 }
 
 } // namespace
+
+extern "C" {
+
+int rfa_scan_check(int B, int T, int H, int F, int Dv, int dtype)
+{
+    if (dtype != RFA_FLOAT32 && dtype != RFA_FLOAT16 && dtype != RFA_BFLOAT16)
+    {
+        return RFA_ERR_DTYPE;
+    }
+    if (B < 1 || T < 1 || H < 1)
+    {
+        return RFA_ERR_SHAPE;
+    }
+    if (F < 16 || F > 256 || F % 16 != 0)
+    {
+        return RFA_ERR_FEATURES;
+    }
+    if (Dv < 16 || Dv > 256 || Dv % 16 != 0)
+    {
+        return RFA_ERR_VALUES;
+    }
+    return RFA_OK;
+}
+
+size_t rfa_scan_workspace_size(int B, int T, int H, int F, int Dv, int dtype)
+{
+    return rfa_scan_check(B, T, H, F, Dv, dtype) == RFA_OK ? rfa::chunkWgmmaWorkspaceBytes(F, Dv, dtype) : 0;
+}
+
+int rfa_causal_gated_scan(rfa_scan_args_t const* args, void* workspace, size_t workspace_bytes, cudaStream_t stream)
+{
+    return runScan(args, args != nullptr && args->T == 1 ? 1 : 0, workspace, workspace_bytes, stream);
+}
+
+int rfa_causal_gated_scan_path(rfa_scan_args_t const* args, int path, cudaStream_t stream)
+{
+    return runScan(args, path, nullptr, 0, stream);
+}
 
 char const* rfa_status_string(int status)
 {
