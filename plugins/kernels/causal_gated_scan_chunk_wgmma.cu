@@ -278,13 +278,13 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         float const* const wgt = gb + 3 * kCw;
         // K-major operands (rows M/N, 16 K-columns a step): Q and K, columns kk * 16 of 128
         auto descQK = [&](unsigned char const* base, int kk) {
-            return matrixDesc(base + (kk >> 2) * kTile + (kk & 3) * 32, 16, 1024, true);
+            return matrixDesc(base + (kk >> 2) * kTile + (kk & 3) * 32, 16, 1024);
         };
         auto descMn = [&](unsigned char const* base, int kk) { // MN-major, 16 K-rows a step
-            return matrixDesc(base + kk * 2048, 8192, 1024, true);
+            return matrixDesc(base + kk * 2048, 8192, 1024);
         };
         auto descMn72 = [&](unsigned char const* base, unsigned char const* ext, int kk) { // ... 72 wide
-            return matrixDesc(base + kk * 2048, uint32_t(ext - base), 1024, true);
+            return matrixDesc(base + kk * 2048, uint32_t(ext - base), 1024);
         };
 
         float nx[36]; // [num, den]: den in column 64 (nx[32] row r0, nx[34] row r1, where tig == 0)

@@ -20,13 +20,13 @@ __device__ __forceinline__ uint32_t swizzled(int row, int col)
     return uint32_t(row) * 128u + ((uint32_t(col >> 3) ^ uint32_t(row & 7)) << 4) + uint32_t(col & 7) * 2u;
 }
 
-// lbo/sbo in bytes: K-major swizzled: sbo = 1024 (8-row groups), lbo unused; MN-major swizzled: sbo = 1024
+// The descriptor of a 128-byte-swizzled tile; lbo/sbo in bytes: K-major: sbo = 1024 (8-row groups), lbo unused; MN-major: sbo = 1024
 // (8 K-rows), lbo = offset of the tile holding M/N columns 64.. (unused at width 64).
-__device__ __forceinline__ uint64_t matrixDesc(void const* p, uint32_t lbo, uint32_t sbo, bool swizzle128)
+__device__ __forceinline__ uint64_t matrixDesc(void const* p, uint32_t lbo, uint32_t sbo)
 {
     uint64_t const a = smemAddr(p);
     return ((a & 0x3FFFFu) >> 4) | (uint64_t((lbo & 0x3FFFFu) >> 4) << 16) | (uint64_t((sbo & 0x3FFFFu) >> 4) << 32) |
-        (swizzle128 ? (uint64_t(1) << 62) : 0);
+        (uint64_t(1) << 62); // 128-byte swizzle
 }
 
 // this thread's generic shared-memory writes become visible to later async-proxy reads (wgmma operands)
