@@ -20,8 +20,9 @@ __device__ __forceinline__ uint32_t swizzled(int row, int col)
     return uint32_t(row) * 128u + ((uint32_t(col >> 3) ^ uint32_t(row & 7)) << 4) + uint32_t(col & 7) * 2u;
 }
 
-// The descriptor of a 128-byte-swizzled tile; lbo/sbo in bytes: K-major: sbo = 1024 (8-row groups), lbo unused; MN-major: sbo = 1024
-// (8 K-rows), lbo = offset of the tile holding M/N columns 64.. (unused at width 64).
+// The descriptor of a 128-byte-swizzled tile; lbo/sbo in bytes. K-major: sbo = 1024 (8-row groups), lbo
+// unused; MN-major: sbo = 1024 (8 K-rows), lbo = offset of the tile holding M/N columns 64.. (unused at
+// width 64).
 __device__ __forceinline__ uint64_t matrixDesc(void const* p, uint32_t lbo, uint32_t sbo)
 {
     uint64_t const a = smemAddr(p);
