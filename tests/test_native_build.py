@@ -41,7 +41,7 @@ def test_kernels_build_with_the_c_abi(build):
     assert lib.is_file() and (out / "rfa_kernel_tests").is_file()
     symbols = exported_symbols(lib)
     for name in ("rfa_causal_gated_scan", "rfa_causal_gated_scan_path", "rfa_scan_check", "rfa_scan_workspace_size",
-                 "rfa_status_string"):
+                 "rfa_scan_workspace_bound", "rfa_status_string"):
         assert f" T {name}\n" in symbols
 
 
@@ -63,9 +63,22 @@ def wgmma_enabled(out: Path) -> bool:
     return "RFA_HAVE_WGMMA" in (out / "CMakeFiles" / "rfa_kernels_obj.dir" / "flags.make").read_text()
 
 
+def workspace_bounds(lib: Path):
+    """rfa_scan_workspace_bound for fp32, fp16, bf16: a pure function of the dtype and the build (no GPU needed)."""
+    import ctypes
+
+    bound = ctypes.CDLL(str(lib)).rfa_scan_workspace_bound
+    bound.argtypes, bound.restype = [ctypes.c_int], ctypes.c_size_t
+    return [bound(dtype) for dtype in (0, 1, 2)]
+
+
 def test_default_build_includes_the_hopper_prefill(build):
     out, _ = build
     assert wgmma_enabled(out)  # sm_90a: the wgmma prefill is compiled and dispatched to on compute capability 9.0
+    # its sequence split's workspace: one fp32 [128, 65] state slab per (segment, b, h), at least one per
+    # multiprocessor of an H100/H200 (132); none for fp32, which that prefill does not run
+    fp32, fp16, bf16 = workspace_bounds(out / "librfa_kernels.so")
+    assert fp32 == 0 and fp16 == bf16 and fp16 % (128 * 65 * 4) == 0 and fp16 // (128 * 65 * 4) >= 132
 
 
 def test_portable_build_leaves_the_hopper_prefill_out(build, tmp_path):
@@ -73,3 +86,4 @@ def test_portable_build_leaves_the_hopper_prefill_out(build, tmp_path):
     configure_and_build(tmp_path, "-DCMAKE_CUDA_ARCHITECTURES=90", target="rfa_kernels")
     assert (tmp_path / "librfa_kernels.so").is_file()
     assert not wgmma_enabled(tmp_path)
+    assert workspace_bounds(tmp_path / "librfa_kernels.so") == [0, 0, 0]

@@ -64,9 +64,15 @@ RFA_API int rfa_scan_check(int B, int T, int H, int F, int Dv, int dtype);
 // splits long sequences of few (b, h) into segments run in parallel. 0 where nothing uses a workspace.
 RFA_API size_t rfa_scan_workspace_size(int B, int T, int H, int F, int Dv, int dtype);
 
+// At least rfa_scan_workspace_size for every shape of `dtype` on every device: what a caller sizes its
+// workspace with before it knows the shapes or the device it will run on (the TensorRT plugin at build time).
+// Depends only on dtype and on how this library was built.
+RFA_API size_t rfa_scan_workspace_bound(int dtype);
+
 // Launch the scan on `stream`: the single-step kernel when T == 1, the chunked kernel otherwise. The workspace
 // (16-byte aligned, stream-ordered, contents not kept) is optional: with fewer than rfa_scan_workspace_size
-// bytes, or null, the same results come without the sequence split.
+// bytes the split uses fewer segments, or none (null); the results agree either way within the contract's
+// tolerance (the split sums the sequence in another order).
 RFA_API int rfa_causal_gated_scan(const rfa_scan_args_t* args, void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // Force one path (tests and benchmarks), without a workspace (so without the sequence split): 0 = chunked,

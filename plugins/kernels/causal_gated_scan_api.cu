@@ -142,6 +142,11 @@ size_t rfa_scan_workspace_size(int B, int T, int H, int F, int Dv, int dtype)
     return rfa_scan_check(B, T, H, F, Dv, dtype) == RFA_OK ? rfa::chunkWgmmaWorkspaceBytes(F, Dv, dtype) : 0;
 }
 
+size_t rfa_scan_workspace_bound(int dtype)
+{
+    return rfa::chunkWgmmaWorkspaceBound(dtype);
+}
+
 int rfa_causal_gated_scan(rfa_scan_args_t const* args, void* workspace, size_t workspace_bytes, cudaStream_t stream)
 {
     return runScan(args, args != nullptr && args->T == 1 ? 1 : 0, workspace, workspace_bytes, stream);

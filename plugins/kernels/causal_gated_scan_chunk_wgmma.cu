@@ -514,17 +514,18 @@ int multiprocessors()
 // Segments of the sequence split: enough blocks to fill the device, each segment at least
 // kMinSegmentChunks chunks (shorter ones would spend more on the extra pass than they save); 1 = no split.
 // With S segments the two passes take about 2 / S of the unsplit time, so a split needs S >= 3.
+// slots: how many (segment, b, h) may run, the smaller of the multiprocessors and the workspace's slabs.
 constexpr int kMinSegmentChunks = 8;
 constexpr int kMinSegments = 3;
 
-int segmentCount(int B, int H, int chunks, int sms)
+int segmentCount(int B, int H, int chunks, int slots)
 {
     int const bh = B * H;
-    if (kMinSegments * bh > sms)
+    if (kMinSegments * bh > slots)
     {
         return 1;
     }
-    int const wanted = min(min(sms / bh, chunks / kMinSegmentChunks), kMaxSegments);
+    int const wanted = min(min(slots / bh, chunks / kMinSegmentChunks), kMaxSegments);
     if (wanted < kMinSegments)
     {
         return 1;
@@ -534,6 +535,10 @@ int segmentCount(int B, int H, int chunks, int sms)
 }
 
 constexpr size_t kSlabBytes = size_t(kFw) * (kDvw + 1) * sizeof(float);
+// Slabs of the workspace the split asks for: a fixed number, so that its size does not depend on the device
+// (a TensorRT engine may run on another device than the one that sized its workspace). Compute capability
+// 9.0 parts, the only ones that run this kernel, have at most 132 multiprocessors.
+constexpr int kWorkspaceSlabs = 144;
 
 template <typename T>
 cudaError_t launchWgmmaTyped(ChunkParams const& p, cudaStream_t stream)
@@ -555,11 +560,8 @@ cudaError_t launchWgmmaTyped(ChunkParams const& p, cudaStream_t stream)
     int segments = 1;
     if (p.workspace != nullptr && (reinterpret_cast<uintptr_t>(p.workspace) & 15u) == 0)
     {
-        segments = segmentCount(p.B, p.H, chunks, multiprocessors());
-        if (size_t(segments) * p.B * p.H * kSlabBytes > p.workspaceBytes)
-        {
-            segments = 1;
-        }
+        size_t const slabs = p.workspaceBytes / kSlabBytes, sms = size_t(multiprocessors());
+        segments = segmentCount(p.B, p.H, chunks, int(slabs < sms ? slabs : sms));
     }
     if (segments == 1)
     {
@@ -596,7 +598,17 @@ bool chunkWgmmaSupports(int F, int Dv, int dtype)
 
 size_t chunkWgmmaWorkspaceBytes(int F, int Dv, int dtype)
 {
-    return chunkWgmmaSupports(F, Dv, dtype) ? size_t(multiprocessors()) * kSlabBytes : 0;
+    return chunkWgmmaSupports(F, Dv, dtype) ? kWorkspaceSlabs * kSlabBytes : 0;
+}
+
+size_t chunkWgmmaWorkspaceBound(int dtype)
+{
+#if defined(RFA_HAVE_WGMMA)
+    return dtype == 1 || dtype == 2 ? kWorkspaceSlabs * kSlabBytes : 0;
+#else
+    (void) dtype;
+    return 0;
+#endif
 }
 
 cudaError_t launchChunkWgmma(ChunkParams const& p, int dtype, cudaStream_t stream)

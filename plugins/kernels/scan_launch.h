@@ -63,7 +63,9 @@ cudaError_t launchChunkMma(ChunkParams const& p, int dtype, cudaStream_t stream)
 // sm_90a (RFA_HAVE_WGMMA) and running on a compute capability 9.0 device; launchChunk prefers it.
 bool chunkWgmmaSupports(int F, int Dv, int dtype);
 cudaError_t launchChunkWgmma(ChunkParams const& p, int dtype, cudaStream_t stream);
-// Workspace bytes with which launchChunkWgmma may split any sequence across the device (0 where it does not run)
+// Workspace bytes with which launchChunkWgmma may split any sequence across the device (0 where it does not
+// run); a smaller workspace gives fewer segments. The Bound: the same for any F, Dv and device (0 for fp32).
 size_t chunkWgmmaWorkspaceBytes(int F, int Dv, int dtype);
+size_t chunkWgmmaWorkspaceBound(int dtype);
 
 } // namespace rfa

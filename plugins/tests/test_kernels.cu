@@ -56,6 +56,7 @@ struct Case
     bool initialState;
     bool inPlace;
     bool clamp = false; // every row in the normaliser's clamp, its max |num| in the upper value half
+    int workspaceSlabs = 0; // dispatch path: a workspace of this many [F, Dv + 1] fp32 slabs; 0 = as asked
 };
 
 // path: -1 = the dispatcher (step kernel for T == 1, chunked otherwise), 0 = chunked, 1 = step loop,
@@ -91,7 +92,8 @@ bool runCase(Case const& c, int path, uint64_t seed)
     rfa_scan_args_t a{c.B, c.T, c.H, c.F, c.Dv, DtypeOf<T>::value, float(eps), dq, dk, dv, dg,
         (c.initialState || c.inPlace) ? ds0 : nullptr, dout, dstate};
     // the dispatcher gets the workspace it asks for (with it the Hopper prefill may split the sequence)
-    size_t const workspaceBytes = rfa_scan_workspace_size(c.B, c.T, c.H, c.F, c.Dv, DtypeOf<T>::value);
+    size_t const workspaceBytes = c.workspaceSlabs > 0 ? size_t(c.workspaceSlabs) * c.F * (c.Dv + 1) * sizeof(float)
+                                                       : rfa_scan_workspace_size(c.B, c.T, c.H, c.F, c.Dv, DtypeOf<T>::value);
     void* workspace = nullptr;
     if (path < 0 && workspaceBytes > 0)
     {
@@ -112,7 +114,8 @@ bool runCase(Case const& c, int path, uint64_t seed)
     bool const ok = status == RFA_OK && eOut <= tol && eState <= tol;
     std::printf("%s %-4s path=%-5s B=%-3d T=%-5d H=%-3d F=%-3d Dv=%-3d gate=%-8s s0=%d inplace=%d%s  out %.2e  state %.2e%s\n",
         ok ? "ok  " : "FAIL", DtypeOf<T>::name, path < 0 ? "auto" : (path == 0 ? "chunk" : (path == 1 ? "step" : "mma")), c.B, c.T, c.H, c.F,
-        c.Dv, gateName(c.gate), int(c.initialState), int(c.inPlace), c.clamp ? " clamp" : "", eOut, eState,
+        c.Dv, gateName(c.gate), int(c.initialState), int(c.inPlace),
+        (std::string(c.clamp ? " clamp" : "") + (c.workspaceSlabs > 0 && path < 0 ? " workspace=" + std::to_string(c.workspaceSlabs) + " slabs" : "")).c_str(), eOut, eState,
         status == RFA_OK ? "" : (std::string("  status: ") + rfa_status_string(status)).c_str());
     for (void* ptr : {(void*) dq, (void*) dk, (void*) dv, (void*) dg, (void*) ds0, (void*) dout, workspace})
     {
@@ -172,6 +175,8 @@ int main(int argc, char** argv)
             {2, 1100, 1, 128, 64, Gate::kNear0, false, false},   // 18 chunks: 2 segments would not pay, no split
             {2, 1600, 1, 128, 64, Gate::kNear0, false, false},   // 3 segments, no initial state
             {1, 1500, 2, 128, 64, Gate::kNear1, true, true, true}, // 3 segments, in place, the clamp
+            {1, 4097, 1, 128, 64, Gate::kRandom, true, false, false, 3}, // a workspace of 3 slabs: 3 segments, not 8
+            {1, 4097, 1, 128, 64, Gate::kRandom, true, true, false, 2},  // 2 slabs: too few to split
             {3, 1, 5, 256, 48, Gate::kNear1, false, false},   // staged step, F = 256, no initial state
             {2, 2, 3, 256, 64, Gate::kRandom, true, true},    // staged step, 67 KB of shared memory, in place
             // the normaliser's clamp: each row's max |num| in the upper value half (the other value half of the

@@ -208,15 +208,39 @@ IPluginV3* create(IPluginCreatorV3One* creator, float eps, int32_t inPlace, Tens
     return creator->createPlugin("scan", &fc, phase);
 }
 
-template <typename E>
-void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPlace)
+struct Shape
 {
-    int const B = 3, T = 77, H = 2, F = 64, Dv = 48; // T: steps; E: element type
+    int B, T, H, F, Dv;
+};
+
+// rfa_scan_workspace_bound of the plugin library under test (exported with the kernels' C ABI)
+using WorkspaceBound = size_t (*)(int);
+WorkspaceBound gWorkspaceBound = nullptr;
+
+// Whether the scan splits this problem's sequence when given its workspace: the Hopper prefill's sizes on a
+// compute capability 9.0 device, few enough (b, h) for three segments of eight chunks (as segmentCount).
+bool splitRuns(int B, int T, int H, int F, int Dv, DataType type)
+{
+    int device = 0, major = 0, minor = 0, sms = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    int const chunks = (T + 63) / 64;
+    return major == 9 && minor == 0 && F == 128 && Dv == 64 && type != DataType::kFLOAT && 3 * B * H <= sms && chunks >= 24;
+}
+
+template <typename E>
+void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPlace, Shape shape = {3, 77, 2, 64, 48},
+    Gate gates = Gate::kRandom)
+{
+    int const B = shape.B, T = shape.T, H = shape.H, F = shape.F, Dv = shape.Dv; // T: steps; E: element type
     std::string const name = std::string(trtType<E>() == DataType::kFLOAT ? "fp32" : (trtType<E>() == DataType::kHALF ? "fp16" : "bf16"))
-        + (gated ? " gated" : " ungated") + (withState ? " +state" : "") + (inPlace ? " in-place" : "");
+        + (gated ? std::string(" gated ") + gateName(gates) : std::string(" ungated")) + (withState ? " +state" : "") + (inPlace ? " in-place" : "") + " B=" + std::to_string(B)
+        + " T=" + std::to_string(T) + " H=" + std::to_string(H) + " F=" + std::to_string(F) + " Dv=" + std::to_string(Dv);
     std::printf("case %s\n", name.c_str());
     int const failuresBefore = gFailures;
-    Problem p = makeProblem(B, T, H, F, Dv, gated ? Gate::kRandom : Gate::kNone, withState, 7);
+    Problem p = makeProblem(B, T, H, F, Dv, gated ? gates : Gate::kNone, withState, 7);
     roundActivations<E>(p);
     std::vector<double> refOut, refState;
     reference(p, 1e-3, refOut, refState);
@@ -323,6 +347,8 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     }
     expect(build->configurePlugin(dynIn.data(), nbIn, dynOut.data(), 2) == 0, "configurePlugin");
     size_t const workspaceBytes = build->getWorkspaceSize(dynIn.data(), nbIn, dynOut.data(), 2);
+    expect(gWorkspaceBound != nullptr && workspaceBytes == gWorkspaceBound(int(trtType<E>() == DataType::kFLOAT ? 0 : (trtType<E>() == DataType::kHALF ? 1 : 2))),
+        "getWorkspaceSize is rfa_scan_workspace_bound of the dtype");
     expect(build->getAliasedInput(0) == -1, "out is not aliased");
     expect(build->getAliasedInput(1) == (inPlace && withState ? stateIndex : -1), "getAliasedInput(1)");
 
@@ -361,7 +387,7 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
 
     std::vector<E> firstOut;
     std::vector<float> firstState;
-    auto runWith = [&](IPluginV3OneRuntime* rt, char const* label) {
+    auto runWith = [&](IPluginV3OneRuntime* rt, char const* label, void* scratch) {
         if (inPlace && withState)
         {
             CUDA_CHECK(cudaMemcpy(dState, s0.data(), s0.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -371,19 +397,32 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
             CUDA_CHECK(cudaMemset(dState, 0xFF, refState.size() * sizeof(float)));
         }
         CUDA_CHECK(cudaMemset(dOut, 0xFF, refOut.size() * sizeof(E)));
+        if (scratch != nullptr)
+        {
+            CUDA_CHECK(cudaMemset(scratch, 0xFF, workspaceBytes)); // scratch: no meaning to its contents
+        }
         expect(rt->onShapeChange(in.data(), nbIn, out.data(), 2) == 0, std::string(label) + ": onShapeChange");
         void* outs[2] = {dOut, dState};
-        expect(rt->enqueue(in.data(), out.data(), inPtrs.data(), outs, workspace, stream) == 0, std::string(label) + ": enqueue");
+        expect(rt->enqueue(in.data(), out.data(), inPtrs.data(), outs, scratch, stream) == 0, std::string(label) + ": enqueue");
         CUDA_CHECK(cudaStreamSynchronize(stream));
         std::vector<E> o(refOut.size());
         std::vector<float> s(refState.size());
         CUDA_CHECK(cudaMemcpy(o.data(), dOut, o.size() * sizeof(E), cudaMemcpyDeviceToHost));
         CUDA_CHECK(cudaMemcpy(s.data(), dState, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
-        if (firstOut.empty())
+        if (firstOut.empty() || scratch != workspace)
         {
             double const eo = relErr(fromStorage(o), refOut), es = relErr(s, refState);
             std::printf("  %s: out %.2e  state %.2e (tolerance %.0e)\n", label, eo, es, tol);
             expect(eo <= tol && es <= tol, std::string(label) + ": matches the float64 reference");
+            if (scratch != workspace)
+            {
+                // The Hopper prefill's sequence split sums the sequence in another order: with the workspace
+                // the results must differ in their last bits from a run without it, or the split did not run.
+                expect(std::memcmp(s.data(), firstState.data(), s.size() * sizeof(float)) != 0
+                        || std::memcmp(o.data(), firstOut.data(), o.size() * sizeof(E)) != 0,
+                    std::string(label) + ": the workspace run split the sequence (its results differ in rounding)");
+                return;
+            }
             firstOut = o;
             firstState = s;
         }
@@ -394,11 +433,15 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
                 std::string(label) + ": identical to the first run");
         }
     };
-    runWith(runtime, "built plugin");
+    runWith(runtime, "built plugin", workspace);
+    if (workspace != nullptr && splitRuns(B, T, H, F, Dv, trtType<E>()))
+    {
+        runWith(runtime, "without a workspace", nullptr);
+    }
 
     IPluginV3* cloned = plugin->clone();
     expect(cloned != nullptr, "clone");
-    runWith(static_cast<IPluginV3OneRuntime*>(cloned->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "clone");
+    runWith(static_cast<IPluginV3OneRuntime*>(cloned->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "clone", workspace);
 
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
     expect(serialized != nullptr && serialized->nbFields == 2, "getFieldsToSerialize");
@@ -406,7 +449,7 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     expect(restored != nullptr, "createPlugin(kRUNTIME) from the serialized fields");
     if (restored)
     {
-        runWith(static_cast<IPluginV3OneRuntime*>(restored->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "deserialized");
+        runWith(static_cast<IPluginV3OneRuntime*>(restored->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "deserialized", workspace);
         auto* restoredBuild = static_cast<IPluginV3OneBuildV2*>(restored->getCapabilityInterface(PluginCapabilityType::kBUILD));
         expect(restoredBuild->configurePlugin(dynIn.data(), nbIn, dynOut.data(), 2) == 0
                 && restoredBuild->getAliasedInput(1) == (inPlace && withState ? stateIndex : -1),
@@ -416,7 +459,7 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     expect(attached != nullptr, "attachToContext");
     if (attached)
     {
-        runWith(static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "attached");
+        runWith(static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "attached", workspace);
     }
 
     // shape errors are caught in onShapeChange
@@ -507,6 +550,7 @@ int main(int argc, char** argv)
         std::fprintf(stderr, "the library does not export getCreators and setLoggerFinder\n");
         return 2;
     }
+    gWorkspaceBound = reinterpret_cast<WorkspaceBound>(dlsym(lib, "rfa_scan_workspace_bound"));
     Logger logger;
     LoggerFinder finder(&logger);
     setFinder(&finder);
@@ -546,6 +590,13 @@ int main(int argc, char** argv)
     }
     runCase<float>(creator, true, true, true);
     runCase<__nv_bfloat16>(creator, false, true, true);
+    // the sizes of the Hopper prefill: on a compute capability 9.0 device with an sm_90a build, the workspace
+    // lets it split these sequences (25 chunks, 2 (b, h)) into 3 segments. Ungated, or gates near 1 in fp16:
+    // random gates forget a segment's start state within a chunk (the split's results would be bit-identical
+    // to the unsplit ones), and near-1 gates round to exactly 1 in bf16.
+    runCase<__nv_bfloat16>(creator, false, true, true, Shape{1, 1600, 2, 128, 64});
+    runCase<__half>(creator, true, true, false, Shape{1, 1600, 2, 128, 64}, Gate::kNear1);
+    runCase<float>(creator, true, true, false, Shape{1, 1600, 2, 128, 64});
     badFields(creator);
     expect(logger.messages[int(ILogger::Severity::kERROR)] > 0, "errors were reported through the logger finder");
     std::printf("%s: %d failures\n", gFailures ? "FAILED" : "PASSED", gFailures);

@@ -269,12 +269,12 @@ int32_t CausalGatedScanPlugin::configurePlugin(
     }
 }
 
-// No workspace: the scan's optional one (rfa_scan_workspace_size, the Hopper prefill's sequence split) is
-// sized for the device it is asked on, and an engine may run on another device than the one that built it.
+// The scan's optional workspace (the Hopper prefill's sequence split), sized by a bound that depends only on
+// the dtype: enqueue, which is not told the workspace's size, passes the same bound.
 size_t CausalGatedScanPlugin::getWorkspaceSize(
-    DynamicPluginTensorDesc const*, int32_t, DynamicPluginTensorDesc const*, int32_t) const noexcept
+    DynamicPluginTensorDesc const* inputs, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t) const noexcept
 {
-    return 0;
+    return nbInputs > 0 ? rfa_scan_workspace_bound(rfaDtype(inputs[0].desc.type)) : 0;
 }
 
 int32_t CausalGatedScanPlugin::getAliasedInput(int32_t outputIndex) noexcept
@@ -343,7 +343,7 @@ int32_t CausalGatedScanPlugin::onShapeChange(
 }
 
 int32_t CausalGatedScanPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc,
-    void const* const* inputs, void* const* outputs, void* /* workspace: none requested */, cudaStream_t stream) noexcept
+    void const* const* inputs, void* const* outputs, void* workspace, cudaStream_t stream) noexcept
 {
     // Shapes were checked in onShapeChange; here only the call is assembled (no allocation, no sync).
     (void) outputDesc;
@@ -362,7 +362,8 @@ int32_t CausalGatedScanPlugin::enqueue(PluginTensorDesc const* inputDesc, Plugin
     args.initial_state = mLayout.state >= 0 ? static_cast<float const*>(inputs[mLayout.state]) : nullptr;
     args.out = outputs[0];
     args.final_state = static_cast<float*>(outputs[1]);
-    int const status = rfa_causal_gated_scan(&args, nullptr, 0, stream);
+    size_t const workspaceBytes = workspace != nullptr ? rfa_scan_workspace_bound(args.dtype) : 0;
+    int const status = rfa_causal_gated_scan(&args, workspace, workspaceBytes, stream);
     return status == RFA_OK ? 0 : fail(std::string("enqueue: ") + rfa_status_string(status));
 }
 
