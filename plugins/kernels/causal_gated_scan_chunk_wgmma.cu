@@ -59,7 +59,9 @@ struct SegmentPlan
     float* starts;
 };
 
-template <typename T>
+// kStateOnly: pass 1 of a sequence split, which reads no Q and computes no output, only the state (its own
+// instantiation: the code of the other passes stays as it is)
+template <typename T, bool kStateOnly>
 __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams p, SegmentPlan plan, __grid_constant__ CUtensorMap const mapQ,
     __grid_constant__ CUtensorMap const mapK, __grid_constant__ CUtensorMap const mapV, __grid_constant__ CUtensorMap const mapOut)
 {
@@ -94,9 +96,16 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         {
             int const s = n % kStagesW;
             unsigned char* const st = smem + s * kStageBytes;
-            tmaExpectTx(full + s, kStageBytes);
-            tmaLoad3d(st, &mapQ, full + s, h * kFw, (chunk0 + n) * kCw, b);
-            tmaLoad3d(st + kTile, &mapQ, full + s, h * kFw + 64, (chunk0 + n) * kCw, b);
+            if constexpr (kStateOnly)
+            {
+                tmaExpectTx(full + s, kStageBytes - 2 * kTile);
+            }
+            else
+            {
+                tmaExpectTx(full + s, kStageBytes);
+                tmaLoad3d(st, &mapQ, full + s, h * kFw, (chunk0 + n) * kCw, b);
+                tmaLoad3d(st + kTile, &mapQ, full + s, h * kFw + 64, (chunk0 + n) * kCw, b);
+            }
             tmaLoad3d(st + 2 * kTile, &mapK, full + s, h * kFw, (chunk0 + n) * kCw, b);
             tmaLoad3d(st + 3 * kTile, &mapK, full + s, h * kFw + 64, (chunk0 + n) * kCw, b);
             tmaLoad3d(st + 4 * kTile, &mapV, full + s, h * kDvw, (chunk0 + n) * kCw, b);
@@ -288,7 +297,30 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         };
 
         float nx[36]; // [num, den]: den in column 64 (nx[32] row r0, nx[34] row r1, where tig == 0)
-        if (wg == 0)
+        if constexpr (kStateOnly)
+        {
+            // no scores, no readout: only V diag(w) and w (rounded to T) for the state update, by all 256
+            for (int i = tid; i < kCw * 8; i += 256)
+            {
+                int const row = i >> 3;
+                uint32_t const off = swizzled(row, (i & 7) * 8);
+                uint4 x = *reinterpret_cast<uint4 const*>(Vst + off);
+                T* const e = reinterpret_cast<T*>(&x);
+                float const w = wgt[row];
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+                {
+                    e[j] = fromFloat<T>(toFloat(e[j]) * w);
+                }
+                *reinterpret_cast<uint4*>(vw + off) = x;
+            }
+            if (tid < kCw)
+            {
+                *reinterpret_cast<T*>(wExt + swizzled(tid, 0)) = fromFloat<T>(wgt[tid]);
+            }
+            fenceProxyAsync();
+        }
+        else if (wg == 0)
         {
             // scores of all 64 x 64 pairs; masked and decayed in registers, then the A operand of A [V, 1]
             float sc[32];
@@ -426,10 +458,13 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         }
         wgmmaWaitAll();
         pinRegisters(sAcc);
-        storeStateCopy();
+        if constexpr (!kStateOnly)
+        {
+            storeStateCopy();
+        }
     }
     __syncthreads(); // the last chunk's A [V, 1] part is complete
-    if (wg == 1)
+    if (wg == 1 && !kStateOnly)
     {
         readout(chunks - 1);
         fenceProxyAsync();
@@ -550,11 +585,15 @@ cudaError_t launchWgmmaTyped(ChunkParams const& p, cudaStream_t stream)
     {
         return cudaErrorInvalidValue;
     }
-    auto kernel = scanChunkWgmmaKernel<T>;
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemW));
-    if (e != cudaSuccess)
+    auto kernel = scanChunkWgmmaKernel<T, false>;
+    auto stateOnlyKernel = scanChunkWgmmaKernel<T, true>;
+    for (auto k : {kernel, stateOnlyKernel})
     {
-        return e;
+        cudaError_t const e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemW));
+        if (e != cudaSuccess)
+        {
+            return e;
+        }
     }
     int const chunks = (p.T + kCw - 1) / kCw;
     int segments = 1;
@@ -569,7 +608,7 @@ cudaError_t launchWgmmaTyped(ChunkParams const& p, cudaStream_t stream)
         return cudaGetLastError();
     }
     SegmentPlan plan{(chunks + segments - 1) / segments, 1, static_cast<float*>(p.workspace)};
-    kernel<<<dim3(p.H, p.B, segments - 1), kThreadsW, kSmemW, stream>>>(p, plan, mapQ, mapK, mapV, mapOut);
+    stateOnlyKernel<<<dim3(p.H, p.B, segments - 1), kThreadsW, kSmemW, stream>>>(p, plan, mapQ, mapK, mapV, mapOut);
     combineSegmentStarts<T><<<p.B * p.H, 256, 0, stream>>>(p, plan, segments);
     plan.pass = 2;
     kernel<<<dim3(p.H, p.B, segments), kThreadsW, kSmemW, stream>>>(p, plan, mapQ, mapK, mapV, mapOut);
