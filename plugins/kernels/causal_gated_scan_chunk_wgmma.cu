@@ -300,6 +300,7 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         if constexpr (kStateOnly)
         {
             // no scores, no readout: only V diag(w) and w (rounded to T) for the state update, by all 256
+            // (warpgroup 1's loop below, written out again: a shared helper changes that path's generated code)
             for (int i = tid; i < kCw * 8; i += 256)
             {
                 int const row = i >> 3;
