@@ -587,14 +587,10 @@ cudaError_t launchWgmmaTyped(ChunkParams const& p, cudaStream_t stream)
         return cudaErrorInvalidValue;
     }
     auto kernel = scanChunkWgmmaKernel<T, false>;
-    auto stateOnlyKernel = scanChunkWgmmaKernel<T, true>;
-    for (auto k : {kernel, stateOnlyKernel})
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemW));
+    if (e != cudaSuccess)
     {
-        cudaError_t const e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemW));
-        if (e != cudaSuccess)
-        {
-            return e;
-        }
+        return e;
     }
     int const chunks = (p.T + kCw - 1) / kCw;
     int segments = 1;
@@ -607,6 +603,12 @@ cudaError_t launchWgmmaTyped(ChunkParams const& p, cudaStream_t stream)
     {
         kernel<<<dim3(p.H, p.B, 1), kThreadsW, kSmemW, stream>>>(p, SegmentPlan{chunks, 0, nullptr}, mapQ, mapK, mapV, mapOut);
         return cudaGetLastError();
+    }
+    auto stateOnlyKernel = scanChunkWgmmaKernel<T, true>;
+    e = cudaFuncSetAttribute(stateOnlyKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemW));
+    if (e != cudaSuccess)
+    {
+        return e;
     }
     SegmentPlan plan{(chunks + segments - 1) / segments, 1, static_cast<float*>(p.workspace)};
     stateOnlyKernel<<<dim3(p.H, p.B, segments - 1), kThreadsW, kSmemW, stream>>>(p, plan, mapQ, mapK, mapV, mapOut);
@@ -636,19 +638,19 @@ bool chunkWgmmaSupports(int F, int Dv, int dtype)
 #endif
 }
 
-size_t chunkWgmmaWorkspaceBytes(int F, int Dv, int dtype)
-{
-    return chunkWgmmaSupports(F, Dv, dtype) ? kWorkspaceSlabs * kSlabBytes : 0;
-}
-
 size_t chunkWgmmaWorkspaceBound(int dtype)
 {
 #if defined(RFA_HAVE_WGMMA)
-    return dtype == 1 || dtype == 2 ? kWorkspaceSlabs * kSlabBytes : 0;
+    constexpr bool built = true;
 #else
-    (void) dtype;
-    return 0;
+    constexpr bool built = false; // no sm_90a code: the Hopper prefill never runs
 #endif
+    return built && (dtype == 1 || dtype == 2) ? kWorkspaceSlabs * kSlabBytes : 0;
+}
+
+size_t chunkWgmmaWorkspaceBytes(int F, int Dv, int dtype)
+{
+    return chunkWgmmaSupports(F, Dv, dtype) ? chunkWgmmaWorkspaceBound(dtype) : 0;
 }
 
 cudaError_t launchChunkWgmma(ChunkParams const& p, int dtype, cudaStream_t stream)
