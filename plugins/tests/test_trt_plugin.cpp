@@ -14,6 +14,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -385,9 +386,18 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     cudaStream_t stream;
     CUDA_CHECK(cudaStreamCreate(&stream));
 
-    std::vector<E> firstOut;
-    std::vector<float> firstState;
-    auto runWith = [&](IPluginV3OneRuntime* rt, char const* label, void* scratch) {
+    // One enqueue on poisoned outputs (and workspace): its results.
+    struct Result
+    {
+        std::vector<E> out;
+        std::vector<float> state;
+        bool operator==(Result const& r) const
+        {
+            return std::memcmp(out.data(), r.out.data(), out.size() * sizeof(E)) == 0
+                && std::memcmp(state.data(), r.state.data(), state.size() * sizeof(float)) == 0;
+        }
+    };
+    auto runWith = [&](IPluginV3OneRuntime* rt, std::string const& label, void* scratch) {
         if (inPlace && withState)
         {
             CUDA_CHECK(cudaMemcpy(dState, s0.data(), s0.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -401,65 +411,87 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
         {
             CUDA_CHECK(cudaMemset(scratch, 0xFF, workspaceBytes)); // scratch: no meaning to its contents
         }
-        expect(rt->onShapeChange(in.data(), nbIn, out.data(), 2) == 0, std::string(label) + ": onShapeChange");
+        expect(rt->onShapeChange(in.data(), nbIn, out.data(), 2) == 0, label + ": onShapeChange");
         void* outs[2] = {dOut, dState};
-        expect(rt->enqueue(in.data(), out.data(), inPtrs.data(), outs, scratch, stream) == 0, std::string(label) + ": enqueue");
+        expect(rt->enqueue(in.data(), out.data(), inPtrs.data(), outs, scratch, stream) == 0, label + ": enqueue");
         CUDA_CHECK(cudaStreamSynchronize(stream));
-        std::vector<E> o(refOut.size());
-        std::vector<float> s(refState.size());
-        CUDA_CHECK(cudaMemcpy(o.data(), dOut, o.size() * sizeof(E), cudaMemcpyDeviceToHost));
-        CUDA_CHECK(cudaMemcpy(s.data(), dState, s.size() * sizeof(float), cudaMemcpyDeviceToHost));
-        if (firstOut.empty() || scratch != workspace)
-        {
-            double const eo = relErr(fromStorage(o), refOut), es = relErr(s, refState);
-            std::printf("  %s: out %.2e  state %.2e (tolerance %.0e)\n", label, eo, es, tol);
-            expect(eo <= tol && es <= tol, std::string(label) + ": matches the float64 reference");
-            if (scratch != workspace)
-            {
-                // The Hopper prefill's sequence split sums the sequence in another order: with the workspace
-                // the results must differ in their last bits from a run without it, or the split did not run.
-                expect(std::memcmp(s.data(), firstState.data(), s.size() * sizeof(float)) != 0
-                        || std::memcmp(o.data(), firstOut.data(), o.size() * sizeof(E)) != 0,
-                    std::string(label) + ": the workspace run split the sequence (its results differ in rounding)");
-                return;
-            }
-            firstOut = o;
-            firstState = s;
-        }
-        else
-        {
-            expect(std::memcmp(o.data(), firstOut.data(), o.size() * sizeof(E)) == 0
-                    && std::memcmp(s.data(), firstState.data(), s.size() * sizeof(float)) == 0,
-                std::string(label) + ": identical to the first run");
-        }
+        Result r{std::vector<E>(refOut.size()), std::vector<float>(refState.size())};
+        CUDA_CHECK(cudaMemcpy(r.out.data(), dOut, r.out.size() * sizeof(E), cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(r.state.data(), dState, r.state.size() * sizeof(float), cudaMemcpyDeviceToHost));
+        return r;
     };
-    runWith(runtime, "built plugin", workspace);
-    if (workspace != nullptr && splitRuns(B, T, H, F, Dv, trtType<E>()))
+    auto matchesReference = [&](Result const& r, std::string const& label) {
+        double const eo = relErr(fromStorage(r.out), refOut), es = relErr(r.state, refState);
+        std::printf("  %s: out %.2e  state %.2e (tolerance %.0e)\n", label.c_str(), eo, es, tol);
+        expect(eo <= tol && es <= tol, label + ": matches the float64 reference");
+    };
+    auto runtimeOf = [](IPluginV3* p) { return static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME)); };
+
+    Result const first = runWith(runtime, "built plugin", workspace);
+    matchesReference(first, "built plugin");
+    bool const splits = workspace != nullptr && splitRuns(B, T, H, F, Dv, trtType<E>());
+    Result unsplit = first;
+    if (splits)
     {
-        runWith(runtime, "without a workspace", nullptr);
+        unsplit = runWith(runtime, "without a workspace", nullptr);
+        matchesReference(unsplit, "without a workspace");
+        // The Hopper prefill's sequence split sums the sequence in another order: with the workspace the
+        // results must differ in their last bits from a run without it, or the split did not run.
+        expect(!(first == unsplit), "the workspace run split the sequence (its results differ in rounding)");
     }
 
     IPluginV3* cloned = plugin->clone();
     expect(cloned != nullptr, "clone");
-    runWith(static_cast<IPluginV3OneRuntime*>(cloned->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "clone", workspace);
+    if (cloned)
+    {
+        expect(runWith(runtimeOf(cloned), "clone", workspace) == first, "clone: identical to the first run");
+    }
 
     PluginFieldCollection const* serialized = runtime->getFieldsToSerialize();
-    expect(serialized != nullptr && serialized->nbFields == 2, "getFieldsToSerialize");
+    expect(serialized != nullptr && serialized->nbFields == 3, "getFieldsToSerialize: eps, in_place, workspace_bytes");
+    std::vector<PluginField> legacyFields; // as serialized by a plugin library that asked for no workspace
+    for (int32_t i = 0; serialized != nullptr && i < serialized->nbFields; ++i)
+    {
+        PluginField const& f = serialized->fields[i];
+        if (std::strcmp(f.name, "workspace_bytes") == 0)
+        {
+            expect(f.type == PluginFieldType::kINT64 && f.length == 1 && *static_cast<int64_t const*>(f.data) == int64_t(workspaceBytes),
+                "serialized workspace_bytes is the workspace the plugin asked for");
+        }
+        else
+        {
+            legacyFields.push_back(f);
+        }
+    }
     IPluginV3* restored = creator->createPlugin("scan", serialized, TensorRTPhase::kRUNTIME);
     expect(restored != nullptr, "createPlugin(kRUNTIME) from the serialized fields");
     if (restored)
     {
-        runWith(static_cast<IPluginV3OneRuntime*>(restored->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "deserialized", workspace);
+        expect(runWith(runtimeOf(restored), "deserialized", workspace) == first, "deserialized: identical to the first run");
         auto* restoredBuild = static_cast<IPluginV3OneBuildV2*>(restored->getCapabilityInterface(PluginCapabilityType::kBUILD));
         expect(restoredBuild->configurePlugin(dynIn.data(), nbIn, dynOut.data(), 2) == 0
                 && restoredBuild->getAliasedInput(1) == (inPlace && withState ? stateIndex : -1),
             "deserialized plugin keeps in_place");
     }
+    // An engine built with a library whose plugin asked for no workspace: TensorRT reserved none, so the
+    // pointer it hands over must not be written to, and the scan runs unsplit.
+    PluginFieldCollection legacy{int32_t(legacyFields.size()), legacyFields.data()};
+    IPluginV3* legacyPlugin = creator->createPlugin("scan", &legacy, TensorRTPhase::kRUNTIME);
+    expect(legacyPlugin != nullptr, "createPlugin(kRUNTIME) without workspace_bytes");
+    if (legacyPlugin != nullptr && workspace != nullptr)
+    {
+        Result const r = runWith(runtimeOf(legacyPlugin), "engine without workspace_bytes", workspace);
+        expect(r == unsplit, "engine without workspace_bytes: identical to the unsplit run");
+        std::vector<unsigned char> ws(workspaceBytes);
+        CUDA_CHECK(cudaMemcpy(ws.data(), workspace, workspaceBytes, cudaMemcpyDeviceToHost));
+        expect(std::all_of(ws.begin(), ws.end(), [](unsigned char c) { return c == 0xFF; }),
+            "engine without workspace_bytes: the workspace is left untouched");
+    }
     IPluginV3* attached = runtime->attachToContext(nullptr);
     expect(attached != nullptr, "attachToContext");
     if (attached)
     {
-        runWith(static_cast<IPluginV3OneRuntime*>(attached->getCapabilityInterface(PluginCapabilityType::kRUNTIME)), "attached", workspace);
+        expect(runWith(runtimeOf(attached), "attached", workspace) == first, "attached: identical to the first run");
     }
 
     // shape errors are caught in onShapeChange
@@ -472,6 +504,7 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
 
     delete cloned;
     delete restored;
+    delete legacyPlugin;
     delete attached;
     delete plugin;
     for (size_t i = 0; i < inPtrs.size(); ++i)
@@ -506,6 +539,10 @@ void badFields(IPluginCreatorV3One* creator)
     expect(!tryFields({PluginField("eps", &eps, PluginFieldType::kFLOAT32, 2)}), "rejects eps of length 2");
     expect(!tryFields({PluginField("in_place", &two, PluginFieldType::kINT32, 1)}), "rejects in_place = 2");
     expect(!tryFields({PluginField("colour", &one, PluginFieldType::kINT32, 1)}), "rejects an unknown field");
+    int64_t negative = -1, bytes = 1 << 20;
+    expect(!tryFields({PluginField("workspace_bytes", &negative, PluginFieldType::kINT64, 1)}), "rejects workspace_bytes < 0");
+    expect(!tryFields({PluginField("workspace_bytes", &one, PluginFieldType::kINT32, 1)}), "rejects workspace_bytes of the wrong type");
+    expect(tryFields({PluginField("workspace_bytes", &bytes, PluginFieldType::kINT64, 1)}), "accepts workspace_bytes");
     expect(tryFields({}), "defaults when no field is given");
     char const ns[] = "rfa";
     expect(tryFields({PluginField("plugin_namespace", ns, PluginFieldType::kCHAR, 3)}), "tolerates plugin_namespace");

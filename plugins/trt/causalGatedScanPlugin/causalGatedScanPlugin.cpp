@@ -111,9 +111,10 @@ ScanLayout scanLayout(int32_t nbInputs, int32_t rank3, int32_t rank4)
     return l;
 }
 
-CausalGatedScanPlugin::CausalGatedScanPlugin(float eps, int32_t inPlace)
+CausalGatedScanPlugin::CausalGatedScanPlugin(float eps, int32_t inPlace, int64_t workspaceBytes)
     : mEps(eps)
     , mInPlace(inPlace)
+    , mWorkspaceBytes(workspaceBytes)
 {
 }
 
@@ -132,7 +133,7 @@ IPluginV3* CausalGatedScanPlugin::clone() noexcept
 {
     try
     {
-        auto* copy = new CausalGatedScanPlugin(mEps, mInPlace);
+        auto* copy = new CausalGatedScanPlugin(mEps, mInPlace, mWorkspaceBytes);
         copy->mLayout = mLayout;
         copy->mB = mB;
         copy->mT = mT;
@@ -249,12 +250,17 @@ int32_t CausalGatedScanPlugin::configurePlugin(
             return fail("configurePlugin: unexpected number or ranks of inputs/outputs");
         }
         mLayout = l;
+        int const dtype = rfaDtype(in[0].desc.type);
+        if (dtype >= 0)
+        {
+            mWorkspaceBytes = int64_t(rfa_scan_workspace_bound(dtype)); // what getWorkspaceSize asks for
+        }
         int64_t const F = in[0].desc.dims.d[3];
         int64_t const Dv = in[2].desc.dims.d[3];
         // F and Dv are static in every model rfa-export writes; check them as soon as they are known.
         if (F >= 0 && Dv >= 0)
         {
-            int const status = rfa_scan_check(1, 1, 1, int(F), int(Dv), rfaDtype(in[0].desc.type));
+            int const status = rfa_scan_check(1, 1, 1, int(F), int(Dv), dtype);
             if (status != RFA_OK)
             {
                 return fail(std::string("configurePlugin: ") + rfa_status_string(status));
@@ -270,7 +276,8 @@ int32_t CausalGatedScanPlugin::configurePlugin(
 }
 
 // The scan's optional workspace (the Hopper prefill's sequence split), sized by a bound that depends only on
-// the dtype: enqueue, which is not told the workspace's size, passes the same bound.
+// the dtype. enqueue is not told the workspace's size: it passes the one configurePlugin recorded, which is
+// serialized with the engine (workspace_bytes), so that an engine keeps the size it was built with.
 size_t CausalGatedScanPlugin::getWorkspaceSize(
     DynamicPluginTensorDesc const* inputs, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t) const noexcept
 {
@@ -362,7 +369,7 @@ int32_t CausalGatedScanPlugin::enqueue(PluginTensorDesc const* inputDesc, Plugin
     args.initial_state = mLayout.state >= 0 ? static_cast<float const*>(inputs[mLayout.state]) : nullptr;
     args.out = outputs[0];
     args.final_state = static_cast<float*>(outputs[1]);
-    size_t const workspaceBytes = workspace != nullptr ? rfa_scan_workspace_bound(args.dtype) : 0;
+    size_t const workspaceBytes = workspace != nullptr ? size_t(mWorkspaceBytes) : 0;
     int const status = rfa_causal_gated_scan(&args, workspace, workspaceBytes, stream);
     return status == RFA_OK ? 0 : fail(std::string("enqueue: ") + rfa_status_string(status));
 }
@@ -379,6 +386,7 @@ PluginFieldCollection const* CausalGatedScanPlugin::getFieldsToSerialize() noexc
         mFields.clear();
         mFields.emplace_back("eps", &mEps, PluginFieldType::kFLOAT32, 1);
         mFields.emplace_back("in_place", &mInPlace, PluginFieldType::kINT32, 1);
+        mFields.emplace_back("workspace_bytes", &mWorkspaceBytes, PluginFieldType::kINT64, 1);
         mFieldCollection.nbFields = int32_t(mFields.size());
         mFieldCollection.fields = mFields.data();
         return &mFieldCollection;
@@ -427,6 +435,7 @@ IPluginV3* CausalGatedScanPluginCreator::createPlugin(
         (void) phase;
         float eps = kDefaultEps;
         int32_t inPlace = 0;
+        int64_t workspaceBytes = 0; // absent: an engine built before the plugin had a workspace, or a new build
         for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i)
         {
             PluginField const& f = fc->fields[i];
@@ -464,6 +473,20 @@ IPluginV3* CausalGatedScanPluginCreator::createPlugin(
                     return nullptr;
                 }
             }
+            else if (field == "workspace_bytes")
+            {
+                if (f.type != PluginFieldType::kINT64 || f.length != 1 || f.data == nullptr)
+                {
+                    fail("createPlugin: field workspace_bytes must be one int64");
+                    return nullptr;
+                }
+                workspaceBytes = *static_cast<int64_t const*>(f.data);
+                if (workspaceBytes < 0)
+                {
+                    fail("createPlugin: workspace_bytes must be >= 0");
+                    return nullptr;
+                }
+            }
             else if (field == "plugin_namespace" || field == "plugin_version")
             {
                 continue; // ONNX attributes used for the plugin lookup itself
@@ -474,7 +497,7 @@ IPluginV3* CausalGatedScanPluginCreator::createPlugin(
                 return nullptr;
             }
         }
-        return new CausalGatedScanPlugin(eps, inPlace);
+        return new CausalGatedScanPlugin(eps, inPlace, workspaceBytes);
     }
     catch (std::exception const& e)
     {

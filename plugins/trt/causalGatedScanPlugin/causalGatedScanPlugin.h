@@ -5,7 +5,9 @@
 // g [B,T,H] (same type) and/or initial_state [B,H,F,Dv+1] (fp32). Which optional inputs are present is read
 // from their ranks (3 = gate, 4 = state), so it does not matter whether the parser passes an absent
 // optional input or drops it. Outputs: out [B,T,H,Dv] (input type), final_state [B,H,F,Dv+1] (fp32).
-// Fields: eps (float32, default 1e-3), in_place (int32 0/1, default 0: alias final_state to initial_state).
+// Fields: eps (float32, default 1e-3), in_place (int32 0/1, default 0: alias final_state to initial_state);
+// serialized with an engine also workspace_bytes (int64, default 0): the workspace the engine reserved for
+// the scan, so that an engine from a library that asked for none never has one written to.
 #pragma once
 
 #include "NvInferRuntime.h"
@@ -34,7 +36,7 @@ class CausalGatedScanPlugin final : public nvinfer1::IPluginV3,
                                     public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    CausalGatedScanPlugin(float eps, int32_t inPlace);
+    CausalGatedScanPlugin(float eps, int32_t inPlace, int64_t workspaceBytes);
     ~CausalGatedScanPlugin() override = default;
 
     // IPluginV3
@@ -76,6 +78,7 @@ private:
 
     float mEps;
     int32_t mInPlace;
+    int64_t mWorkspaceBytes; // set by configurePlugin (build) or the serialized field (runtime)
     ScanLayout mLayout{};
     int64_t mB{0}, mT{0}, mH{0}, mF{0}, mDv{0};
     std::vector<nvinfer1::PluginField> mFields;
