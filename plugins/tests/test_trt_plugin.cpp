@@ -201,6 +201,11 @@ struct Library
     IPluginCreatorV3One* creator{nullptr};
 };
 
+IPluginV3OneRuntime* runtimeOf(IPluginV3* plugin)
+{
+    return static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+}
+
 IPluginV3* create(IPluginCreatorV3One* creator, float eps, int32_t inPlace, TensorRTPhase phase)
 {
     PluginField fields[] = {PluginField("eps", &eps, PluginFieldType::kFLOAT32, 1),
@@ -255,7 +260,7 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     }
     auto* core = static_cast<IPluginV3OneCore*>(plugin->getCapabilityInterface(PluginCapabilityType::kCORE));
     auto* build = static_cast<IPluginV3OneBuildV2*>(plugin->getCapabilityInterface(PluginCapabilityType::kBUILD));
-    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    auto* runtime = runtimeOf(plugin);
     expect(std::strcmp(core->getPluginName(), "CausalGatedScan") == 0 && std::strcmp(core->getPluginVersion(), "1") == 0
             && std::strcmp(core->getPluginNamespace(), "rfa") == 0,
         "name / version / namespace");
@@ -425,7 +430,6 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
         std::printf("  %s: out %.2e  state %.2e (tolerance %.0e)\n", label.c_str(), eo, es, tol);
         expect(eo <= tol && es <= tol, label + ": matches the float64 reference");
     };
-    auto runtimeOf = [](IPluginV3* p) { return static_cast<IPluginV3OneRuntime*>(p->getCapabilityInterface(PluginCapabilityType::kRUNTIME)); };
 
     Result const first = runWith(runtime, "built plugin", workspace);
     matchesReference(first, "built plugin");
