@@ -20,6 +20,7 @@ import torch
 
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFAConfig, RFALanguageModel
+from rfa_export.model.residual_norm import residual_norm
 
 CONFIG = RFAConfig(vocab_size=32000, d_model=1024, n_heads=16, n_layers=8, d_ffn=4096, num_features=64,
                    gated=True, positional="none")
@@ -79,14 +80,17 @@ class StaticCacheStep(torch.nn.Module):
         B = token.shape[0]
         d = self.m.config.d_model
         x = self.m.embed(token[:, None]) * math.sqrt(d) + self.pe
-        for block, kc, vc in zip(self.m.blocks, self.k, self.v):
-            q, k, v = block.qkv(block.ln_attn(x)).view(B, 1, 3, block.h, d // block.h).permute(2, 0, 3, 1, 4)
+        # the residual adds and layer norms as in the model's forward (one fused kernel per pair, as for RFA)
+        norms = [block.ln_attn for block in self.m.blocks] + [self.m.ln_f]
+        _, h = residual_norm(x, None, norms[0])
+        for i, (block, kc, vc) in enumerate(zip(self.m.blocks, self.k, self.v)):
+            q, k, v = block.qkv(h).view(B, 1, 3, block.h, d // block.h).permute(2, 0, 3, 1, 4)
             kc[:, :, self.L : self.L + 1].copy_(k)
             vc[:, :, self.L : self.L + 1].copy_(v)
             y = torch.nn.functional.scaled_dot_product_attention(q, kc, vc)
-            x = x + block.o_proj(y.transpose(1, 2).reshape(B, 1, d))
-            x = x + block.ffn(block.ln_ffn(x))
-        return self.m.lm_head(self.m.ln_f(x))[:, 0]
+            x, h = residual_norm(x, block.o_proj(y.transpose(1, 2).reshape(B, 1, d)), block.ln_ffn)
+            x, h = residual_norm(x, block.ffn(h), norms[i + 1])
+        return self.m.lm_head(h)[:, 0]
 
 
 @torch.no_grad()

@@ -21,14 +21,17 @@ if command -v compute-sanitizer >/dev/null; then
     compute-sanitizer --tool $tool --error-exitcode 9 ./build/rfa_kernel_tests --quick >"$out/sanitizer_$tool.log" 2>&1 || status=1
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|failures" "$out/sanitizer_$tool.log"
   done
-  # the fused decode step (features + gate + scan step) is driven from Python: a bf16 subset of its tests
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool, fused decode step"
-    PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} compute-sanitizer --tool $tool --error-exitcode 9 \
-      python3 -m pytest -q -m gpu tests/gpu/test_decode_attention.py -k "kernel_matches and bf16" -p no:cacheprovider \
-      >"$out/sanitizer_decode_$tool.log" 2>&1 || status=1
-    grep -qE "[0-9]+ passed" "$out/sanitizer_decode_$tool.log" || { echo "no test ran under $tool"; status=1; }
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$out/sanitizer_decode_$tool.log" | tail -3
+  # kernels driven from Python (the fused decode step, the residual add + layer norm): a bf16 subset of
+  # their tests
+  for target in decode_attention add_layer_norm; do
+    for tool in memcheck racecheck; do
+      step "compute-sanitizer $tool, $target"
+      PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} compute-sanitizer --tool $tool --error-exitcode 9 \
+        python3 -m pytest -q -m gpu tests/gpu/test_$target.py -k "kernel_matches and bf16" -p no:cacheprovider \
+        >"$out/sanitizer_${target}_$tool.log" 2>&1 || status=1
+      grep -qE "[0-9]+ passed" "$out/sanitizer_${target}_$tool.log" || { echo "no test ran under $tool"; status=1; }
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$out/sanitizer_${target}_$tool.log" | tail -3
+    done
   done
 else
   echo "compute-sanitizer not installed: sanitizer runs skipped"

@@ -35,7 +35,8 @@ typedef enum
     RFA_ERR_WORKSPACE = 6,    // reserved (a smaller workspace is not an error, see rfa_causal_gated_scan)
     RFA_ERR_ALIGNMENT = 7,    // a tensor pointer is not 16-byte aligned
     RFA_ERR_LAUNCH = 8,       // the CUDA launch failed (cudaGetLastError)
-    RFA_ERR_FEATURE_DIMS = 9  // random features: head dim or feature count outside [1, 128]
+    RFA_ERR_FEATURE_DIMS = 9, // random features: head dim or feature count outside [1, 128]
+    RFA_ERR_NORM_SHAPE = 10   // add + layer norm: N < 1, width outside [1, 4096] or eps < 0
 } rfa_status_t;
 
 // Tensors are dense, sequence-major, as the contract says:

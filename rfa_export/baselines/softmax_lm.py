@@ -8,6 +8,7 @@ from torch import nn
 
 from ..model.config import RFAConfig
 from ..model.lm import sinusoidal_positions
+from ..model.residual_norm import residual_norm
 
 KVCache = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -24,8 +25,13 @@ class _SoftmaxBlock(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, cache: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+        x, _, kv = self.forward_normed(x, self.ln_attn(x), cache, None)
+        return x, kv
+
+    def forward_normed(self, x, h, cache, next_norm):
+        """As RFABlock.forward_normed: h = ln_attn(x) -> (output, next_norm of it or None, the longer cache)."""
         B, T, d = x.shape
-        q, k, v = self.qkv(self.ln_attn(x)).view(B, T, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(h).view(B, T, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)
             v = torch.cat([cache[1], v], dim=2)
@@ -37,8 +43,9 @@ class _SoftmaxBlock(nn.Module):
             P = k.shape[2] - T
             mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(P)
             y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x = x + self.drop(self.o_proj(y.transpose(1, 2).reshape(B, T, d)))
-        return x + self.ffn(self.ln_ffn(x)), (k, v)
+        x, h = residual_norm(x, self.drop(self.o_proj(y.transpose(1, 2).reshape(B, T, d))), self.ln_ffn)
+        x, h = residual_norm(x, self.ffn(h), next_norm)
+        return x, h, (k, v)
 
 
 class SoftmaxLanguageModel(nn.Module):
@@ -65,8 +72,10 @@ class SoftmaxLanguageModel(nn.Module):
             position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         x = self.embed(input_ids) * math.sqrt(self.config.d_model)
         x = self.drop(x + sinusoidal_positions(position_ids, self.config.d_model).to(x.dtype))
+        norms = [block.ln_attn for block in self.blocks] + [self.ln_f]
+        _, h = residual_norm(x, None, norms[0])
         new_cache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, None if cache is None else cache[i])
+            x, h, kv = block.forward_normed(x, h, None if cache is None else cache[i], norms[i + 1])
             new_cache.append(kv)
-        return self.lm_head(self.ln_f(x)), new_cache
+        return self.lm_head(h), new_cache

@@ -8,6 +8,7 @@ from torch import nn
 
 from .attention import CausalRFASelfAttention
 from .config import RFAConfig
+from .residual_norm import residual_norm
 
 State = List[torch.Tensor]
 
@@ -40,9 +41,18 @@ class RFABlock(nn.Module):
         )
 
     def forward(self, x, state=None, attention_mask=None, inplace_state=False):
-        y, state = self.attn(self.ln_attn(x), state, attention_mask, inplace_state)
-        x = x + y
-        return x + self.ffn(self.ln_ffn(x)), state
+        x, _, state = self.forward_normed(x, self.ln_attn(x), state, attention_mask, inplace_state, None)
+        return x, state
+
+    def forward_normed(self, x, h, state, attention_mask, inplace_state, next_norm):
+        """The block with each residual add done together with the LayerNorm that follows it.
+
+        x: the residual stream, h = ln_attn(x) -> (the block's output, next_norm of it or None, new state).
+        """
+        y, state = self.attn(h, state, attention_mask, inplace_state)
+        x, h = residual_norm(x, y, self.ln_ffn)
+        x, h = residual_norm(x, self.ffn(h), next_norm)
+        return x, h, state
 
 
 class RFALanguageModel(nn.Module):
@@ -92,11 +102,14 @@ class RFALanguageModel(nn.Module):
                 position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
             x = x + sinusoidal_positions(position_ids, self.config.d_model).to(x.dtype)
         x = self.drop(x)
+        norms = [block.ln_attn for block in self.blocks] + [self.ln_f]
+        _, h = residual_norm(x, None, norms[0])
         new_state = []
         for i, block in enumerate(self.blocks):
-            x, s = block(x, None if state is None else state[i], attention_mask, inplace_state)
+            x, h, s = block.forward_normed(x, h, None if state is None else state[i], attention_mask, inplace_state,
+                                           norms[i + 1])
             new_state.append(s)
-        return self.lm_head(self.ln_f(x)), new_state
+        return self.lm_head(h), new_state
 
     def step(self, token_ids: torch.Tensor, state: State, positions: torch.Tensor,
              inplace_state: bool = False) -> Tuple[torch.Tensor, State]:

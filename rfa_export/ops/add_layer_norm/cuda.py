@@ -1,0 +1,62 @@
+"""Residual add + LayerNorm as one CUDA launch (plugins/kernels/add_layer_norm.cu), via ctypes."""
+
+import ctypes
+from typing import Optional, Tuple
+
+import torch
+
+from ..native import DTYPE_CODES, check_status, load_kernels, require_kernels
+
+
+class _AddLayerNormArgs(ctypes.Structure):
+    _fields_ = [
+        ("N", ctypes.c_int), ("D", ctypes.c_int), ("dtype", ctypes.c_int), ("eps", ctypes.c_float),
+        ("x", ctypes.c_void_p), ("y", ctypes.c_void_p), ("weight", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+        ("sum", ctypes.c_void_p), ("out", ctypes.c_void_p),
+    ]
+
+
+def _bind(lib) -> None:
+    lib.rfa_add_layer_norm.argtypes = [ctypes.POINTER(_AddLayerNormArgs), ctypes.c_void_p]
+    lib.rfa_add_layer_norm_check.argtypes = [ctypes.POINTER(_AddLayerNormArgs)]
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _args(x, y, weight, bias, eps, sum_ptr, out_ptr) -> _AddLayerNormArgs:
+    D = x.shape[-1]
+    return _AddLayerNormArgs(x.numel() // D, D, DTYPE_CODES[x.dtype], eps, x.data_ptr(), _ptr(y),
+                             weight.data_ptr(), _ptr(bias), sum_ptr, out_ptr)
+
+
+def add_layer_norm_kernel_supports(x: torch.Tensor, y: Optional[torch.Tensor], weight: torch.Tensor,
+                                   bias: Optional[torch.Tensor], eps: float) -> bool:
+    """True when the kernel takes these inputs: CUDA, all of one dtype of fp32/fp16/bf16, dense, y (if any) of
+    x's shape, weight and bias [D] with D <= 4096."""
+    tensors = [t for t in (x, y, weight, bias) if t is not None]
+    if not (x.is_cuda and x.dtype in DTYPE_CODES and all(t.dtype == x.dtype and t.device == x.device for t in tensors)):
+        return False
+    if x.dim() < 1 or x.numel() == 0 or not all(t.is_contiguous() for t in tensors):
+        return False
+    D = x.shape[-1]
+    if (y is not None and y.shape != x.shape) or weight.shape != (D,) or (bias is not None and bias.shape != (D,)):
+        return False
+    lib = load_kernels(_bind)
+    # the check reads sizes and that pointers are set; x stands in for the outputs not allocated yet
+    args = _args(x, y, weight, bias, eps, x.data_ptr(), x.data_ptr())
+    return lib is not None and lib.rfa_add_layer_norm_check(ctypes.byref(args)) == 0
+
+
+def cuda_add_layer_norm(x: torch.Tensor, y: Optional[torch.Tensor], weight: torch.Tensor,
+                        bias: Optional[torch.Tensor], eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as naive_add_layer_norm, on x's stream; the caller has checked
+    add_layer_norm_kernel_supports."""
+    lib = require_kernels(_bind)
+    s = x if y is None else torch.empty_like(x)
+    out = torch.empty_like(x)
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    args = _args(x, y, weight, bias, eps, None if y is None else s.data_ptr(), out.data_ptr())
+    check_status(lib, lib.rfa_add_layer_norm(ctypes.byref(args), ctypes.c_void_p(stream)), "rfa_add_layer_norm")
+    return s, out
