@@ -5,8 +5,9 @@
 Both models: d_model 1024, 16 heads (head dim 64), 8 layers, FFN 4096, vocab 32000, bf16 weights and
 activations. RFA: gated, F = 128 random features, fp32 state, one step = RFALanguageModel.step through the
 op's CUDA step kernel. Softmax (baseline): the same blocks with softmax attention, a static bf16 KV cache
-filled to the context length, SDPA over it. Each step is captured once as a CUDA graph and replayed, so
-both are measured without launch overhead. Per context length and batch: median step latency (CUDA
+filled to the context length, SDPA over it. Both run their residual adds and layer norms through the same
+fused kernel (rfa_export/model/residual_norm.py), so the shared layers cost the same. Each step is
+captured once as a CUDA graph and replayed, so both are measured without launch overhead. Per context length and batch: median step latency (CUDA
 events over 50 replays), tokens/s = batch / latency, and peak GPU memory (weights + state or cache).
 Writes decode.json and decode.png (latency and memory against context) to --out.
 """
