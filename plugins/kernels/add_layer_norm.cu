@@ -4,8 +4,6 @@
 #include "add_layer_norm.h"
 #include "scan_common.cuh"
 
-#include <cstdint>
-
 namespace rfa
 {
 namespace
@@ -132,11 +130,6 @@ __global__ void __launch_bounds__(kThreads) addLayerNormKernel(rfa_add_layer_nor
             out[c] = o;
         }
     }
-}
-
-bool aligned16(void const* p)
-{
-    return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }
 
 template <typename T>

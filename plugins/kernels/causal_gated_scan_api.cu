@@ -1,5 +1,6 @@
 // The C ABI of the CausalGatedScan kernels: checks, then dispatch to the step or the chunked kernel.
 #include "causal_gated_scan.h"
+#include "scan_common.cuh"
 #include "scan_launch.h"
 
 #include <cstddef>
@@ -8,10 +9,7 @@
 namespace
 {
 
-bool aligned16(void const* p)
-{
-    return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
-}
+using rfa::aligned16;
 
 int checkArgs(rfa_scan_args_t const* a)
 {

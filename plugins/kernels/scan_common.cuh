@@ -10,6 +10,12 @@
 namespace rfa
 {
 
+// Host side: whether a device pointer allows 16-byte vector access (null counts as aligned).
+inline bool aligned16(void const* p)
+{
+    return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
+
 template <typename T>
 __device__ __forceinline__ float toFloat(T x);
 template <>

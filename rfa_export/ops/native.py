@@ -63,3 +63,8 @@ def check_status(lib, status: int, function: str) -> None:
     """Raise RuntimeError naming `function` and the library's message for a non-zero rfa_status_t."""
     if status != 0:
         raise RuntimeError(f"{function}: {lib.rfa_status_string(status).decode()}")
+
+
+def data_ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    """A tensor's device address for a ctypes argument; None (a null pointer) for an absent optional input."""
+    return None if t is None else t.data_ptr()

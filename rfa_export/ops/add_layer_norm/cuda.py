@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..native import DTYPE_CODES, check_status, load_kernels, require_kernels
+from ..native import DTYPE_CODES, check_status, data_ptr, load_kernels, require_kernels
 
 
 class _AddLayerNormArgs(ctypes.Structure):
@@ -21,14 +21,10 @@ def _bind(lib) -> None:
     lib.rfa_add_layer_norm_check.argtypes = [ctypes.POINTER(_AddLayerNormArgs)]
 
 
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
-    return None if t is None else t.data_ptr()
-
-
 def _args(x, y, weight, bias, eps, sum_ptr, out_ptr) -> _AddLayerNormArgs:
     D = x.shape[-1]
-    return _AddLayerNormArgs(x.numel() // D, D, DTYPE_CODES[x.dtype], eps, x.data_ptr(), _ptr(y),
-                             weight.data_ptr(), _ptr(bias), sum_ptr, out_ptr)
+    return _AddLayerNormArgs(x.numel() // D, D, DTYPE_CODES[x.dtype], eps, x.data_ptr(), data_ptr(y),
+                             weight.data_ptr(), data_ptr(bias), sum_ptr, out_ptr)
 
 
 def add_layer_norm_kernel_supports(x: torch.Tensor, y: Optional[torch.Tensor], weight: torch.Tensor,

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..native import DTYPE_CODES, check_status, load_error, load_kernels, require_kernels
+from ..native import DTYPE_CODES, check_status, data_ptr, load_error, load_kernels, require_kernels
 from .naive import accumulation_dtype
 from .readout import DEFAULT_EPS
 
@@ -93,12 +93,12 @@ def cuda_causal_gated_scan(
     if out is None:
         out = torch.empty((B, T, H, Dv), dtype=v.dtype, device=v.device)
     state = out_state if out_state is not None else torch.empty((B, H, F, Dv + 1), dtype=accumulation_dtype(q.dtype), device=q.device)
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    args = _ScanArgs(B, T, H, F, Dv, DTYPE_CODES[q.dtype], float(eps), ptr(q), ptr(k), ptr(v), ptr(g), ptr(s0), ptr(out), ptr(state))
+    args = _ScanArgs(B, T, H, F, Dv, DTYPE_CODES[q.dtype], float(eps),
+                     data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(g), data_ptr(s0), data_ptr(out), data_ptr(state))
     stream = torch.cuda.current_stream(q.device).cuda_stream
     if path is None:
         workspace, nbytes = _workspace(lib, q, F, Dv) if T > 1 else (None, 0)
-        status = lib.rfa_causal_gated_scan(ctypes.byref(args), ptr(workspace), nbytes, ctypes.c_void_p(stream))
+        status = lib.rfa_causal_gated_scan(ctypes.byref(args), data_ptr(workspace), nbytes, ctypes.c_void_p(stream))
     else:
         status = lib.rfa_causal_gated_scan_path(ctypes.byref(args), int(path), ctypes.c_void_p(stream))
     check_status(lib, status, "rfa_causal_gated_scan")

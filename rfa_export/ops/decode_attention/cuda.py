@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, load_kernels, require_kernels
+from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, data_ptr, load_kernels, require_kernels
 
 
 class _DecodeArgs(ctypes.Structure):
@@ -39,9 +39,9 @@ def _layout_ok(q, k, v, gate_logits, row: int) -> bool:
 def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr) -> _DecodeArgs:
     B, H, dh = q.shape
     D = w_tilde.shape[1]
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     return _DecodeArgs(B, H, dh, D, FEATURE_KIND_CODES[kind], DTYPE_CODES[q.dtype], float(eps), q.stride(0) if B > 1 else H * dh,
-                       ptr(q), ptr(k), ptr(v), ptr(gate_logits), ptr(sigma), ptr(w_tilde), ptr(keep), ptr(state), out_ptr)
+                       data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(gate_logits), data_ptr(sigma), data_ptr(w_tilde),
+                       data_ptr(keep), data_ptr(state), out_ptr)
 
 
 def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind, state, keep=None) -> bool:
