@@ -6,7 +6,9 @@ Both models: d_model 1024, 16 heads (head dim 64), 8 layers, FFN 4096, vocab 320
 activations. RFA: gated, F = 128 random features, fp32 state, one step = RFALanguageModel.step through the
 op's CUDA step kernel. Softmax (baseline): the same blocks with softmax attention, a static bf16 KV cache
 filled to the context length, SDPA over it. Both run their residual adds and layer norms through the same
-fused kernel (rfa_export/model/residual_norm.py), so the shared layers cost the same. Each step is
+fused kernel (rfa_export/model/residual_norm.py) and their linear layers through the same decode-sized
+Triton kernel (rfa_export/model/linear_layers.py), launched as programmatic dependent launches on Hopper,
+so the shared layers cost the same (SDPA in the softmax step is a plain launch). Each step is
 captured once as a CUDA graph and replayed, so both are measured without launch overhead. Per context length and batch: median step latency (CUDA
 events over 50 replays), tokens/s = batch / latency, and peak GPU memory (weights + state or cache).
 Writes decode.json and decode.png (latency and memory against context) to --out.
@@ -21,6 +23,7 @@ import torch
 
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFAConfig, RFALanguageModel
+from rfa_export.model.linear_layers import feed_forward, linear
 from rfa_export.model.residual_norm import residual_norm
 
 CONFIG = RFAConfig(vocab_size=32000, d_model=1024, n_heads=16, n_layers=8, d_ffn=4096, num_features=64,
@@ -85,13 +88,14 @@ class StaticCacheStep(torch.nn.Module):
         norms = [block.ln_attn for block in self.m.blocks] + [self.m.ln_f]
         _, h = residual_norm(x, None, norms[0])
         for i, (block, kc, vc) in enumerate(zip(self.m.blocks, self.k, self.v)):
-            q, k, v = block.qkv(h).view(B, 1, 3, block.h, d // block.h).permute(2, 0, 3, 1, 4)
+            q, k, v = linear(h, block.qkv.weight, block.qkv.bias).view(B, 1, 3, block.h, d // block.h).permute(2, 0, 3, 1, 4)
             kc[:, :, self.L : self.L + 1].copy_(k)
             vc[:, :, self.L : self.L + 1].copy_(v)
             y = torch.nn.functional.scaled_dot_product_attention(q, kc, vc)
-            x, h = residual_norm(x, block.o_proj(y.transpose(1, 2).reshape(B, 1, d)), block.ln_ffn)
-            x, h = residual_norm(x, block.ffn(h), norms[i + 1])
-        return self.m.lm_head(h)[:, 0]
+            y = linear(y.transpose(1, 2).reshape(B, 1, d), block.o_proj.weight, block.o_proj.bias)
+            x, h = residual_norm(x, y, block.ln_ffn)
+            x, h = residual_norm(x, feed_forward(block.ffn, h), norms[i + 1])
+        return linear(h, self.m.lm_head.weight, self.m.lm_head.bias)[:, 0]
 
 
 @torch.no_grad()

@@ -21,13 +21,13 @@ if command -v compute-sanitizer >/dev/null; then
     compute-sanitizer --tool $tool --error-exitcode 9 ./build/rfa_kernel_tests --quick >"$out/sanitizer_$tool.log" 2>&1 || status=1
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|failures" "$out/sanitizer_$tool.log"
   done
-  # kernels driven from Python (the fused decode step, the residual add + layer norm): a bf16 subset of
-  # their tests
-  for target in decode_attention add_layer_norm; do
+  # kernels driven from Python (the fused decode step, the residual add + layer norm, the decode linear
+  # layers): a bf16 subset of their tests, and the programmatic dependent launches
+  for target in decode_attention add_layer_norm decode_linear; do
     for tool in memcheck racecheck; do
       step "compute-sanitizer $tool, $target"
       PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} compute-sanitizer --tool $tool --error-exitcode 9 \
-        python3 -m pytest -q -m gpu tests/gpu/test_$target.py -k "kernel_matches and bf16" -p no:cacheprovider \
+        python3 -m pytest -q -m gpu tests/gpu/test_$target.py -k "(kernel_matches and bf16 and not 32000) or overlapped or dependent_launch" -p no:cacheprovider \
         >"$out/sanitizer_${target}_$tool.log" 2>&1 || status=1
       grep -qE "[0-9]+ passed" "$out/sanitizer_${target}_$tool.log" || { echo "no test ran under $tool"; status=1; }
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$out/sanitizer_${target}_$tool.log" | tail -3

@@ -2,6 +2,7 @@
 // between the add and the two reductions, so a row is read once; 16-byte loads and stores where the width
 // and the pointers allow.
 #include "add_layer_norm.h"
+#include "dependent_launch.cuh"
 #include "scan_common.cuh"
 
 namespace rfa
@@ -54,6 +55,7 @@ __global__ void __launch_bounds__(kThreads) addLayerNormKernel(rfa_add_layer_nor
     P const* b = static_cast<P const*>(a.bias);
     // Every load first, weight and bias too: the compiler may not move a load ahead of a store it cannot
     // prove disjoint (the sum may alias x), and each such load would cost a memory round trip of its own.
+    // Weight and bias are no kernel's output: they load before the wait for the previous kernel.
     P xs[kPacks], ys[kPacks], ws[kPacks], bs[kPacks];
 #pragma unroll
     for (int j = 0; j < kPacks; ++j)
@@ -61,15 +63,25 @@ __global__ void __launch_bounds__(kThreads) addLayerNormKernel(rfa_add_layer_nor
         int const c = threadIdx.x + j * kThreads;
         if (c < packs)
         {
-            xs[j] = x[c];
             ws[j] = w[c];
-            if (y)
-            {
-                ys[j] = y[c];
-            }
             if (b)
             {
                 bs[j] = b[c];
+            }
+        }
+    }
+    waitForPreviousKernel();
+    allowNextKernel();
+#pragma unroll
+    for (int j = 0; j < kPacks; ++j)
+    {
+        int const c = threadIdx.x + j * kThreads;
+        if (c < packs)
+        {
+            xs[j] = x[c];
+            if (y)
+            {
+                ys[j] = y[c];
             }
         }
     }
@@ -138,15 +150,7 @@ cudaError_t launchAddLayerNorm(rfa_add_layer_norm_args_t const& a, cudaStream_t 
     constexpr int kVec = 16 / sizeof(T);
     bool const vector = a.D % kVec == 0 && aligned16(a.x) && aligned16(a.y) && aligned16(a.weight)
         && aligned16(a.bias) && aligned16(a.sum) && aligned16(a.out);
-    if (vector)
-    {
-        addLayerNormKernel<T, kVec><<<a.N, kThreads, 0, stream>>>(a);
-    }
-    else
-    {
-        addLayerNormKernel<T, 1><<<a.N, kThreads, 0, stream>>>(a);
-    }
-    return cudaGetLastError();
+    return launchDependent(vector ? addLayerNormKernel<T, kVec> : addLayerNormKernel<T, 1>, a.N, kThreads, 0, stream, a);
 }
 
 } // namespace

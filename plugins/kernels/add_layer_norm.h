@@ -2,6 +2,9 @@
 //   sum = x + y                      (rounded to `dtype`, as two tensors of that dtype add in PyTorch)
 //   out = (sum - mean) / sqrt(var + eps) * weight + bias    (mean, biased var and the affine map in fp32)
 // y == null skips the add (a plain LayerNorm of x; sum is then not written). Launch only, on the given stream.
+// On compute capability 9.0+ the kernel is a programmatic dependent launch: it reads weight and bias before
+// the kernel launched just before it on the stream has finished, x and y after; that kernel must not write
+// weight or bias.
 #pragma once
 
 #include "causal_gated_scan.h"

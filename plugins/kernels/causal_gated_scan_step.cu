@@ -8,6 +8,7 @@
 // batches. The readout uses q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1]: numerator and normaliser
 // then share the factor (q . k) exactly, as in the chunked kernel, which keeps the ratio accurate when
 // q . k nearly cancels. Partial q^T S_old sums are reduced over the rows of a pass in shared memory.
+#include "dependent_launch.cuh"
 #include "feature_map.cuh"
 #include "scan_common.cuh"
 #include "scan_launch.h"
@@ -199,6 +200,12 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         loadBatch(0);
     }
 
+    if constexpr (kMapFeatures)
+    {
+        // Launched early (p.overlapStateLoad) the state and W~ are already on their way; q, k, v, the gate
+        // logits and the keep mask come from the kernels before this one.
+        waitForPreviousKernel();
+    }
     int const headQK = kMapFeatures ? Dv : F; // elements of one head in q and k
     T const* q = static_cast<T const*>(p.q) + (size_t) b * p.qkBatchStride + (size_t) h * headQK;
     T const* k = static_cast<T const*>(p.k) + (size_t) b * p.qkBatchStride + (size_t) h * headQK;
@@ -297,6 +304,12 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             }
         }
     }
+    if constexpr (kMapFeatures)
+    {
+        // Not earlier: the next kernel's blocks would take room from this one's last blocks (H200, model step
+        // B64: 449-453 us with the trigger after the wait, 440-444 here).
+        allowNextKernel();
+    }
     if (t < passThreads)
     {
 #pragma unroll
@@ -387,6 +400,10 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
             {
                 return e;
             }
+        }
+        if (kMapFeatures && p.overlapStateLoad)
+        {
+            return launchDependent(kernel, p.B * p.H, threads, bytes, stream, p);
         }
         kernel<<<p.B * p.H, threads, bytes, stream>>>(p);
         return cudaSuccess;

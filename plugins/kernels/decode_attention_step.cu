@@ -63,6 +63,7 @@ int rfa_decode_attention_step(rfa_decode_args_t const* a, cudaStream_t stream)
     p.stateIn = a->state;
     p.stateOut = a->state;
     p.out = a->out;
+    p.overlapStateLoad = a->overlap_state_load != 0;
     p.qkBatchStride = p.vBatchStride = p.gBatchStride = size_t(a->row_stride);
     p.outBatchStride = size_t(a->H) * a->dh;
     return rfa::launchDecodeStep(p, a->dtype, stream) == cudaSuccess ? RFA_OK : RFA_ERR_LAUNCH;

@@ -15,6 +15,10 @@ extern "C" {
 // sigma [H, dh], w_tilde [H, D, dh] of `dtype`; keep [B] int64, 0 where the step must leave that entry's
 // state unchanged (null = all steps count); state [B, H, F, dh + 1] fp32, F = 2D (gaussian) or D (arccos),
 // read and written in place; out [B, H, dh] dense, of `dtype`.
+// overlap_state_load != 0 (compute capability 9.0+, ignored elsewhere): the kernel is a programmatic
+// dependent launch and starts loading the state and w_tilde while the kernel launched just before it on the
+// stream is still running; q, k, v, gate_logits and keep are read only after that kernel has finished. Set
+// it only when that kernel writes neither the state nor w_tilde (a decoding loop's q/k/v projection).
 typedef struct
 {
     int B, H, dh, D;
@@ -31,6 +35,7 @@ typedef struct
     const long long* keep;
     float* state;
     void* out;
+    int overlap_state_load;
 } rfa_decode_args_t;
 
 // 0 when supported: B, H >= 1; dh and D in [1, 128] with F and dh multiples of 16 in [16, 256] (the step

@@ -29,6 +29,9 @@ struct StepParams
     void const* wTilde; // [H, D, dh]
     int D, featureKind; // rfa_feature_kind_t
     long long const* keepMask;
+    // Decode prologue only: launched as a programmatic dependent launch, the state loads start before the
+    // kernel before this one has finished (which therefore must not write the state)
+    bool overlapStateLoad;
 };
 
 struct ChunkParams

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..model.config import RFAConfig
 from ..model.lm import sinusoidal_positions
+from ..model.linear_layers import feed_forward, linear
 from ..model.residual_norm import residual_norm
 
 KVCache = List[Tuple[torch.Tensor, torch.Tensor]]
@@ -31,7 +32,7 @@ class _SoftmaxBlock(nn.Module):
     def forward_normed(self, x, h, cache, next_norm):
         """As RFABlock.forward_normed: h = ln_attn(x) -> (output, next_norm of it or None, the longer cache)."""
         B, T, d = x.shape
-        q, k, v = self.qkv(h).view(B, T, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        q, k, v = linear(h, self.qkv.weight, self.qkv.bias).view(B, T, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)
             v = torch.cat([cache[1], v], dim=2)
@@ -43,8 +44,9 @@ class _SoftmaxBlock(nn.Module):
             P = k.shape[2] - T
             mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(P)
             y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        x, h = residual_norm(x, self.drop(self.o_proj(y.transpose(1, 2).reshape(B, T, d))), self.ln_ffn)
-        x, h = residual_norm(x, self.ffn(h), next_norm)
+        y = linear(y.transpose(1, 2).reshape(B, T, d), self.o_proj.weight, self.o_proj.bias)
+        x, h = residual_norm(x, self.drop(y), self.ln_ffn)
+        x, h = residual_norm(x, feed_forward(self.ffn, h), next_norm)
         return x, h, (k, v)
 
 
@@ -78,4 +80,4 @@ class SoftmaxLanguageModel(nn.Module):
         for i, block in enumerate(self.blocks):
             x, h, kv = block.forward_normed(x, h, None if cache is None else cache[i], norms[i + 1])
             new_cache.append(kv)
-        return self.lm_head(h), new_cache
+        return linear(h, self.lm_head.weight, self.lm_head.bias), new_cache

@@ -9,6 +9,7 @@ from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_s
 from ..ops.decode_attention import cuda_decode_attention_step_, decode_attention_kernel_supports
 from .feature_maps import RandomFeatureMap
 from .inference_path import cuda_inference
+from .linear_layers import linear
 
 
 class _RFAHeads(nn.Module):
@@ -33,7 +34,7 @@ class _RFAHeads(nn.Module):
 
     def merge(self, out: torch.Tensor) -> torch.Tensor:
         """[B, T, H, dh] -> [B, T, d_model] through the output projection."""
-        return self.dropout(self.o_proj(out.flatten(-2)))
+        return self.dropout(linear(out.flatten(-2), self.o_proj.weight, self.o_proj.bias))
 
 
 class CausalRFASelfAttention(_RFAHeads):
@@ -99,7 +100,7 @@ class CausalRFASelfAttention(_RFAHeads):
             self._fused_weight = torch.cat([lin.weight for lin in linears])
             self._fused_bias = torch.cat([lin.bias for lin in linears])
             self._fused_key = key
-        return nn.functional.linear(x, self._fused_weight, self._fused_bias)
+        return linear(x, self._fused_weight, self._fused_bias)
 
     def _split_projection(self, y: torch.Tensor):
         """[B, T, 3 d_model (+ H)] -> qk [2, B, T, H, dh], v [B, T, H, dh], gate logits [B, T, H] or None (views)."""
@@ -121,7 +122,9 @@ class CausalRFASelfAttention(_RFAHeads):
         features = (phi.sigma, phi.w_tilde, phi.kind)
         if not cuda_inference(y, phi) or not decode_attention_kernel_supports(q, k, v, gate_logits, *features, state, keep):
             return None
-        return cuda_decode_attention_step_(q, k, v, gate_logits, *features, state, self.eps, keep)
+        # the kernels launched since the projection (y) wrote neither the state nor W~
+        return cuda_decode_attention_step_(q, k, v, gate_logits, *features, state, self.eps, keep,
+                                           overlap_state_load=True)
 
 
 class RFAAttention(_RFAHeads):

@@ -8,6 +8,7 @@ from torch import nn
 
 from .attention import CausalRFASelfAttention
 from .config import RFAConfig
+from .linear_layers import feed_forward, linear
 from .residual_norm import residual_norm
 
 State = List[torch.Tensor]
@@ -51,7 +52,7 @@ class RFABlock(nn.Module):
         """
         y, state = self.attn(h, state, attention_mask, inplace_state)
         x, h = residual_norm(x, y, self.ln_ffn)
-        x, h = residual_norm(x, self.ffn(h), next_norm)
+        x, h = residual_norm(x, feed_forward(self.ffn, h), next_norm)
         return x, h, state
 
 
@@ -109,7 +110,7 @@ class RFALanguageModel(nn.Module):
             x, h, s = block.forward_normed(x, h, None if state is None else state[i], attention_mask, inplace_state,
                                            norms[i + 1])
             new_state.append(s)
-        return self.lm_head(h), new_state
+        return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
 
     def step(self, token_ids: torch.Tensor, state: State, positions: torch.Tensor,
              inplace_state: bool = False) -> Tuple[torch.Tensor, State]:

@@ -127,3 +127,40 @@ def test_model_decodes_through_the_fused_step(monkeypatch):
     for s, r, before in zip(state, ref_state, cpu_state):
         assert rel_err(s.cpu(), r) <= 1e-4
         assert torch.equal(s[1].cpu(), before[1])
+
+
+def test_overlapped_state_load_waits_for_the_projection():
+    """overlap_state_load lets the step start while the projection that makes q, k, v and the gate is still
+    running (a programmatic dependent launch after the Triton projection, which lets its successor start
+    early): it must read them only after that kernel, so the result equals the serial launch's exactly."""
+    from rfa_export.ops.decode_linear import triton_decode_linear
+    from rfa_export.ops.decode_linear.triton_linear import triton
+
+    if triton is None:
+        pytest.skip("triton not installed")
+    g = torch.Generator().manual_seed(7)
+    B, H, dh, D = 64, 16, 64, 64
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to("cuda", torch.bfloat16)
+    w = torch.randn(H, D, dh, generator=g).to("cuda", torch.bfloat16)
+    x = torch.randn(B, 1024, generator=g).to("cuda", torch.bfloat16)
+    weight = (torch.randn(3 * H * dh + H, 1024, generator=g) / 32).to("cuda", torch.bfloat16)
+    state0 = prefix_state(B, H, dh, "gaussian", sigma, w, g).cuda()
+
+    def step(overlap):
+        state = state0.clone()
+        poison = torch.full((2, B, 3 * H * dh + H), float("nan"), device="cuda", dtype=torch.bfloat16)
+        del poison  # the projection's output is likely to land on NaN: a read before it is written shows
+        torch.cuda.synchronize()
+        # the kernel just before the step writes q, k, v and the gate
+        proj = triton_decode_linear(x, weight, None)
+        d = H * dh
+        q, k, v = (proj[:, i * d : (i + 1) * d].unflatten(-1, (H, dh)) for i in range(3))
+        out = cuda_decode_attention_step_(q, k, v, proj[:, 3 * d :], sigma, w, "gaussian", state, 1e-6,
+                                          overlap_state_load=overlap)
+        return out, state
+
+    serial_out, serial_state = step(False)
+    assert torch.isfinite(serial_out).all()
+    for _ in range(5):
+        out, state = step(True)
+        assert torch.equal(out, serial_out) and torch.equal(state, serial_state)

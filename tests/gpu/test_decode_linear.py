@@ -1,0 +1,125 @@
+"""The decode-sized linear kernel (Triton) against a float64 reference, its programmatic dependent launch
+in a chain of kernels, and the models' use of it."""
+
+import pytest
+import torch
+
+import rfa_export.model.linear_layers as linear_layers
+import rfa_export.ops.decode_linear.triton_linear as triton_linear
+from helpers import rel_err
+from rfa_export.baselines import SoftmaxLanguageModel
+from rfa_export.model import RFAConfig, RFALanguageModel
+from rfa_export.ops.add_layer_norm import cuda_add_layer_norm
+from rfa_export.ops.decode_linear import decode_linear_kernel_supports, naive_decode_linear, triton_decode_linear
+
+pytestmark = pytest.mark.gpu
+
+TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def _needs_triton():
+    if triton_linear.triton is None:
+        pytest.skip("triton not installed")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("M", [1, 7, 64])
+@pytest.mark.parametrize("K, N", [(1024, 3088), (4096, 1024), (100, 33), (1024, 32000)])
+@pytest.mark.parametrize("gelu, with_bias", [(False, True), (True, True), (False, False)])
+def test_kernel_matches_float64_reference(dtype, M, K, N, gelu, with_bias):
+    g = torch.Generator().manual_seed(M * 100003 + K * 31 + N)
+    x = torch.randn(M, K, generator=g)
+    w = torch.randn(N, K, generator=g) / K ** 0.5
+    b = torch.randn(N, generator=g) if with_bias else None
+    xc, wc, bc = (None if t is None else t.to("cuda", dtype) for t in (x, w, b))
+    assert decode_linear_kernel_supports(xc, wc, bc)
+    poison = torch.full((2, M, N), float("nan"), device="cuda", dtype=dtype)
+    del poison
+    y = triton_decode_linear(xc, wc, bc, gelu)
+    assert y.shape == (M, N) and y.dtype == dtype and torch.isfinite(y).all()
+    ref = naive_decode_linear(xc.double().cpu(), wc.double().cpu(), None if bc is None else bc.double().cpu(), gelu)
+    assert rel_err(y.double().cpu(), ref) <= TOL[dtype]
+
+
+def test_leading_dims_are_kept():
+    x = torch.randn(4, 1, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(48, 256, device="cuda", dtype=torch.bfloat16)
+    y = triton_decode_linear(x, w, None)
+    assert y.shape == (4, 1, 48)
+    assert rel_err(y.double().cpu(), naive_decode_linear(x.double().cpu(), w.double().cpu(), None)) <= 1e-2
+
+
+def test_unsupported_inputs_are_refused():
+    w = torch.randn(32, 64, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(8, 64, device="cuda", dtype=torch.bfloat16)
+    assert decode_linear_kernel_supports(x, w, None)
+    assert not decode_linear_kernel_supports(torch.randn(65, 64, device="cuda", dtype=torch.bfloat16), w, None)
+    assert not decode_linear_kernel_supports(x.float(), w.float(), None)  # fp32: cuBLAS
+    assert not decode_linear_kernel_supports(x, w.half(), None)
+    assert not decode_linear_kernel_supports(x.cpu(), w.cpu(), None)
+    assert not decode_linear_kernel_supports(x, w.t().contiguous().t(), None)  # not dense
+    assert not decode_linear_kernel_supports(torch.randn(8, 32, device="cuda", dtype=torch.bfloat16), w, None)
+    assert not decode_linear_kernel_supports(x, w, torch.zeros(31, device="cuda", dtype=torch.bfloat16))
+
+
+def _chain(x0, layers, norm_w, norm_b):
+    """linear -> add + LayerNorm -> linear ...: every kernel reads what the one before it wrote."""
+    x, h = x0, x0
+    for w, b in layers:
+        y = triton_decode_linear(h, w, b, gelu=True)
+        x, h = cuda_add_layer_norm(x, y, norm_w, norm_b, 1e-5)
+    return x, h
+
+
+@pytest.mark.usefixtures("needs_kernels")
+def test_dependent_launch_chain_equals_serial_chain(monkeypatch):
+    """Launched early, each kernel must still wait for the one before it: the chain's result with programmatic
+    dependent launch is bit-identical to the serial one (captured in a CUDA graph too, as decoding runs it)."""
+    g = torch.Generator().manual_seed(3)
+    D = 1024
+    layers = [((torch.randn(D, D, generator=g) / 32).to("cuda", torch.bfloat16),
+               torch.randn(D, generator=g).to("cuda", torch.bfloat16)) for _ in range(12)]
+    norm_w = (torch.rand(D, generator=g) + 0.5).to("cuda", torch.bfloat16)
+    norm_b = torch.randn(D, generator=g).to("cuda", torch.bfloat16)
+    x0 = torch.randn(64, D, generator=g).to("cuda", torch.bfloat16)
+    monkeypatch.setattr(triton_linear, "USE_PDL", False)
+    serial = _chain(x0, layers, norm_w, norm_b)
+    monkeypatch.setattr(triton_linear, "USE_PDL", True)
+    for _ in range(3):
+        early = _chain(x0, layers, norm_w, norm_b)
+        assert all(torch.equal(a, b) for a, b in zip(early, serial))
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        _chain(x0, layers, norm_w, norm_b)
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph):
+        captured = _chain(x0, layers, norm_w, norm_b)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(a, b) for a, b in zip(captured, serial))
+
+
+@pytest.mark.parametrize("model_class", [RFALanguageModel, SoftmaxLanguageModel])
+def test_models_run_their_linear_layers_through_the_kernel(model_class, monkeypatch):
+    torch.manual_seed(0)
+    cfg = RFAConfig(vocab_size=300, d_model=128, n_heads=2, n_layers=3, d_ffn=256, num_features=64, gated=True,
+                    positional="sinusoidal")
+    model = model_class(cfg).eval()
+    ids = torch.randint(0, 300, (2, 9))
+    calls = []
+    real = linear_layers.triton_decode_linear
+    monkeypatch.setattr(linear_layers, "triton_decode_linear", lambda *a: calls.append(a[3]) or real(*a))
+    with torch.no_grad():
+        ref, _ = model.double()(ids)
+        out, _ = model.to("cuda", torch.bfloat16)(ids.cuda())
+    # per block: q/k/v(/gate), output projection, the first FFN linear with its GELU, the second; the LM head
+    assert calls == [False, False, True, False] * cfg.n_layers + [False]
+    assert rel_err(out.double().cpu(), ref) <= 5e-2
+    calls.clear()
+    with torch.no_grad():  # more than 64 rows: cuBLAS
+        model(torch.randint(0, 300, (2, 40)).cuda())
+    assert calls == []
