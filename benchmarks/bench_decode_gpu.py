@@ -94,7 +94,7 @@ class StaticCacheStep(torch.nn.Module):
             y = torch.nn.functional.scaled_dot_product_attention(q, kc, vc)
             y = linear(y.transpose(1, 2).reshape(B, 1, d), block.o_proj.weight, block.o_proj.bias)
             x, h = residual_norm(x, y, block.ln_ffn)
-            x, h = residual_norm(x, feed_forward(block.ffn, h), norms[i + 1])
+            x, h = residual_norm(x, feed_forward(block.ffn, h, partial_sums=True), norms[i + 1])
         return linear(h, self.m.lm_head.weight, self.m.lm_head.bias)[:, 0]
 
 

@@ -40,6 +40,32 @@ __device__ float blockSum(float v, float* scratch)
     return total;
 }
 
+// acc[e] += p[e] for VEC consecutive floats, as float4s where VEC allows (p then 16-byte aligned)
+template <int VEC>
+__device__ __forceinline__ void addFloats(float (&acc)[VEC], float const* p)
+{
+    if constexpr (VEC % 4 == 0)
+    {
+#pragma unroll
+        for (int i = 0; i < VEC / 4; ++i)
+        {
+            float4 const f = reinterpret_cast<float4 const*>(p)[i];
+            acc[4 * i] += f.x;
+            acc[4 * i + 1] += f.y;
+            acc[4 * i + 2] += f.z;
+            acc[4 * i + 3] += f.w;
+        }
+    }
+    else
+    {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e)
+        {
+            acc[e] += p[e];
+        }
+    }
+}
+
 // Thread t holds the packs t, t + kThreads, ... of its row (VEC columns each; D % VEC == 0).
 template <typename T, int VEC>
 __global__ void __launch_bounds__(kThreads) addLayerNormKernel(rfa_add_layer_norm_args_t a)
@@ -50,13 +76,18 @@ __global__ void __launch_bounds__(kThreads) addLayerNormKernel(rfa_add_layer_nor
     int const D = a.D, packs = D / VEC;
     size_t const base = size_t(blockIdx.x) * packs;
     P const* x = static_cast<P const*>(a.x) + base;
-    P const* y = a.y ? static_cast<P const*>(a.y) + base : nullptr;
+    bool const hasY = a.y != nullptr;
+    int const splits = a.y_splits > 1 ? a.y_splits : 0;
+    P const* y = hasY && !splits ? static_cast<P const*>(a.y) + base : nullptr;
+    float const* yParts = splits ? static_cast<float const*>(a.y) + base * VEC : nullptr; // split 0 of the row
+    size_t const splitStride = size_t(a.N) * D;
     P const* w = static_cast<P const*>(a.weight);
     P const* b = static_cast<P const*>(a.bias);
+    P const* yb = static_cast<P const*>(a.y_bias);
     // Every load first, weight and bias too: the compiler may not move a load ahead of a store it cannot
     // prove disjoint (the sum may alias x), and each such load would cost a memory round trip of its own.
-    // Weight and bias are no kernel's output: they load before the wait for the previous kernel.
-    P xs[kPacks], ys[kPacks], ws[kPacks], bs[kPacks];
+    // Weight and biases are no kernel's output: they load before the wait for the previous kernel.
+    P xs[kPacks], ys[kPacks], ws[kPacks], bs[kPacks], ybs[kPacks];
 #pragma unroll
     for (int j = 0; j < kPacks; ++j)
     {
@@ -67,6 +98,10 @@ __global__ void __launch_bounds__(kThreads) addLayerNormKernel(rfa_add_layer_nor
             if (b)
             {
                 bs[j] = b[c];
+            }
+            if (yb)
+            {
+                ybs[j] = yb[c];
             }
         }
     }
@@ -83,6 +118,19 @@ __global__ void __launch_bounds__(kThreads) addLayerNormKernel(rfa_add_layer_nor
             {
                 ys[j] = y[c];
             }
+            else if (splits)
+            {
+                float t[VEC] = {};
+                for (int s = 0; s < splits; ++s)
+                {
+                    addFloats<VEC>(t, yParts + s * splitStride + size_t(c) * VEC);
+                }
+#pragma unroll
+                for (int e = 0; e < VEC; ++e)
+                {
+                    ys[j].e[e] = fromFloat<T>(yb ? t[e] + toFloat(ybs[j].e[e]) : t[e]);
+                }
+            }
         }
     }
     float v[kPacks][VEC];
@@ -97,14 +145,14 @@ __global__ void __launch_bounds__(kThreads) addLayerNormKernel(rfa_add_layer_nor
 #pragma unroll
             for (int e = 0; e < VEC; ++e)
             {
-                if (y)
+                if (hasY)
                 {
                     xs[j].e[e] = fromFloat<T>(toFloat(xs[j].e[e]) + toFloat(ys[j].e[e]));
                 }
                 v[j][e] = toFloat(xs[j].e[e]);
                 partial += v[j][e];
             }
-            if (y)
+            if (hasY)
             {
                 sum[c] = xs[j];
             }
@@ -149,7 +197,7 @@ cudaError_t launchAddLayerNorm(rfa_add_layer_norm_args_t const& a, cudaStream_t 
 {
     constexpr int kVec = 16 / sizeof(T);
     bool const vector = a.D % kVec == 0 && aligned16(a.x) && aligned16(a.y) && aligned16(a.weight)
-        && aligned16(a.bias) && aligned16(a.sum) && aligned16(a.out);
+        && aligned16(a.bias) && aligned16(a.sum) && aligned16(a.out) && aligned16(a.y_bias);
     return launchDependent(vector ? addLayerNormKernel<T, kVec> : addLayerNormKernel<T, 1>, a.N, kThreads, 0, stream, a);
 }
 
@@ -168,7 +216,16 @@ int rfa_add_layer_norm_check(rfa_add_layer_norm_args_t const* a)
     {
         return RFA_ERR_DTYPE;
     }
-    if (a->N < 1 || a->D < 1 || a->D > rfa::kMaxWidth || !(a->eps >= 0.f))
+    if (a->N < 1 || a->D < 1 || a->D > rfa::kMaxWidth || !(a->eps >= 0.f) || a->y_splits < 0 || a->y_splits > 64)
+    {
+        return RFA_ERR_NORM_SHAPE;
+    }
+    bool const partials = a->y_splits > 1;
+    if (partials && !a->y)
+    {
+        return RFA_ERR_NULL;
+    }
+    if (!partials && a->y_bias)
     {
         return RFA_ERR_NORM_SHAPE;
     }

@@ -46,7 +46,7 @@ class _SoftmaxBlock(nn.Module):
             y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = linear(y.transpose(1, 2).reshape(B, T, d), self.o_proj.weight, self.o_proj.bias)
         x, h = residual_norm(x, self.drop(y), self.ln_ffn)
-        x, h = residual_norm(x, feed_forward(self.ffn, h), next_norm)
+        x, h = residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
         return x, h, (k, v)
 
 

@@ -52,7 +52,7 @@ class RFABlock(nn.Module):
         """
         y, state = self.attn(h, state, attention_mask, inplace_state)
         x, h = residual_norm(x, y, self.ln_ffn)
-        x, h = residual_norm(x, feed_forward(self.ffn, h), next_norm)
+        x, h = residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
         return x, h, state
 
 

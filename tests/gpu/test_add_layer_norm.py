@@ -98,3 +98,43 @@ def test_kernel_matches_reference_on_unaligned_rows(dtype):
     assert torch.equal(s, x + y)
     _, ref = naive_add_layer_norm(s.double().cpu(), None, w.double().cpu(), None, 1e-5)
     assert rel_err(out.double().cpu(), ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("N, D", [(64, 1024), (3, 1000), (7, 129)])
+@pytest.mark.parametrize("splits, with_y_bias", [(2, True), (4, True), (3, False)])
+def test_kernel_matches_float64_reference_with_partial_sums(dtype, N, D, splits, with_y_bias):
+    """y as a split GEMM's fp32 partial sums: the kernel adds them and y_bias, rounds once, then as above."""
+    g = torch.Generator().manual_seed(N * 7919 + D * 13 + splits)
+    x = torch.randn(N, D, generator=g) * 3 + 20
+    parts = torch.randn(splits, N, D, generator=g)
+    y_bias = torch.randn(D, generator=g) if with_y_bias else None
+    w = torch.rand(D, generator=g) + 0.5
+    b = torch.randn(D, generator=g)
+    xc, wc, bc = (t.to("cuda", dtype) for t in (x, w, b))
+    pc = parts.cuda()
+    ybc = None if y_bias is None else y_bias.to("cuda", dtype)
+    assert add_layer_norm_kernel_supports(xc, None, wc, bc, 1e-5, pc, ybc)
+    s, out = cuda_add_layer_norm(xc, None, wc, bc, 1e-5, pc, ybc)
+    assert s.dtype == out.dtype == dtype and s.shape == out.shape == (N, D)
+    ref_s, ref = naive_add_layer_norm(xc.double().cpu(), None, wc.double().cpu(), bc.double().cpu(), 1e-5,
+                                      pc.double().cpu(), None if ybc is None else ybc.double().cpu())
+    # the fp32 sum of the partials may round to the neighbour of the float64 sum's rounding: one ulp of dtype
+    assert rel_err(s.double().cpu(), ref_s) <= TOL[dtype]
+    _, ref_of_s = naive_add_layer_norm(s.double().cpu(), None, wc.double().cpu(), bc.double().cpu(), 1e-5)
+    assert rel_err(out.double().cpu(), ref_of_s) <= TOL[dtype]
+    assert rel_err(out.double().cpu(), ref) <= 5 * TOL[dtype]
+
+
+def test_partial_sums_are_refused_unless_well_formed():
+    x = torch.randn(4, 64, device="cuda", dtype=torch.bfloat16)
+    w = torch.ones(64, device="cuda", dtype=torch.bfloat16)
+    parts = torch.randn(2, 4, 64, device="cuda")
+    yb = torch.zeros(64, device="cuda", dtype=torch.bfloat16)
+    assert add_layer_norm_kernel_supports(x, None, w, None, 1e-5, parts, yb)
+    assert not add_layer_norm_kernel_supports(x, None, w, None, 1e-5, parts.half(), yb)  # partials not fp32
+    assert not add_layer_norm_kernel_supports(x, None, w, None, 1e-5, parts[:1], yb)  # one part
+    assert not add_layer_norm_kernel_supports(x, None, w, None, 1e-5, parts[:, :2], yb)  # other rows
+    assert not add_layer_norm_kernel_supports(x, x, w, None, 1e-5, parts, yb)  # y and partials
+    assert not add_layer_norm_kernel_supports(x, x, w, None, 1e-5, None, yb)  # y_bias without partials
+    assert not add_layer_norm_kernel_supports(x, None, w, None, 1e-5, parts, yb.float())  # y_bias dtype

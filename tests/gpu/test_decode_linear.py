@@ -10,7 +10,8 @@ from helpers import rel_err
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFAConfig, RFALanguageModel
 from rfa_export.ops.add_layer_norm import cuda_add_layer_norm
-from rfa_export.ops.decode_linear import decode_linear_kernel_supports, naive_decode_linear, triton_decode_linear
+from rfa_export.ops.decode_linear import (decode_linear_kernel_supports, decode_linear_splits, naive_decode_linear,
+                                         triton_decode_linear, triton_decode_linear_partials)
 
 pytestmark = pytest.mark.gpu
 
@@ -123,3 +124,41 @@ def test_models_run_their_linear_layers_through_the_kernel(model_class, monkeypa
     with torch.no_grad():  # more than 64 rows: cuBLAS
         model(torch.randint(0, 300, (2, 40)).cuda())
     assert calls == []
+
+
+@pytest.mark.parametrize("K, N, splits", [(4096, 1024, 4), (2500, 33, 2)])
+def test_partial_sums_add_up_to_the_linear_layer(K, N, splits):
+    g = torch.Generator().manual_seed(K + N)
+    x = torch.randn(64, K, generator=g).to("cuda", torch.bfloat16)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to("cuda", torch.bfloat16)
+    assert decode_linear_splits(w) == splits
+    parts = triton_decode_linear_partials(x, w, splits)
+    assert parts.shape == (splits, 64, N) and parts.dtype == torch.float32
+    ref = x.double().cpu() @ w.double().cpu().t()
+    assert rel_err(parts.sum(0).double().cpu(), ref) <= 1e-5  # fp32 accumulation of exact bf16 products
+    assert all(p.abs().max() > 0 for p in parts)  # every part holds a share of K
+    for impossible in (1, K):  # one part is no split; K parts are shorter than a K tile
+        with pytest.raises(ValueError):
+            triton_decode_linear_partials(x, w, impossible)
+
+
+@pytest.mark.usefixtures("needs_kernels")
+@pytest.mark.parametrize("model_class", [RFALanguageModel, SoftmaxLanguageModel])
+def test_models_split_deep_ffn_layers_into_the_residual_norm(model_class, monkeypatch):
+    """d_ffn 2048: the FFN's second linear runs as two partial sums that the residual norm adds up."""
+    import rfa_export.model.residual_norm as residual_norm_module
+
+    torch.manual_seed(0)
+    cfg = RFAConfig(vocab_size=300, d_model=128, n_heads=2, n_layers=2, d_ffn=2048, num_features=64, gated=True,
+                    positional="sinusoidal")
+    model = model_class(cfg).eval()
+    ids = torch.randint(0, 300, (2, 9))
+    calls = []
+    real = residual_norm_module.cuda_add_layer_norm
+    monkeypatch.setattr(residual_norm_module, "cuda_add_layer_norm",
+                        lambda *a: calls.append(len(a) > 5 and a[5] is not None) or real(*a))
+    with torch.no_grad():
+        ref, _ = model.double()(ids)
+        out, _ = model.to("cuda", torch.bfloat16)(ids.cuda())
+    assert calls == [False] + [False, True] * cfg.n_layers
+    assert rel_err(out.double().cpu(), ref) <= 5e-2

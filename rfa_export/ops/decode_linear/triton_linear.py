@@ -19,15 +19,20 @@ except ImportError:  # CPU-only installs: the model falls back to F.linear
 
 MAX_ROWS = 64
 _DTYPES = (torch.float16, torch.bfloat16)
-# benchmarks switch it off to measure what it brings
+# benchmarks switch these to measure what they bring
 USE_PDL = True
+SPLIT_K_MAX = 4
 
 if triton is not None:
     @triton.jit
-    def _decode_linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K,
-                              HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PDL: tl.constexpr,
+    def _decode_linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, K_SPLIT,
+                              HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PDL: tl.constexpr, PARTIAL: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        # program (i, j): output columns [i BN, (i + 1) BN) over K [j K_SPLIT, (j + 1) K_SPLIT); PARTIAL:
+        # its fp32 partial sum goes to y[j], without bias or GELU
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
+        k_begin = tl.program_id(1) * K_SPLIT
+        k_end = tl.minimum(K, k_begin + K_SPLIT)
         rm = tl.arange(0, BM)
         n_ok = rn < N
         if HAS_BIAS:
@@ -37,18 +42,21 @@ if triton is not None:
             # at once: triggered after the K loop instead, the model's decode step took 5-9% longer (H200)
             tl.extra.cuda.gdc_launch_dependents()
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
+        for k0 in range(k_begin, k_end, BK):
             rk = k0 + tl.arange(0, BK)
-            k_ok = rk < K
+            k_ok = rk < k_end
             x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=(rm[:, None] < M) & k_ok[None, :], other=0.0)
             w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             acc += tl.dot(x, tl.trans(w))
-        if HAS_BIAS:
-            acc += bias[None, :]
-        if GELU:
-            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-        tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=(rm[:, None] < M) & n_ok[None, :])
+        out_ok = (rm[:, None] < M) & n_ok[None, :]
+        if PARTIAL:
+            tl.store(y_ptr + tl.program_id(1) * M * N + rm[:, None] * N + rn[None, :], acc, mask=out_ok)
+        else:
+            if HAS_BIAS:
+                acc += bias[None, :]
+            if GELU:
+                acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+            tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_ok)
 
 
 def _pdl_capable(device: torch.device) -> bool:
@@ -73,23 +81,59 @@ def decode_linear_kernel_supports(x: torch.Tensor, weight: torch.Tensor, bias: O
 
 
 def _tiles(N: int, K: int):
-    """(BN, BK, num_stages), tuned on the H200 for 1-64 rows and the widths of a d_model 1024 decoder."""
+    """(BN, BK, num_stages) for N output columns and a range of K per program, tuned on the H200 for 1-64
+    rows and the widths of a d_model 1024 decoder (split over K, each program's range is 1024 deep: BK 128
+    there took 15 us less per model step than 256)."""
     BN = 16 if N <= 1024 else 32 if N <= 8192 else 64
     BK = 256 if K >= 4096 else 128
     return BN, min(BK, max(16, triton.next_power_of_2(K))), 3 if BN == 64 else 4
+
+
+def _k_range(K: int, splits: int) -> int:
+    """Length of each program's range of K for `splits` parts: a multiple of 128 (a K tile below 4096)."""
+    return K if splits == 1 else triton.cdiv(triton.cdiv(K, splits), 128) * 128
+
+
+def _launch(x, weight, bias, out, gelu: bool, k_range: int) -> None:
+    N, K = weight.shape
+    M = x.numel() // K
+    BN, BK, stages = _tiles(N, k_range)
+    pdl = USE_PDL and _pdl_capable(x.device)
+    _decode_linear_kernel[(triton.cdiv(N, BN), triton.cdiv(K, k_range))](
+        x, weight, bias if bias is not None else weight, out, M, N, K, k_range,
+        HAS_BIAS=bias is not None, GELU=gelu, PDL=pdl, PARTIAL=k_range < K, BM=max(16, triton.next_power_of_2(M)),
+        BN=BN, BK=BK, num_warps=4, num_stages=stages, launch_pdl=pdl)
 
 
 def triton_decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                          gelu: bool = False) -> torch.Tensor:
     """Same contract as naive_decode_linear (fp32 accumulation, one rounding), on x's stream; the caller
     has checked decode_linear_kernel_supports."""
+    y = torch.empty((*x.shape[:-1], weight.shape[0]), device=x.device, dtype=x.dtype)
+    _launch(x, weight, bias, y, gelu, weight.shape[1])
+    return y
+
+
+def decode_linear_splits(weight: torch.Tensor) -> int:
+    """How many parts triton_decode_linear_partials splits K into for this weight [N, K]: enough programs
+    to keep the device's memory busy when the output has few column strips (H200, d_model 1024: the FFN's
+    second layer, K 4096, runs 64 strips)."""
     N, K = weight.shape
-    M = x.numel() // K
-    y = torch.empty((*x.shape[:-1], N), device=x.device, dtype=x.dtype)
-    BN, BK, stages = _tiles(N, K)
-    pdl = USE_PDL and _pdl_capable(x.device)
-    _decode_linear_kernel[(triton.cdiv(N, BN),)](
-        x, weight, bias if bias is not None else weight, y, M, N, K,
-        HAS_BIAS=bias is not None, GELU=gelu, PDL=pdl, BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK,
-        num_warps=4, num_stages=stages, launch_pdl=pdl)
+    strips = triton.cdiv(N, _tiles(N, K)[0])
+    splits = max(1, min(SPLIT_K_MAX, K // 1024, 256 // strips))
+    return triton.cdiv(K, _k_range(K, splits))
+
+
+def triton_decode_linear_partials(x: torch.Tensor, weight: torch.Tensor, splits: int) -> torch.Tensor:
+    """x [..., K], weight [N, K] -> fp32 [S, ..., N] with S = splits: the partial sums of x W^T over S
+    consecutive ranges of K (no bias). Their sum, plus a bias and rounded, is triton_decode_linear's
+    output; the residual norm after the FFN adds them up itself (ops/add_layer_norm), which saves
+    launching a reduction. The caller has checked decode_linear_kernel_supports; `splits` comes from
+    decode_linear_splits (>= 2)."""
+    N, K = weight.shape
+    k_range = _k_range(K, splits)
+    if splits < 2 or triton.cdiv(K, k_range) != splits:
+        raise ValueError(f"cannot split K = {K} into {splits} parts (use decode_linear_splits)")
+    y = torch.empty((splits, *x.shape[:-1], N), device=x.device, dtype=torch.float32)
+    _launch(x, weight, None, y, False, k_range)
     return y
