@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import rfa_export.model.residual_norm as residual_norm_module
-from helpers import rel_err
+from helpers import rel_err, small_language_model
 from rfa_export.baselines import SoftmaxLanguageModel
-from rfa_export.model import RFAConfig, RFALanguageModel
+from rfa_export.model import RFALanguageModel
 from rfa_export.ops.add_layer_norm import add_layer_norm_kernel_supports, cuda_add_layer_norm, naive_add_layer_norm
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("needs_kernels")]
@@ -68,11 +68,7 @@ def _count_fused_calls(monkeypatch):
 
 @pytest.mark.parametrize("model_class", [RFALanguageModel, SoftmaxLanguageModel])
 def test_models_fuse_every_residual_add_with_its_norm(model_class, monkeypatch):
-    torch.manual_seed(0)
-    cfg = RFAConfig(vocab_size=300, d_model=128, n_heads=2, n_layers=3, d_ffn=256, num_features=64, gated=True,
-                    positional="sinusoidal")
-    model = model_class(cfg).eval()
-    ids = torch.randint(0, 300, (2, 9))
+    model, cfg, ids = small_language_model(model_class)
     with torch.no_grad():
         ref, _ = model.double()(ids)
         calls = _count_fused_calls(monkeypatch)

@@ -6,9 +6,9 @@ import torch
 
 import rfa_export.model.linear_layers as linear_layers
 import rfa_export.ops.decode_linear.triton_linear as triton_linear
-from helpers import rel_err
+from helpers import rel_err, small_language_model
 from rfa_export.baselines import SoftmaxLanguageModel
-from rfa_export.model import RFAConfig, RFALanguageModel
+from rfa_export.model import RFALanguageModel
 from rfa_export.ops.add_layer_norm import cuda_add_layer_norm
 from rfa_export.ops.decode_linear import (decode_linear_kernel_supports, decode_linear_splits, naive_decode_linear,
                                          triton_decode_linear, triton_decode_linear_partials)
@@ -106,11 +106,7 @@ def test_dependent_launch_chain_equals_serial_chain(monkeypatch):
 
 @pytest.mark.parametrize("model_class", [RFALanguageModel, SoftmaxLanguageModel])
 def test_models_run_their_linear_layers_through_the_kernel(model_class, monkeypatch):
-    torch.manual_seed(0)
-    cfg = RFAConfig(vocab_size=300, d_model=128, n_heads=2, n_layers=3, d_ffn=256, num_features=64, gated=True,
-                    positional="sinusoidal")
-    model = model_class(cfg).eval()
-    ids = torch.randint(0, 300, (2, 9))
+    model, cfg, ids = small_language_model(model_class)
     calls = []
     real = linear_layers.triton_decode_linear
     monkeypatch.setattr(linear_layers, "triton_decode_linear", lambda *a: calls.append(a[3]) or real(*a))
@@ -148,11 +144,7 @@ def test_models_split_deep_ffn_layers_into_the_residual_norm(model_class, monkey
     """d_ffn 2048: the FFN's second linear runs as two partial sums that the residual norm adds up."""
     import rfa_export.model.residual_norm as residual_norm_module
 
-    torch.manual_seed(0)
-    cfg = RFAConfig(vocab_size=300, d_model=128, n_heads=2, n_layers=2, d_ffn=2048, num_features=64, gated=True,
-                    positional="sinusoidal")
-    model = model_class(cfg).eval()
-    ids = torch.randint(0, 300, (2, 9))
+    model, cfg, ids = small_language_model(model_class, n_layers=2, d_ffn=2048)
     calls = []
     real = residual_norm_module.cuda_add_layer_norm
     monkeypatch.setattr(residual_norm_module, "cuda_add_layer_norm",

@@ -2,7 +2,9 @@
 
 Decoding runs each linear layer on a handful of rows: cuBLAS then spends more time in launch, ramp-up and
 a separate split-K reduction (and a separate GELU) than in reading the weights. This kernel gives each
-program a strip of output columns over all rows and the whole K, with the bias and GELU in the epilogue.
+program a strip of output columns over all rows and the whole K, with the bias and GELU in the epilogue;
+for a deep, narrow layer (few strips), triton_decode_linear_partials gives each program a range of K
+instead and leaves fp32 partial sums for the next kernel to add.
 On Hopper it is a programmatic dependent launch (plugins/kernels/dependent_launch.cuh says what that is):
 it may start while the kernel before it finishes, reading its bias before waiting for that kernel.
 """
