@@ -36,7 +36,8 @@ typedef enum
     RFA_ERR_ALIGNMENT = 7,    // a tensor pointer is not 16-byte aligned
     RFA_ERR_LAUNCH = 8,       // the CUDA launch failed (cudaGetLastError)
     RFA_ERR_FEATURE_DIMS = 9, // random features: head dim or feature count outside [1, 128]
-    RFA_ERR_NORM_SHAPE = 10   // add + layer norm: N < 1, width outside [1, 4096] or eps < 0
+    RFA_ERR_NORM_SHAPE = 10   // add + layer norm: N < 1, width outside [1, 4096], eps < 0, y_splits outside
+                              // [0, 64], or y_bias without partial sums
 } rfa_status_t;
 
 // Tensors are dense, sequence-major, as the contract says:

@@ -169,7 +169,8 @@ char const* rfa_status_string(int status)
     case RFA_ERR_ALIGNMENT: return "tensor pointers must be 16-byte aligned";
     case RFA_ERR_LAUNCH: return "CUDA launch failed";
     case RFA_ERR_FEATURE_DIMS: return "random features: dh and D must be in [1, 128]";
-    case RFA_ERR_NORM_SHAPE: return "layer norm: rows must be >= 1, width in [1, 4096], eps >= 0";
+    case RFA_ERR_NORM_SHAPE:
+        return "layer norm: rows must be >= 1, width in [1, 4096], eps >= 0, y_splits in [0, 64], y_bias only with partial sums";
     default: return "unknown status";
     }
 }

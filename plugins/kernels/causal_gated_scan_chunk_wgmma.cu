@@ -594,7 +594,7 @@ cudaError_t launchWgmmaTyped(ChunkParams const& p, cudaStream_t stream)
     }
     int const chunks = (p.T + kCw - 1) / kCw;
     int segments = 1;
-    if (p.workspace != nullptr && (reinterpret_cast<uintptr_t>(p.workspace) & 15u) == 0)
+    if (p.workspace != nullptr && aligned16(p.workspace))
     {
         size_t const slabs = p.workspaceBytes / kSlabBytes, sms = size_t(multiprocessors());
         segments = segmentCount(p.B, p.H, chunks, int(slabs < sms ? slabs : sms));

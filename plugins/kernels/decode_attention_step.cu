@@ -1,9 +1,8 @@
 // The C ABI of the fused decode step (decode_attention_step.h): checks, then the step kernel with its
 // feature prologue (causal_gated_scan_step.cu).
 #include "decode_attention_step.h"
+#include "scan_common.cuh"
 #include "scan_launch.h"
-
-#include <cstdint>
 
 extern "C" {
 
@@ -31,7 +30,7 @@ int rfa_decode_attention_step_check(rfa_decode_args_t const* a)
     {
         return RFA_ERR_SHAPE;
     }
-    if ((reinterpret_cast<uintptr_t>(a->state) & 15u) != 0)
+    if (!rfa::aligned16(a->state))
     {
         return RFA_ERR_ALIGNMENT;
     }

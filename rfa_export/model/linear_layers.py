@@ -58,8 +58,9 @@ def feed_forward(ffn: nn.Sequential, x: torch.Tensor,
         h = linear(x, fc1.weight, fc1.bias, gelu=True)
     else:
         h = act(linear(x, fc1.weight, fc1.bias))
-    if partial_sums and not (drop.training and drop.p > 0) and _decode_path(h, fc2.weight, fc2.bias):
-        splits = decode_linear_splits(fc2.weight)
-        if splits > 1:
-            return PartialSums(triton_decode_linear_partials(h, fc2.weight, splits), fc2.bias, h.dtype)
-    return drop(linear(h, fc2.weight, fc2.bias))
+    if not _decode_path(h, fc2.weight, fc2.bias):
+        return drop(F.linear(h, fc2.weight, fc2.bias))
+    splits = decode_linear_splits(fc2.weight)
+    if partial_sums and splits > 1 and not (drop.training and drop.p > 0):
+        return PartialSums(triton_decode_linear_partials(h, fc2.weight, splits), fc2.bias, h.dtype)
+    return drop(triton_decode_linear(h, fc2.weight, fc2.bias, False))

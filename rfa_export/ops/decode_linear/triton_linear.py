@@ -21,9 +21,8 @@ except ImportError:  # CPU-only installs: the model falls back to F.linear
 
 MAX_ROWS = 64
 _DTYPES = (torch.float16, torch.bfloat16)
-# benchmarks switch these to measure what they bring
-USE_PDL = True
-SPLIT_K_MAX = 4
+USE_PDL = True  # programmatic dependent launch where the device has it; tests compare with it off
+SPLIT_K_MAX = 4  # most parts decode_linear_splits splits a layer's K into
 
 if triton is not None:
     @triton.jit
