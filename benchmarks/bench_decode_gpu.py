@@ -92,7 +92,7 @@ class StaticCacheStep(torch.nn.Module):
             kc[:, :, self.L : self.L + 1].copy_(k)
             vc[:, :, self.L : self.L + 1].copy_(v)
             y = torch.nn.functional.scaled_dot_product_attention(q, kc, vc)
-            y = linear(y.transpose(1, 2).reshape(B, 1, d), block.o_proj.weight, block.o_proj.bias)
+            y = linear(y.transpose(1, 2).reshape(B, 1, d), block.o_proj.weight, block.o_proj.bias, partial_sums=True)
             x, h = residual_norm(x, y, block.ln_ffn)
             x, h = residual_norm(x, feed_forward(block.ffn, h, partial_sums=True), norms[i + 1])
         return linear(h, self.m.lm_head.weight, self.m.lm_head.bias)[:, 0]

@@ -48,12 +48,12 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
 
 
-def small_language_model(model_class, n_layers: int = 3, d_ffn: int = 256):
+def small_language_model(model_class, n_layers: int = 3, d_ffn: int = 256, d_model: int = 128):
     """(model in eval mode, its config, token ids [2, 9]): a seeded small RFALanguageModel or
-    SoftmaxLanguageModel (both take an RFAConfig), gated, sinusoidal positions."""
+    SoftmaxLanguageModel (both take an RFAConfig), gated, sinusoidal positions, head dim 64."""
     from rfa_export.model import RFAConfig
 
     torch.manual_seed(0)
-    cfg = RFAConfig(vocab_size=300, d_model=128, n_heads=2, n_layers=n_layers, d_ffn=d_ffn, num_features=64,
+    cfg = RFAConfig(vocab_size=300, d_model=d_model, n_heads=d_model // 64, n_layers=n_layers, d_ffn=d_ffn, num_features=64,
                     gated=True, positional="sinusoidal")
     return model_class(cfg).eval(), cfg, torch.randint(0, 300, (2, 9))

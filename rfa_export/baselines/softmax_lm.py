@@ -44,8 +44,9 @@ class _SoftmaxBlock(nn.Module):
             P = k.shape[2] - T
             mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(P)
             y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = linear(y.transpose(1, 2).reshape(B, T, d), self.o_proj.weight, self.o_proj.bias)
-        x, h = residual_norm(x, self.drop(y), self.ln_ffn)
+        split = not (self.drop.training and self.drop.p > 0)
+        y = linear(y.transpose(1, 2).reshape(B, T, d), self.o_proj.weight, self.o_proj.bias, partial_sums=split)
+        x, h = residual_norm(x, y if split else self.drop(y), self.ln_ffn)
         x, h = residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
         return x, h, (k, v)
 

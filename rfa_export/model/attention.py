@@ -1,6 +1,6 @@
 """RFA attention layers: causal self-attention with a recurrent state, and non-causal attention."""
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -9,7 +9,7 @@ from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_s
 from ..ops.decode_attention import cuda_decode_attention_step_, decode_attention_kernel_supports
 from .feature_maps import RandomFeatureMap
 from .inference_path import cuda_inference
-from .linear_layers import linear
+from .linear_layers import PartialSums, linear
 
 
 class _RFAHeads(nn.Module):
@@ -32,9 +32,12 @@ class _RFAHeads(nn.Module):
         """[B, T, d_model] -> [B, T, H, dh]"""
         return proj(x).unflatten(-1, (self.n_heads, self.head_dim))
 
-    def merge(self, out: torch.Tensor) -> torch.Tensor:
-        """[B, T, H, dh] -> [B, T, d_model] through the output projection."""
-        return self.dropout(linear(out.flatten(-2), self.o_proj.weight, self.o_proj.bias))
+    def merge(self, out: torch.Tensor, partial_sums: bool = False) -> Union[torch.Tensor, PartialSums]:
+        """[B, T, H, dh] -> [B, T, d_model] through the output projection; partial_sums: see linear."""
+        drop = self.dropout
+        y = linear(out.flatten(-2), self.o_proj.weight, self.o_proj.bias,
+                   partial_sums=partial_sums and not (drop.training and drop.p > 0))
+        return y if isinstance(y, PartialSums) else drop(y)
 
 
 class CausalRFASelfAttention(_RFAHeads):
@@ -49,13 +52,16 @@ class CausalRFASelfAttention(_RFAHeads):
         self.gate = nn.Linear(d_model, n_heads) if gated else None
 
     def forward(self, x: torch.Tensor, state: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, inplace_state: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                attention_mask: Optional[torch.Tensor] = None, inplace_state: bool = False,
+                partial_sums: bool = False) -> Tuple[Union[torch.Tensor, PartialSums], torch.Tensor]:
         """
         Args:
             x: [B, T, d_model]; state: [B, H, F, dh + 1] fp32 or None (zeros);
             attention_mask: [B, T], nonzero where a token is real, 0 where it is padding. A masked step
                 leaves the state unchanged.
             inplace_state: update `state` in place (decoding loops; not for training or export).
+            partial_sums: y may be the output projection's PartialSums (model/linear_layers.py), for a
+                residual_norm to add up.
         Returns:
             y [B, T, d_model], new state [B, H, F, dh + 1].
         """
@@ -64,7 +70,7 @@ class CausalRFASelfAttention(_RFAHeads):
             if x.shape[1] == 1 and inplace_state and state is not None:
                 out = self._fused_decode_step(y, state, attention_mask)
                 if out is not None:
-                    return self.merge(out[:, None]), state
+                    return self.merge(out[:, None], partial_sums), state
             qk, v, g = self._split_projection(y)
         else:
             qk = torch.stack([self.heads(self.q_proj, x), self.heads(self.k_proj, x)])
@@ -82,7 +88,7 @@ class CausalRFASelfAttention(_RFAHeads):
             out = causal_gated_scan_(q_feat, k_feat, v, g, state, self.eps)
         else:
             out, state = causal_gated_scan(q_feat, k_feat, v, g, state, self.eps)
-        return self.merge(out), state
+        return self.merge(out, partial_sums), state
 
     def _projections(self):
         return [self.q_proj, self.k_proj, self.v_proj] + ([self.gate] if self.gate is not None else [])

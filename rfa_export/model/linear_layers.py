@@ -32,35 +32,37 @@ def _decode_path(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     return decode_linear_kernel_supports(x, weight, bias)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: bool = False) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: bool = False,
+           partial_sums: bool = False) -> Union[torch.Tensor, PartialSums]:
     """F.linear(x, weight, bias), then the exact GELU when `gelu`.
 
     On the CUDA inference path with at most 64 rows (a decoding step) this is one Triton kernel
     (rfa_export/ops/decode_linear): the GEMM, the bias and the GELU together, launched so that it may start
     while the kernel before it finishes.
+    partial_sums: the caller takes PartialSums (residual_norm does). On the decode path a layer with a deep
+    inner dimension for its few output column strips then runs split over it (decode_linear_splits), and
+    the residual norm that follows adds its partial sums up instead of a reduction kernel of their own.
     """
-    if _decode_path(x, weight, bias):
-        return triton_decode_linear(x, weight, bias, gelu)
-    y = F.linear(x, weight, bias)
-    return F.gelu(y) if gelu else y
+    if not _decode_path(x, weight, bias):
+        y = F.linear(x, weight, bias)
+        return F.gelu(y) if gelu else y
+    if partial_sums and not gelu:
+        splits = decode_linear_splits(weight)
+        if splits > 1:
+            return PartialSums(triton_decode_linear_partials(x, weight, splits), bias, x.dtype)
+    return triton_decode_linear(x, weight, bias, gelu)
 
 
 def feed_forward(ffn: nn.Sequential, x: torch.Tensor,
                  partial_sums: bool = False) -> Union[torch.Tensor, PartialSums]:
     """ffn(x) for a block's Linear, GELU, Linear, Dropout, with the first linear and its GELU as one call.
 
-    partial_sums: the caller takes PartialSums (residual_norm does); on the decode path a second linear
-    with a deep inner dimension (few output strips) then runs split over it, and its partial sums are added
-    by the residual norm that follows instead of by a reduction kernel of their own.
+    partial_sums: the second linear's output may be PartialSums (see linear).
     """
     fc1, act, fc2, drop = ffn
     if isinstance(act, nn.GELU) and act.approximate == "none":
         h = linear(x, fc1.weight, fc1.bias, gelu=True)
     else:
         h = act(linear(x, fc1.weight, fc1.bias))
-    if not _decode_path(h, fc2.weight, fc2.bias):
-        return drop(F.linear(h, fc2.weight, fc2.bias))
-    splits = decode_linear_splits(fc2.weight)
-    if partial_sums and splits > 1 and not (drop.training and drop.p > 0):
-        return PartialSums(triton_decode_linear_partials(h, fc2.weight, splits), fc2.bias, h.dtype)
-    return drop(triton_decode_linear(h, fc2.weight, fc2.bias, False))
+    y = linear(h, fc2.weight, fc2.bias, partial_sums=partial_sums and not (drop.training and drop.p > 0))
+    return y if isinstance(y, PartialSums) else drop(y)

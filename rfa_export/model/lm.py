@@ -50,7 +50,7 @@ class RFABlock(nn.Module):
 
         x: the residual stream, h = ln_attn(x) -> (the block's output, next_norm of it or None, new state).
         """
-        y, state = self.attn(h, state, attention_mask, inplace_state)
+        y, state = self.attn(h, state, attention_mask, inplace_state, partial_sums=True)
         x, h = residual_norm(x, y, self.ln_ffn)
         x, h = residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
         return x, h, state

@@ -122,7 +122,7 @@ def test_models_run_their_linear_layers_through_the_kernel(model_class, monkeypa
     assert calls == []
 
 
-@pytest.mark.parametrize("K, N, splits", [(4096, 1024, 4), (2500, 33, 2)])
+@pytest.mark.parametrize("K, N, splits", [(4096, 1024, 4), (1024, 1024, 2), (2500, 33, 4)])
 def test_partial_sums_add_up_to_the_linear_layer(K, N, splits):
     g = torch.Generator().manual_seed(K + N)
     x = torch.randn(64, K, generator=g).to("cuda", torch.bfloat16)
@@ -140,11 +140,13 @@ def test_partial_sums_add_up_to_the_linear_layer(K, N, splits):
 
 @pytest.mark.usefixtures("needs_kernels")
 @pytest.mark.parametrize("model_class", [RFALanguageModel, SoftmaxLanguageModel])
-def test_models_split_deep_ffn_layers_into_the_residual_norm(model_class, monkeypatch):
-    """d_ffn 2048: the FFN's second linear runs as two partial sums that the residual norm adds up."""
+@pytest.mark.parametrize("d_model, split_output_projection", [(128, False), (1024, True)])
+def test_models_split_deep_layers_into_the_residual_norm(model_class, d_model, split_output_projection, monkeypatch):
+    """d_ffn 2048: the FFN's second linear runs as partial sums that the residual norm adds up; so does the
+    attention's output projection where it is 1024 deep (d_model 128: too shallow to split)."""
     import rfa_export.model.residual_norm as residual_norm_module
 
-    model, cfg, ids = small_language_model(model_class, n_layers=2, d_ffn=2048)
+    model, cfg, ids = small_language_model(model_class, n_layers=2, d_ffn=2048, d_model=d_model)
     calls = []
     real = residual_norm_module.cuda_add_layer_norm
     monkeypatch.setattr(residual_norm_module, "cuda_add_layer_norm",
@@ -152,5 +154,5 @@ def test_models_split_deep_ffn_layers_into_the_residual_norm(model_class, monkey
     with torch.no_grad():
         ref, _ = model.double()(ids)
         out, _ = model.to("cuda", torch.bfloat16)(ids.cuda())
-    assert calls == [False] + [False, True] * cfg.n_layers
+    assert calls == [False] + [split_output_projection, True] * cfg.n_layers
     assert rel_err(out.double().cpu(), ref) <= 5e-2

@@ -23,6 +23,7 @@ MAX_ROWS = 64
 _DTYPES = (torch.float16, torch.bfloat16)
 USE_PDL = True  # programmatic dependent launch where the device has it; tests compare with it off
 SPLIT_K_MAX = 4  # most parts decode_linear_splits splits a layer's K into
+SPLIT_K_MIN_RANGE = 512  # shortest range of K a part gets (the output projection, K 1024, in 2 parts)
 
 if triton is not None:
     @triton.jit
@@ -118,10 +119,11 @@ def triton_decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
 def decode_linear_splits(weight: torch.Tensor) -> int:
     """How many parts triton_decode_linear_partials splits K into for this weight [N, K]: enough programs
     to keep the device's memory busy when the output has few column strips (H200, d_model 1024: the FFN's
-    second layer, K 4096, runs 64 strips)."""
+    second layer, K 4096, and the attention's output projection, K 1024, run 64 strips each: 4 and 2
+    parts)."""
     N, K = weight.shape
     strips = triton.cdiv(N, _tiles(N, K)[0])
-    splits = max(1, min(SPLIT_K_MAX, K // 1024, 256 // strips))
+    splits = max(1, min(SPLIT_K_MAX, K // SPLIT_K_MIN_RANGE, 256 // strips))
     return triton.cdiv(K, _k_range(K, splits))
 
 
