@@ -54,6 +54,6 @@ def small_language_model(model_class, n_layers: int = 3, d_ffn: int = 256, d_mod
     from rfa_export.model import RFAConfig
 
     torch.manual_seed(0)
-    cfg = RFAConfig(vocab_size=300, d_model=d_model, n_heads=d_model // 64, n_layers=n_layers, d_ffn=d_ffn, num_features=64,
-                    gated=True, positional="sinusoidal")
+    cfg = RFAConfig(vocab_size=300, d_model=d_model, n_heads=d_model // 64, n_layers=n_layers, d_ffn=d_ffn,
+                    num_features=64, gated=True, positional="sinusoidal")
     return model_class(cfg).eval(), cfg, torch.randint(0, 300, (2, 9))

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..model.config import RFAConfig
 from ..model.lm import sinusoidal_positions
-from ..model.linear_layers import feed_forward, linear
+from ..model.linear_layers import feed_forward, linear, linear_dropout
 from ..model.residual_norm import residual_norm
 
 KVCache = List[Tuple[torch.Tensor, torch.Tensor]]
@@ -44,9 +44,9 @@ class _SoftmaxBlock(nn.Module):
             P = k.shape[2] - T
             mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(P)
             y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        split = not (self.drop.training and self.drop.p > 0)
-        y = linear(y.transpose(1, 2).reshape(B, T, d), self.o_proj.weight, self.o_proj.bias, partial_sums=split)
-        x, h = residual_norm(x, y if split else self.drop(y), self.ln_ffn)
+        y = linear_dropout(y.transpose(1, 2).reshape(B, T, d), self.o_proj.weight, self.o_proj.bias, self.drop,
+                           partial_sums=True)
+        x, h = residual_norm(x, y, self.ln_ffn)
         x, h = residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
         return x, h, (k, v)
 

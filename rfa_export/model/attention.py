@@ -9,7 +9,7 @@ from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_s
 from ..ops.decode_attention import cuda_decode_attention_step_, decode_attention_kernel_supports
 from .feature_maps import RandomFeatureMap
 from .inference_path import cuda_inference
-from .linear_layers import PartialSums, linear
+from .linear_layers import PartialSums, linear, linear_dropout
 
 
 class _RFAHeads(nn.Module):
@@ -34,10 +34,7 @@ class _RFAHeads(nn.Module):
 
     def merge(self, out: torch.Tensor, partial_sums: bool = False) -> Union[torch.Tensor, PartialSums]:
         """[B, T, H, dh] -> [B, T, d_model] through the output projection; partial_sums: see linear."""
-        drop = self.dropout
-        y = linear(out.flatten(-2), self.o_proj.weight, self.o_proj.bias,
-                   partial_sums=partial_sums and not (drop.training and drop.p > 0))
-        return y if isinstance(y, PartialSums) else drop(y)
+        return linear_dropout(out.flatten(-2), self.o_proj.weight, self.o_proj.bias, self.dropout, partial_sums)
 
 
 class CausalRFASelfAttention(_RFAHeads):

@@ -53,6 +53,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
     return triton_decode_linear(x, weight, bias, gelu)
 
 
+def linear_dropout(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dropout: nn.Dropout,
+                   partial_sums: bool = False) -> Union[torch.Tensor, PartialSums]:
+    """dropout(linear(x, weight, bias)); with partial_sums, the linear's PartialSums where dropout does
+    nothing (eval mode or p = 0), since dropout cannot act on partial sums."""
+    active = dropout.training and dropout.p > 0
+    y = linear(x, weight, bias, partial_sums=partial_sums and not active)
+    return y if isinstance(y, PartialSums) else dropout(y)
+
+
 def feed_forward(ffn: nn.Sequential, x: torch.Tensor,
                  partial_sums: bool = False) -> Union[torch.Tensor, PartialSums]:
     """ffn(x) for a block's Linear, GELU, Linear, Dropout, with the first linear and its GELU as one call.
@@ -64,5 +73,4 @@ def feed_forward(ffn: nn.Sequential, x: torch.Tensor,
         h = linear(x, fc1.weight, fc1.bias, gelu=True)
     else:
         h = act(linear(x, fc1.weight, fc1.bias))
-    y = linear(h, fc2.weight, fc2.bias, partial_sums=partial_sums and not (drop.training and drop.p > 0))
-    return y if isinstance(y, PartialSums) else drop(y)
+    return linear_dropout(h, fc2.weight, fc2.bias, drop, partial_sums)
