@@ -74,7 +74,8 @@ def _chain(x0, layers, norm_w, norm_b):
 
 
 @pytest.mark.usefixtures("needs_kernels")
-def test_dependent_launch_chain_equals_serial_chain(monkeypatch):
+@pytest.mark.parametrize("rows", [64, 1], ids=["64rows", "1row_weights_read_before_the_wait"])
+def test_dependent_launch_chain_equals_serial_chain(rows, monkeypatch):
     """Launched early, each kernel must still wait for the one before it: the chain's result with programmatic
     dependent launch is bit-identical to the serial one (captured in a CUDA graph too, as decoding runs it)."""
     g = torch.Generator().manual_seed(3)
@@ -83,7 +84,7 @@ def test_dependent_launch_chain_equals_serial_chain(monkeypatch):
                torch.randn(D, generator=g).to("cuda", torch.bfloat16)) for _ in range(12)]
     norm_w = (torch.rand(D, generator=g) + 0.5).to("cuda", torch.bfloat16)
     norm_b = torch.randn(D, generator=g).to("cuda", torch.bfloat16)
-    x0 = torch.randn(64, D, generator=g).to("cuda", torch.bfloat16)
+    x0 = torch.randn(rows, D, generator=g).to("cuda", torch.bfloat16)
     monkeypatch.setattr(triton_linear, "USE_PDL", False)
     serial = _chain(x0, layers, norm_w, norm_b)
     monkeypatch.setattr(triton_linear, "USE_PDL", True)
