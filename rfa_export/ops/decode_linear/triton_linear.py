@@ -24,10 +24,16 @@ MAX_ROWS = 64
 _DTYPES = (torch.float16, torch.bfloat16)
 USE_PDL = True  # programmatic dependent launch where the device has it; tests compare with it off
 SPLIT_K_MAX = 4  # most parts decode_linear_splits splits a layer's K into
-PRELOAD_MAX_ROWS = 4  # up to this many rows the first two weight tiles are read before the wait (_launch)
 SPLIT_K_MIN_RANGE = 512  # shortest range of K a part gets (the output projection, K 1024, in 2 parts)
+PRELOAD_MAX_ROWS = 4  # up to this many rows the first two weight tiles are read before the wait (_launch)
 
 if triton is not None:
+    @triton.jit
+    def _tile(ptr, rows, rows_ok, K, k0, k_end, BK: tl.constexpr):
+        """The [rows, BK] tile of a row-major [*, K] matrix at columns k0.., zero outside rows_ok and k_end."""
+        rk = k0 + tl.arange(0, BK)
+        return tl.load(ptr + rows[:, None] * K + rk[None, :], mask=rows_ok[:, None] & (rk < k_end)[None, :], other=0.0)
+
     @triton.jit
     def _decode_linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, K_SPLIT,
                               HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PDL: tl.constexpr, PARTIAL: tl.constexpr,
@@ -39,38 +45,25 @@ if triton is not None:
         k_end = tl.minimum(K, k_begin + K_SPLIT)
         rm = tl.arange(0, BM)
         n_ok = rn < N
+        m_ok = rm < M
         if HAS_BIAS:
             bias = tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-        # The weights of the first PRELOAD K tiles are read before waiting for the kernel before: they do
-        # not depend on it (PRELOAD_MAX_ROWS says where this is done).
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        rk_a = k_begin + tl.arange(0, BK)
-        rk_b = k_begin + BK + tl.arange(0, BK)
-        if PRELOAD >= 1:
-            w_a = tl.load(w_ptr + rn[:, None] * K + rk_a[None, :], mask=n_ok[:, None] & (rk_a < k_end)[None, :],
-                          other=0.0)
-        if PRELOAD >= 2:
-            w_b = tl.load(w_ptr + rn[:, None] * K + rk_b[None, :], mask=n_ok[:, None] & (rk_b < k_end)[None, :],
-                          other=0.0)
+        # PRELOAD: the weights of the first two K tiles are read before waiting for the kernel before, as
+        # they do not depend on it (_launch says where)
+        if PRELOAD:
+            w_first = _tile(w_ptr, rn, n_ok, K, k_begin, k_end, BK)
+            w_second = _tile(w_ptr, rn, n_ok, K, k_begin + BK, k_end, BK)
         if PDL:
             tl.extra.cuda.gdc_wait()
             # at once: triggered after the K loop instead, the model's decode step took 5-9% longer (H200)
             tl.extra.cuda.gdc_launch_dependents()
-        if PRELOAD >= 1:
-            x = tl.load(x_ptr + rm[:, None] * K + rk_a[None, :], mask=(rm[:, None] < M) & (rk_a < k_end)[None, :],
-                        other=0.0)
-            acc += tl.dot(x, tl.trans(w_a))
-        if PRELOAD >= 2:
-            x = tl.load(x_ptr + rm[:, None] * K + rk_b[None, :], mask=(rm[:, None] < M) & (rk_b < k_end)[None, :],
-                        other=0.0)
-            acc += tl.dot(x, tl.trans(w_b))
-        for k0 in range(k_begin + PRELOAD * BK, k_end, BK):
-            rk = k0 + tl.arange(0, BK)
-            k_ok = rk < k_end
-            x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=(rm[:, None] < M) & k_ok[None, :], other=0.0)
-            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            acc += tl.dot(x, tl.trans(w))
-        out_ok = (rm[:, None] < M) & n_ok[None, :]
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        if PRELOAD:
+            acc += tl.dot(_tile(x_ptr, rm, m_ok, K, k_begin, k_end, BK), tl.trans(w_first))
+            acc += tl.dot(_tile(x_ptr, rm, m_ok, K, k_begin + BK, k_end, BK), tl.trans(w_second))
+        for k0 in range(k_begin + (2 * BK if PRELOAD else 0), k_end, BK):
+            acc += tl.dot(_tile(x_ptr, rm, m_ok, K, k0, k_end, BK), tl.trans(_tile(w_ptr, rn, n_ok, K, k0, k_end, BK)))
+        out_ok = m_ok[:, None] & n_ok[None, :]
         if PARTIAL:
             tl.store(y_ptr + tl.program_id(1) * M * N + rm[:, None] * N + rn[None, :], acc, mask=out_ok)
         else:
@@ -124,7 +117,7 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int) -> None:
     # H200, d_model 1024 decoder steps with it: the RFA model 6% faster at 1 row and 2% at 4, the softmax
     # model unchanged at both; with more rows the early reads compete with the kernel before for memory
     # (the softmax model 5% slower at 16 rows, both models 7% slower at 64)
-    preload = 2 if pdl and M <= PRELOAD_MAX_ROWS else 0
+    preload = pdl and M <= PRELOAD_MAX_ROWS
     _decode_linear_kernel[(triton.cdiv(N, BN), triton.cdiv(K, k_range))](
         x, weight, bias if bias is not None else weight, out, M, N, K, k_range,
         HAS_BIAS=bias is not None, GELU=gelu, PDL=pdl, PARTIAL=k_range < K, PRELOAD=preload,
