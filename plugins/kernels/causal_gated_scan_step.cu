@@ -127,6 +127,60 @@ __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, 
     }
 }
 
+constexpr int kMaxProjParts = 4; // rfa_decode_args_t::proj_parts
+
+// Part 2 instead, where the projections were made before (p.proj, decode_attention_step.h): no W~, no
+// normalisation pass, one round of loads.
+template <typename T>
+__device__ void mapProjectedFeatures(StepParams const& p, int b, int h, float2* qk)
+{
+    int const D = p.D, parts = p.projParts, width = D + 1;
+    bool const gaussian = p.featureKind == RFA_FEATURES_GAUSSIAN;
+    float const scale = featureScale(gaussian, D);
+    auto rounded = [](float f) { return toFloat(fromFloat<T>(f)); };
+    float const* const pq = p.proj + ((size_t) b * p.H + h) * 2 * parts * width; // [2][parts][D + 1]
+    float const* const pk = pq + parts * width;
+    for (int d = threadIdx.x; d < D; d += blockDim.x)
+    {
+        // every load issued before the first add: one memory round trip, not one per part
+        float lq[kMaxProjParts], lk[kMaxProjParts], nq[kMaxProjParts], nk[kMaxProjParts];
+#pragma unroll
+        for (int m = 0; m < kMaxProjParts; ++m)
+        {
+            if (m < parts)
+            {
+                lq[m] = pq[m * width + d];
+                lk[m] = pk[m * width + d];
+                nq[m] = pq[m * width + D];
+                nk[m] = pk[m * width + D];
+            }
+        }
+        float xq = 0.f, xk = 0.f, sq = 0.f, sk = 0.f;
+#pragma unroll
+        for (int m = 0; m < kMaxProjParts; ++m)
+        {
+            if (m < parts)
+            {
+                xq += lq[m];
+                xk += lk[m];
+                sq += nq[m];
+                sk += nk[m];
+            }
+        }
+        float2 const fq = featurePair(gaussian, xq * inverseNorm(sq), scale);
+        float2 const fk = featurePair(gaussian, xk * inverseNorm(sk), scale);
+        qk[d] = make_float2(rounded(fq.x), rounded(fk.x));
+        if (gaussian)
+        {
+            qk[D + d] = make_float2(rounded(fq.y), rounded(fk.y));
+        }
+    }
+    if (threadIdx.x == 0)
+    {
+        qk[p.F] = make_float2(0.f, 0.f);
+    }
+}
+
 // kMaxThreads / kMinBlocks: launch bounds. Staged (Dv <= 64): 288 / 5 (B256 on the H200: 72.8 us, against
 // 79.6 us for registers with three blocks, which spilled, and 72.1 us with four blocks of four-float4
 // batches, which fell to 87 us in place); 512 for Dv <= 112, 1024 beyond.
@@ -177,7 +231,10 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     };
     if constexpr (kMapFeatures)
     {
-        stageRandomMatrix<T>(p, h, wsm);
+        if (!p.proj)
+        {
+            stageRandomMatrix<T>(p, h, wsm);
+        }
     }
     // Either way the state loads go out before the q, k, v loads: the two latencies overlap.
     if constexpr (kStaged)
@@ -230,7 +287,14 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     bool masked = false;
     if constexpr (kMapFeatures)
     {
-        mapFeatures<T, kStaged ? 1 : 0>(p, q, k, h, qk, xs, wsm);
+        if (p.proj)
+        {
+            mapProjectedFeatures<T>(p, b, h, qk);
+        }
+        else
+        {
+            mapFeatures<T, kStaged ? 1 : 0>(p, q, k, h, qk, xs, wsm);
+        }
         // as torch.sigmoid on a T tensor: computed in fp32, rounded to T
         gate = toFloat(fromFloat<T>(1.f / (1.f + expf(-gate))));
         masked = p.keepMask != nullptr && p.keepMask[b] == 0;

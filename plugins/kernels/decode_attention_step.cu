@@ -34,6 +34,10 @@ int rfa_decode_attention_step_check(rfa_decode_args_t const* a)
     {
         return RFA_ERR_ALIGNMENT;
     }
+    if (a->proj && (a->proj_parts < 1 || a->proj_parts > 4 || a->dh % a->proj_parts))
+    {
+        return RFA_ERR_SHAPE;
+    }
     return RFA_OK;
 }
 
@@ -63,6 +67,8 @@ int rfa_decode_attention_step(rfa_decode_args_t const* a, cudaStream_t stream)
     p.stateOut = a->state;
     p.out = a->out;
     p.overlapStateLoad = a->overlap_state_load != 0;
+    p.proj = a->proj;
+    p.projParts = a->proj ? a->proj_parts : 0;
     p.qkBatchStride = p.vBatchStride = p.gBatchStride = size_t(a->row_stride);
     p.outBatchStride = size_t(a->H) * a->dh;
     return rfa::launchDecodeStep(p, a->dtype, stream) == cudaSuccess ? RFA_OK : RFA_ERR_LAUNCH;

@@ -19,6 +19,11 @@ extern "C" {
 // dependent launch and starts loading the state and w_tilde while the kernel launched just before it on the
 // stream is still running; q, k, v, gate_logits and keep are read only after that kernel has finished. Set
 // it only when that kernel writes neither the state nor w_tilde (a decoding loop's q/k/v projection).
+// proj (may be null): the projections of q and k made before this launch (the q/k/v GEMM's epilogue,
+// rfa_export/ops/decode_linear), fp32 [B, H, 2 (q, k), proj_parts, D + 1]: part m holds, over the m-th of
+// proj_parts equal ranges of dh, sum_j W~[h, d, j] sigma[h, j] x_j for d < D and sum_j x_j^2 at D. With it the
+// kernel reads neither q, k, sigma nor w_tilde: p_d = (sum over the parts) / max(|x|, 1e-6), |x|^2 the sum
+// of the parts' squares, then the feature map as random_features.h (same results up to fp32 rounding).
 typedef struct
 {
     int B, H, dh, D;
@@ -36,10 +41,13 @@ typedef struct
     float* state;
     void* out;
     int overlap_state_load;
+    const float* proj;
+    int proj_parts;
 } rfa_decode_args_t;
 
 // 0 when supported: B, H >= 1; dh and D in [1, 128] with F and dh multiples of 16 in [16, 256] (the step
-// kernel's sizes); kind and dtype valid; required pointers set; state 16-byte aligned; row_stride >= H * dh.
+// kernel's sizes); kind and dtype valid; required pointers set; state 16-byte aligned; row_stride >= H * dh;
+// proj null or proj_parts in [1, 4] dividing dh.
 RFA_API int rfa_decode_attention_step_check(const rfa_decode_args_t* args);
 RFA_API int rfa_decode_attention_step(const rfa_decode_args_t* args, cudaStream_t stream);
 

@@ -9,7 +9,7 @@ from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_s
 from ..ops.decode_attention import cuda_decode_attention_step_, decode_attention_kernel_supports
 from .feature_maps import RandomFeatureMap
 from .inference_path import cuda_inference
-from .linear_layers import PartialSums, linear, linear_dropout
+from .linear_layers import PartialSums, linear, linear_dropout, linear_projecting_features
 
 
 class _RFAHeads(nn.Module):
@@ -63,9 +63,10 @@ class CausalRFASelfAttention(_RFAHeads):
             y [B, T, d_model], new state [B, H, F, dh + 1].
         """
         if cuda_inference(x, *self._projections()):
-            y = self._fused_projection(x)
-            if x.shape[1] == 1 and inplace_state and state is not None:
-                out = self._fused_decode_step(y, state, attention_mask)
+            decoding = x.shape[1] == 1 and inplace_state and state is not None
+            y, proj = self._fused_projection(x, decoding)
+            if decoding:
+                out = self._fused_decode_step(y, state, attention_mask, proj)
                 if out is not None:
                     return self.merge(out[:, None], partial_sums), state
             qk, v, g = self._split_projection(y)
@@ -93,17 +94,21 @@ class CausalRFASelfAttention(_RFAHeads):
     def _projection_params(self):
         return [t for lin in self._projections() for t in (lin.weight, lin.bias)]
 
-    def _fused_projection(self, x: torch.Tensor) -> torch.Tensor:
+    def _fused_projection(self, x: torch.Tensor, feature_projections: bool = False):
         """q, k, v and the gate logits through one GEMM (inference on CUDA: decoding is launch-bound):
-        [B, T, d_model] -> [B, T, 3 d_model (+ H)]. The concatenated weight is cached and rebuilt whenever a
-        source parameter changes (its storage or version counter)."""
+        [B, T, d_model] -> ([B, T, 3 d_model (+ H)], proj). The concatenated weight is cached and rebuilt
+        whenever a source parameter changes (its storage or version counter). feature_projections: the GEMM
+        may also project q and k for the decode step kernel (linear_projecting_features); proj is None
+        otherwise."""
         linears = self._projections()
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._projection_params())
         if getattr(self, "_fused_key", None) != key:
             self._fused_weight = torch.cat([lin.weight for lin in linears])
             self._fused_bias = torch.cat([lin.bias for lin in linears])
             self._fused_key = key
-        return linear(x, self._fused_weight, self._fused_bias)
+        if feature_projections:
+            return linear_projecting_features(x, self._fused_weight, self._fused_bias, self.phi.sigma, self.phi.w_tilde)
+        return linear(x, self._fused_weight, self._fused_bias), None
 
     def _split_projection(self, y: torch.Tensor):
         """[B, T, 3 d_model (+ H)] -> qk [2, B, T, H, dh], v [B, T, H, dh], gate logits [B, T, H] or None (views)."""
@@ -112,10 +117,11 @@ class CausalRFASelfAttention(_RFAHeads):
         v = y[..., 2 * d : 3 * d].unflatten(-1, (self.n_heads, self.head_dim))
         return qk, v, (y[..., 3 * d :] if self.gate is not None else None)
 
-    def _fused_decode_step(self, y: torch.Tensor, state: torch.Tensor, attention_mask: Optional[torch.Tensor]):
-        """One decoding step (T = 1) as one kernel: features, gate and scan step, `state` updated in place.
-        Returns out [B, H, dh], or None where the kernel does not take these inputs (the caller then runs
-        the composed path)."""
+    def _fused_decode_step(self, y: torch.Tensor, state: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                           proj: Optional[torch.Tensor] = None):
+        """One decoding step (T = 1) as one kernel: features, gate and scan step, `state` updated in place;
+        proj: q's and k's projections from the GEMM that made y, or None. Returns out [B, H, dh], or None
+        where the kernel does not take these inputs (the caller then runs the composed path)."""
         d = self.n_heads * self.head_dim
         row = y[:, 0]
         q, k, v = (row[:, i * d : (i + 1) * d].unflatten(-1, (self.n_heads, self.head_dim)) for i in range(3))
@@ -127,7 +133,7 @@ class CausalRFASelfAttention(_RFAHeads):
             return None
         # the kernels launched since the projection (y) wrote neither the state nor W~
         return cuda_decode_attention_step_(q, k, v, gate_logits, *features, state, self.eps, keep,
-                                           overlap_state_load=True)
+                                           overlap_state_load=True, proj=proj)
 
 
 class RFAAttention(_RFAHeads):

@@ -1,13 +1,13 @@
 """Linear layers and the feed-forward of a block, with a one-kernel path for decode-sized inputs."""
 
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..ops.decode_linear import (decode_linear_kernel_supports, decode_linear_splits, triton_decode_linear,
-                                 triton_decode_linear_partials)
+from ..ops.decode_linear import (decode_linear_kernel_supports, decode_linear_projection_parts, decode_linear_splits,
+                                 triton_decode_linear, triton_decode_linear_partials, triton_decode_linear_projected)
 from .inference_path import cuda_inference
 
 
@@ -51,6 +51,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
         if splits > 1:
             return PartialSums(triton_decode_linear_partials(x, weight, splits), bias, x.dtype)
     return triton_decode_linear(x, weight, bias, gelu)
+
+
+def linear_projecting_features(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], sigma: torch.Tensor,
+                               w_tilde: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(linear(x, weight, bias), proj): the fused q/k/v projection of a decoding step, which on the one-kernel
+    path also projects q and k for their random features (ops/decode_linear's triton_decode_linear_projected:
+    the decode step kernel then skips that work); proj is None where that path does not take the inputs."""
+    if _decode_path(x, weight, bias) and decode_linear_projection_parts(x, weight, sigma, w_tilde):
+        return triton_decode_linear_projected(x, weight, bias, sigma, w_tilde)
+    return linear(x, weight, bias), None
 
 
 def linear_dropout(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dropout: nn.Dropout,

@@ -64,6 +64,85 @@ def test_kernel_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
         assert torch.equal(state[1], before[1])  # the padding step left its state exactly as it was
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("kind, gated", [("gaussian", True), ("arccos", False)])
+@pytest.mark.parametrize("B, H, dh, D", [(5, 4, 64, 64), (64, 16, 64, 64), (2, 3, 32, 128)])
+def test_step_from_projections_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
+    """The step fed the projections the q/k/v GEMM made (proj) instead of q and k: against the float64
+    step of the same q, k, v, and within the same tolerance of the step that projects q and k itself."""
+    from rfa_export.ops.decode_linear import triton_decode_linear_projected
+    from rfa_export.ops.decode_linear.triton_linear import triton
+
+    if triton is None:
+        pytest.skip("triton not installed")
+    F = 2 * D if kind == "gaussian" else D
+    g = torch.Generator().manual_seed(zlib.crc32(f"proj {kind} {gated} {B} {H} {dh} {D}".encode()))
+    K, d = 128, H * dh
+    x = torch.randn(B, K, generator=g).to("cuda", dtype)
+    weight = (torch.randn(3 * d + (H if gated else 0), K, generator=g) / K ** 0.5 * 2).to("cuda", dtype)
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to("cuda", dtype)
+    w = torch.randn(H, D, dh, generator=g).to("cuda", dtype)
+    y, proj = triton_decode_linear_projected(x, weight, None, sigma, w)
+    q, k, v = (y[:, i * d : (i + 1) * d].unflatten(-1, (H, dh)) for i in range(3))
+    logits = y[:, 3 * d :] if gated else None
+    state = prefix_state(B, H, dh, kind, sigma, w, g).cuda()
+    keep = (torch.arange(B) % 3 != 1).to(torch.int64).cuda()
+    ref_out, ref_state = naive_decode_attention_step(
+        *(t.double().cpu() for t in (q, k, v)), None if logits is None else logits.double().cpu(),
+        sigma.double().cpu(), w.double().cpu(), kind, state.double().cpu(), keep=keep.cpu(), round_to=dtype)
+    own_state = state.clone()
+    own_out = cuda_decode_attention_step_(q, k, v, logits, sigma, w, kind, own_state, 1e-6, keep)
+    before = state.clone()
+    out = cuda_decode_attention_step_(q, k, v, logits, sigma, w, kind, state, 1e-6, keep, proj=proj)
+    assert torch.isfinite(out).all() and state.shape == (B, H, F, dh + 1)
+    for got, own, ref in ((out, own_out, ref_out), (state, own_state, ref_state)):
+        assert rel_err(got.double().cpu(), ref) <= TOL[dtype]
+        assert rel_err(got.double().cpu(), own.double().cpu()) <= TOL[dtype]
+    assert torch.equal(state[1], before[1])
+    with pytest.raises(ValueError, match="proj must be"):
+        cuda_decode_attention_step_(q, k, v, logits, sigma, w, kind, state, 1e-6, keep, proj=proj[:, :, :1])
+
+
+def test_half_precision_model_steps_from_projections(monkeypatch):
+    """A bf16 model decodes with its q/k/v GEMM projecting q and k for the step kernel: one projecting GEMM
+    per layer and step, and the same logits and states, within bf16 rounding, as steps where the step
+    kernel projects q and k itself, and as the float64 model."""
+    import rfa_export.model.linear_layers as linear_layers
+    from rfa_export.ops.decode_linear.triton_linear import triton
+
+    if triton is None:
+        pytest.skip("triton not installed")
+    torch.manual_seed(0)
+    cfg = RFAConfig(vocab_size=300, d_model=256, n_heads=4, n_layers=2, d_ffn=512, num_features=64, gated=True,
+                    positional="none")
+    model = RFALanguageModel(cfg).eval()
+    ids, more = torch.randint(0, 300, (5, 12)), torch.randint(0, 300, (5, 3))
+    with torch.no_grad():
+        ref, _ = model.double()(torch.cat([ids, more], 1))
+        cuda = model.to("cuda", torch.bfloat16)
+        _, prefix = cuda(ids.cuda())
+    calls = []
+    real = linear_layers.triton_decode_linear_projected
+    monkeypatch.setattr(linear_layers, "triton_decode_linear_projected", lambda *a: calls.append(1) or real(*a))
+
+    def decode(state):
+        logits = []
+        with torch.no_grad():
+            for t in range(more.shape[1]):
+                out, _ = cuda.step(more[:, t].cuda(), state, torch.full((5,), 12 + t, device="cuda"), inplace_state=True)
+                logits.append(out.double().cpu())
+        return torch.stack(logits, 1), state
+
+    logits, state = decode([s.clone() for s in prefix])
+    assert len(calls) == more.shape[1] * cfg.n_layers
+    monkeypatch.setattr(linear_layers, "decode_linear_projection_parts", lambda *a: 0)
+    own_logits, own_state = decode([s.clone() for s in prefix])
+    assert len(calls) == more.shape[1] * cfg.n_layers
+    assert rel_err(logits, own_logits) <= 1e-2 and rel_err(logits, ref[:, 12:]) <= 5e-2
+    for s, o in zip(state, own_state):
+        assert rel_err(s.double().cpu(), o.double().cpu()) <= 1e-2
+
+
 def test_misaligned_random_matrix():
     """W~ at an address that is not 16-byte aligned takes the plain-load staging path."""
     g = torch.Generator().manual_seed(1)

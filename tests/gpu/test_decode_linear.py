@@ -10,8 +10,9 @@ from helpers import rel_err, small_language_model
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFALanguageModel
 from rfa_export.ops.add_layer_norm import cuda_add_layer_norm
-from rfa_export.ops.decode_linear import (decode_linear_kernel_supports, decode_linear_splits, naive_decode_linear,
-                                         triton_decode_linear, triton_decode_linear_partials)
+from rfa_export.ops.decode_linear import (decode_linear_kernel_supports, decode_linear_projection_parts,
+                                         decode_linear_splits, naive_decode_linear, triton_decode_linear,
+                                         triton_decode_linear_partials, triton_decode_linear_projected)
 
 pytestmark = pytest.mark.gpu
 
@@ -41,6 +42,47 @@ def test_kernel_matches_float64_reference(dtype, M, K, N, gelu, with_bias):
     assert y.shape == (M, N) and y.dtype == dtype and torch.isfinite(y).all()
     ref = naive_decode_linear(xc.double().cpu(), wc.double().cpu(), None if bc is None else bc.double().cpu(), gelu)
     assert rel_err(y.double().cpu(), ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("M", [1, 7, 64])
+@pytest.mark.parametrize("H, dh, D, extra", [(16, 64, 64, 16), (2, 64, 48, 0), (3, 32, 128, 5)])
+def test_projection_epilogue_matches_float64_reference(dtype, M, H, dh, D, extra):
+    """The q/k/v GEMM with the random-feature projections of q and k in its epilogue: y as the plain kernel's
+    to the bit, each part of proj against float64 sums over its range of head dims, from the stored y."""
+    g = torch.Generator().manual_seed(M * 7919 + H * 31 + D)
+    K, N = 256, 3 * H * dh + extra
+    x = torch.randn(M, 1, K, generator=g).to("cuda", dtype)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to("cuda", dtype)
+    b = torch.randn(N, generator=g).to("cuda", dtype)
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to("cuda", dtype)
+    w_tilde = torch.randn(H, D, dh, generator=g).to("cuda", dtype)
+    parts = decode_linear_projection_parts(x, w, sigma, w_tilde)
+    assert parts >= 1 and dh % parts == 0
+    poison = torch.full((4, M, H, 2, parts, D + 1), float("nan"), device="cuda")
+    del poison
+    y, proj = triton_decode_linear_projected(x, w, b, sigma, w_tilde)
+    assert torch.equal(y, triton_decode_linear(x, w, b))
+    assert proj.shape == (M, H, 2, parts, D + 1) and proj.dtype == torch.float32
+    heads = y.double().cpu()[:, 0, : 2 * H * dh].unflatten(-1, (2, H, parts, dh // parts))  # [M, qk, H, part, j]
+    s = sigma.double().cpu().unflatten(-1, (parts, dh // parts))  # [H, part, j]
+    wt = w_tilde.double().cpu().unflatten(-1, (parts, dh // parts))  # [H, D, part, j]
+    ref = torch.cat([torch.einsum("mchpj,hpj,hdpj->mhcpd", heads, s, wt),
+                     (heads ** 2).sum(-1).permute(0, 2, 1, 3)[..., None]], -1)
+    assert rel_err(proj.double().cpu(), ref) <= 1e-6
+
+
+def test_projection_epilogue_refusals():
+    x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(3 * 2 * 64, 256, device="cuda", dtype=torch.bfloat16)
+    sigma, w_tilde = torch.ones(2, 64, device="cuda", dtype=torch.bfloat16), torch.randn(2, 64, 64, device="cuda", dtype=torch.bfloat16)
+    assert decode_linear_projection_parts(x, w, sigma, w_tilde) > 0
+    assert decode_linear_projection_parts(x, w, sigma.float(), w_tilde) == 0  # dtype
+    assert decode_linear_projection_parts(x, w[:200], sigma, w_tilde) == 0  # fewer rows than q and k
+    assert decode_linear_projection_parts(x, w, sigma[:, :60], w_tilde[..., :60]) == 0  # dh not a multiple of the tile
+    assert decode_linear_projection_parts(x, w, sigma, torch.randn(2, 200, 64, device="cuda", dtype=torch.bfloat16)) == 0
+    with pytest.raises(ValueError, match="projection epilogue"):
+        triton_decode_linear_projected(x, w[:200], None, sigma, w_tilde)
 
 
 def test_leading_dims_are_kept():

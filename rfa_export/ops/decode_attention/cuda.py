@@ -16,6 +16,7 @@ class _DecodeArgs(ctypes.Structure):
         ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("gate_logits", ctypes.c_void_p),
         ("sigma", ctypes.c_void_p), ("w_tilde", ctypes.c_void_p), ("keep", ctypes.c_void_p),
         ("state", ctypes.c_void_p), ("out", ctypes.c_void_p), ("overlap_state_load", ctypes.c_int),
+        ("proj", ctypes.c_void_p), ("proj_parts", ctypes.c_int),
     ]
 
 
@@ -36,12 +37,13 @@ def _layout_ok(q, k, v, gate_logits, row: int) -> bool:
     return True
 
 
-def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr, overlap=False) -> _DecodeArgs:
+def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr, overlap=False, proj=None) -> _DecodeArgs:
     B, H, dh = q.shape
     D = w_tilde.shape[1]
     return _DecodeArgs(B, H, dh, D, FEATURE_KIND_CODES[kind], DTYPE_CODES[q.dtype], float(eps), q.stride(0) if B > 1 else H * dh,
                        data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(gate_logits), data_ptr(sigma), data_ptr(w_tilde),
-                       data_ptr(keep), data_ptr(state), out_ptr, int(overlap))
+                       data_ptr(keep), data_ptr(state), out_ptr, int(overlap), data_ptr(proj),
+                       0 if proj is None else proj.shape[3])
 
 
 def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind, state, keep=None) -> bool:
@@ -83,16 +85,26 @@ def cuda_decode_attention_step_(
     eps: float,
     keep: Optional[torch.Tensor] = None,
     overlap_state_load: bool = False,
+    proj: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Same contract as naive_decode_attention_step, but `state` is updated in place; returns out [B, H, dh].
     Inputs must pass decode_attention_kernel_supports.
 
     overlap_state_load: start reading `state` and `w_tilde` while the kernel launched just before on this
     stream is still running (Hopper and later); only when that kernel writes neither, as in a decoding
-    step right after the q/k/v projection."""
+    step right after the q/k/v projection.
+    proj: the projections of q and k made by the q/k/v GEMM (ops/decode_linear's
+    triton_decode_linear_projected), fp32 [B, H, 2, P, D + 1]; the kernel then maps them instead of q and k."""
     lib = require_kernels(_bind)
+    if proj is not None:
+        B, H, _ = q.shape
+        D = w_tilde.shape[1]
+        if (proj.dtype != torch.float32 or proj.device != q.device or not proj.is_contiguous() or proj.dim() != 5
+                or proj.shape[:3] != (B, H, 2) or proj.shape[4] != D + 1):
+            raise ValueError(f"proj must be a dense fp32 [B, H, 2, P, D + 1] = [{B}, {H}, 2, P, {D + 1}] tensor on "
+                             f"{q.device}, got {proj.dtype} {tuple(proj.shape)}")
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    args = _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out.data_ptr(), overlap_state_load)
+    args = _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out.data_ptr(), overlap_state_load, proj)
     stream = torch.cuda.current_stream(q.device).cuda_stream
     status = lib.rfa_decode_attention_step(ctypes.byref(args), ctypes.c_void_p(stream))
     check_status(lib, status, "rfa_decode_attention_step")

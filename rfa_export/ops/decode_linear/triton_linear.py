@@ -10,7 +10,7 @@ it may start while the kernel before it finishes, reading its bias (and for up t
 before waiting for that kernel.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -25,6 +25,8 @@ _DTYPES = (torch.float16, torch.bfloat16)
 USE_PDL = True  # programmatic dependent launch where the device has it; tests compare with it off
 SPLIT_K_MAX = 4  # most parts decode_linear_splits splits a layer's K into
 SPLIT_K_MIN_RANGE = 512  # shortest range of K a part gets (the output projection, K 1024, in 2 parts)
+PROJ_PRECISION = tl.constexpr("tf32x3") if triton is not None else None  # 3 TF32 passes: fp32-accurate products
+MAX_PROJECTION_PARTS = 4  # the decode step kernel's limit (rfa_decode_args_t::proj_parts)
 PRELOAD_MAX_ROWS = 4  # up to this many rows the first two weight tiles are read before the wait (_launch)
 
 if triton is not None:
@@ -36,10 +38,12 @@ if triton is not None:
 
     @triton.jit
     def _decode_linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, K_SPLIT,
+                              proj_ptr, sigma_ptr, wt_ptr, H, D,
                               HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PDL: tl.constexpr, PARTIAL: tl.constexpr,
-                              PRELOAD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                              PRELOAD: tl.constexpr, PROJ: tl.constexpr, DH: tl.constexpr, FD: tl.constexpr,
+                              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # program (i, j): output columns [i BN, (i + 1) BN) over K [j K_SPLIT, (j + 1) K_SPLIT); PARTIAL:
-        # its fp32 partial sum goes to y[j], without bias or GELU
+        # its fp32 partial sum goes to y[j], without bias or GELU. PROJ: see triton_decode_linear_projected.
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
         k_begin = tl.program_id(1) * K_SPLIT
         k_end = tl.minimum(K, k_begin + K_SPLIT)
@@ -50,6 +54,17 @@ if triton is not None:
             bias = tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
         # PRELOAD: the weights of the first two K tiles are read before waiting for the kernel before, as
         # they do not depend on it (_launch says where)
+        if PROJ:
+            # columns [0, H DH) are q, [H DH, 2 H DH) k: a program there holds BN of head h's DH dims and
+            # reads that head's W~ and sigma over them, before the wait (the kernels before write neither)
+            col0 = tl.program_id(0) * BN
+            is_proj = col0 < 2 * H * DH
+            head = (tl.minimum(col0, 2 * H * DH - 1) % (H * DH)) // DH
+            rj = col0 % DH + tl.arange(0, BN)
+            rd = tl.arange(0, FD)
+            d_ok = (rd < D) & is_proj
+            w_feat = tl.load(wt_ptr + head * D * DH + rd[:, None] * DH + rj[None, :], mask=d_ok[:, None], other=0.0)
+            sigma = tl.load(sigma_ptr + head * DH + rj, mask=is_proj & (rj < DH), other=0.0)
         if PRELOAD:
             w_first = _tile(w_ptr, rn, n_ok, K, k_begin, k_end, BK)
             w_second = _tile(w_ptr, rn, n_ok, K, k_begin + BK, k_end, BK)
@@ -71,7 +86,19 @@ if triton is not None:
                 acc += bias[None, :]
             if GELU:
                 acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
-            tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+            y = acc.to(y_ptr.dtype.element_ty)
+            tl.store(y_ptr + rm[:, None] * N + rn[None, :], y, mask=out_ok)
+            if PROJ:
+                # this tile's share of the projections of the decode step's random features, from the
+                # stored (rounded) q or k: fp32 products, tf32x3 keeps them to fp32 accuracy
+                xr = tl.where(m_ok[:, None], y.to(tl.float32), 0.0)
+                partial = tl.dot(xr * sigma.to(tl.float32)[None, :], tl.trans(w_feat.to(tl.float32)),
+                                 input_precision=PROJ_PRECISION)
+                squares = tl.sum(xr * xr, axis=1)
+                slot = ((rm * H + head) * 2 + col0 // (H * DH)) * (DH // BN) + (col0 % DH) // BN
+                dst = proj_ptr + slot * (D + 1)
+                tl.store(dst[:, None] + rd[None, :], partial, mask=(m_ok & is_proj)[:, None] & d_ok[None, :])
+                tl.store(dst + D, squares, mask=m_ok & is_proj)
 
 
 def _pdl_capable(device: torch.device) -> bool:
@@ -109,7 +136,8 @@ def _k_range(K: int, splits: int) -> int:
     return K if splits == 1 else triton.cdiv(triton.cdiv(K, splits), 128) * 128
 
 
-def _launch(x, weight, bias, out, gelu: bool, k_range: int) -> None:
+def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None) -> None:
+    """projection: (proj, sigma, w_tilde) for triton_decode_linear_projected."""
     N, K = weight.shape
     M = x.numel() // K
     BN, BK, stages = _tiles(N, k_range)
@@ -118,9 +146,12 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int) -> None:
     # model unchanged at both; with more rows the early reads compete with the kernel before for memory
     # (the softmax model 5% slower at 16 rows, both models 7% slower at 64)
     preload = pdl and M <= PRELOAD_MAX_ROWS
+    proj, sigma, w_tilde = projection if projection is not None else (out, out, out)
+    H, D, DH = w_tilde.shape if projection is not None else (1, 1, BN)
     _decode_linear_kernel[(triton.cdiv(N, BN), triton.cdiv(K, k_range))](
-        x, weight, bias if bias is not None else weight, out, M, N, K, k_range,
+        x, weight, bias if bias is not None else weight, out, M, N, K, k_range, proj, sigma, w_tilde, H, D,
         HAS_BIAS=bias is not None, GELU=gelu, PDL=pdl, PARTIAL=k_range < K, PRELOAD=preload,
+        PROJ=projection is not None, DH=DH, FD=max(16, triton.next_power_of_2(D)),
         BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK, num_warps=4, num_stages=stages, launch_pdl=pdl)
 
 
@@ -131,6 +162,50 @@ def triton_decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     y = torch.empty((*x.shape[:-1], weight.shape[0]), device=x.device, dtype=x.dtype)
     _launch(x, weight, bias, y, gelu, weight.shape[1])
     return y
+
+
+def decode_linear_projection_parts(x: torch.Tensor, weight: torch.Tensor, sigma: torch.Tensor,
+                                   w_tilde: torch.Tensor) -> int:
+    """How many partial projections per head triton_decode_linear_projected makes for these inputs (the
+    head dimension over the kernel's column tile), or 0 where it cannot: x and weight as
+    decode_linear_kernel_supports takes them without bias checks, sigma [H, dh] and w_tilde [H, D, dh]
+    (D <= 128) dense and of x's dtype, the weight's first 2 H dh rows being q's and k's, dh a multiple of the
+    tile, in at most MAX_PROJECTION_PARTS parts."""
+    if triton is None or w_tilde.dim() != 3 or sigma.dim() != 2:
+        return 0
+    H, D, dh = w_tilde.shape
+    N, K = weight.shape
+    BN = _tiles(N, K)[0]
+    if sigma.shape != (H, dh) or not (sigma.is_contiguous() and w_tilde.is_contiguous()) or not 1 <= D <= 128:
+        return 0
+    if any(t.dtype != x.dtype or t.device != x.device for t in (sigma, w_tilde)) or dh % BN or 2 * H * dh > N:
+        return 0
+    if dh // BN > MAX_PROJECTION_PARTS:
+        return 0
+    return dh // BN
+
+
+def triton_decode_linear_projected(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                                   sigma: torch.Tensor, w_tilde: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The q/k/v projection of a decode step with its random-feature projections made in the same kernel.
+
+    x [..., K], weight [N, K] whose first H dh rows make q and next H dh make k (H, D, dh = w_tilde's shape) ->
+    y (triton_decode_linear's output) and proj fp32 [M, H, 2, P, D + 1], M = x's rows, P =
+    decode_linear_projection_parts: part m of q (index 0) or k (1) holds, over the m-th range of dh / P head
+    dims j, sum_j W~[h, d, j] sigma[h, j] x_j at d < D and sum_j x_j^2 at D, x being the stored (rounded) y.
+    The decode step kernel (ops/decode_attention, `proj`) adds the parts and normalises. The caller has
+    checked decode_linear_kernel_supports and that P > 0.
+    """
+    H, D, dh = w_tilde.shape
+    parts = decode_linear_projection_parts(x, weight, sigma, w_tilde)
+    if parts == 0:
+        raise ValueError("the projection epilogue does not take these inputs (decode_linear_projection_parts)")
+    K = weight.shape[1]
+    M = x.numel() // K
+    y = torch.empty((*x.shape[:-1], weight.shape[0]), device=x.device, dtype=x.dtype)
+    proj = torch.empty((M, H, 2, parts, D + 1), device=x.device, dtype=torch.float32)
+    _launch(x, weight, bias, y, False, K, (proj, sigma, w_tilde))
+    return y, proj
 
 
 def decode_linear_splits(weight: torch.Tensor) -> int:
