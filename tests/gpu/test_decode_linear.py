@@ -75,12 +75,13 @@ def test_projection_epilogue_matches_float64_reference(dtype, M, H, dh, D, extra
 def test_projection_epilogue_refusals():
     x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(3 * 2 * 64, 256, device="cuda", dtype=torch.bfloat16)
-    sigma, w_tilde = torch.ones(2, 64, device="cuda", dtype=torch.bfloat16), torch.randn(2, 64, 64, device="cuda", dtype=torch.bfloat16)
+    bf16 = {"device": "cuda", "dtype": torch.bfloat16}
+    sigma, w_tilde = torch.ones(2, 64, **bf16), torch.randn(2, 64, 64, **bf16)
     assert decode_linear_projection_parts(x, w, sigma, w_tilde) > 0
     assert decode_linear_projection_parts(x, w, sigma.float(), w_tilde) == 0  # dtype
     assert decode_linear_projection_parts(x, w[:200], sigma, w_tilde) == 0  # fewer rows than q and k
     assert decode_linear_projection_parts(x, w, sigma[:, :60], w_tilde[..., :60]) == 0  # dh not a multiple of the tile
-    assert decode_linear_projection_parts(x, w, sigma, torch.randn(2, 200, 64, device="cuda", dtype=torch.bfloat16)) == 0
+    assert decode_linear_projection_parts(x, w, sigma, torch.randn(2, 200, 64, **bf16)) == 0  # D > 128
     with pytest.raises(ValueError, match="projection epilogue"):
         triton_decode_linear_projected(x, w[:200], None, sigma, w_tilde)
 

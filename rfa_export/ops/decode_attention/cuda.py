@@ -37,7 +37,8 @@ def _layout_ok(q, k, v, gate_logits, row: int) -> bool:
     return True
 
 
-def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr, overlap=False, proj=None) -> _DecodeArgs:
+def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr, overlap=False,
+          proj=None) -> _DecodeArgs:
     B, H, dh = q.shape
     D = w_tilde.shape[1]
     return _DecodeArgs(B, H, dh, D, FEATURE_KIND_CODES[kind], DTYPE_CODES[q.dtype], float(eps), q.stride(0) if B > 1 else H * dh,
