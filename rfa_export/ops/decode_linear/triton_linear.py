@@ -52,8 +52,6 @@ if triton is not None:
         m_ok = rm < M
         if HAS_BIAS:
             bias = tl.load(b_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)
-        # PRELOAD: the weights of the first two K tiles are read before waiting for the kernel before, as
-        # they do not depend on it (_launch says where)
         if PROJ:
             # columns [0, H DH) are q, [H DH, 2 H DH) k: a program there holds BN of head h's DH dims and
             # reads that head's W~ and sigma over them, before the wait (the kernels before write neither)
@@ -65,6 +63,8 @@ if triton is not None:
             d_ok = (rd < D) & is_proj
             w_feat = tl.load(wt_ptr + head * D * DH + rd[:, None] * DH + rj[None, :], mask=d_ok[:, None], other=0.0)
             sigma = tl.load(sigma_ptr + head * DH + rj, mask=is_proj & (rj < DH), other=0.0)
+        # PRELOAD: the weights of the first two K tiles are read before waiting for the kernel before, as
+        # they do not depend on it (_launch says where)
         if PRELOAD:
             w_first = _tile(w_ptr, rn, n_ok, K, k_begin, k_end, BK)
             w_second = _tile(w_ptr, rn, n_ok, K, k_begin + BK, k_end, BK)
@@ -167,10 +167,10 @@ def triton_decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
 def decode_linear_projection_parts(x: torch.Tensor, weight: torch.Tensor, sigma: torch.Tensor,
                                    w_tilde: torch.Tensor) -> int:
     """How many partial projections per head triton_decode_linear_projected makes for these inputs (the
-    head dimension over the kernel's column tile), or 0 where it cannot: x and weight as
-    decode_linear_kernel_supports takes them without bias checks, sigma [H, dh] and w_tilde [H, D, dh]
-    (D <= 128) dense and of x's dtype, the weight's first 2 H dh rows being q's and k's, dh a multiple of the
-    tile, in at most MAX_PROJECTION_PARTS parts."""
+    head dimension over the kernel's column tile), or 0 where it cannot. It takes sigma [H, dh] and w_tilde
+    [H, D, dh] (D <= 128) dense and of x's dtype and device, a weight with at least 2 H dh rows (q's, then
+    k's) and dh a multiple of the tile, in at most MAX_PROJECTION_PARTS parts; x and weight themselves are
+    for decode_linear_kernel_supports to check."""
     if triton is None or w_tilde.dim() != 3 or sigma.dim() != 2:
         return 0
     H, D, dh = w_tilde.shape
