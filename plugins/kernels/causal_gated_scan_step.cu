@@ -181,6 +181,18 @@ __device__ void mapProjectedFeatures(StepParams const& p, int b, int h, float2* 
     }
 }
 
+// Launched early, the resident blocks' state requests (~12 MB at B64 on the H200) reach the memory while the
+// q/k/v GEMM before them still streams its weights, and that GEMM is on the critical path. Blocks in four
+// groups wait 0, 0.5, 1 or 1.5 us before asking, so those requests do not arrive as one burst ahead of the
+// GEMM's (H200, model step B64: 2 us a step faster, B1 unchanged; waiting 1 or 2.5 us in every block lost
+// 0-5 and 17 us, groups of 8 x 0.25 us or 4 x 0.35 us gained about as much, 4 x 0.75 us nothing).
+__device__ __forceinline__ void staggerEarlyStateLoad()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    __nanosleep(500u * (blockIdx.x % 4));
+#endif
+}
+
 // kMaxThreads / kMinBlocks: launch bounds. Staged (Dv <= 64): 288 / 5 (B256 on the H200: 72.8 us, against
 // 79.6 us for registers with three blocks, which spilled, and 72.1 us with four blocks of four-float4
 // batches, which fell to 87 us in place); 512 for Dv <= 112, 1024 beyond.
@@ -237,6 +249,13 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         }
     }
     // Either way the state loads go out before the q, k, v loads: the two latencies overlap.
+    if constexpr (kStaged && kMapFeatures)
+    {
+        if (p.overlapStateLoad)
+        {
+            staggerEarlyStateLoad();
+        }
+    }
     if constexpr (kStaged)
     {
         for (int u = 0; u < passes; ++u)

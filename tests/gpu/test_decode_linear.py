@@ -72,6 +72,35 @@ def test_projection_epilogue_matches_float64_reference(dtype, M, H, dh, D, extra
     assert rel_err(proj.double().cpu(), ref) <= 1e-6
 
 
+@pytest.mark.parametrize("layout", ["aligned", "K_not_a_multiple_of_8", "rows_not_16_byte_aligned"])
+def test_projection_weight_prefetch_changes_no_result(layout, monkeypatch):
+    """Above PRELOAD_MAX_ROWS rows the projecting GEMM asks for its weight rows into L2 before its wait, where
+    they start 16-byte aligned (otherwise it does not): a hint only, so y and proj are bit-identical without
+    it, and y matches the float64 reference."""
+    g = torch.Generator().manual_seed(11)
+    H, dh, D, M = 4, 64, 64, 64
+    K = 100 if layout == "K_not_a_multiple_of_8" else 256
+    N = 3 * H * dh
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to("cuda", torch.bfloat16)
+    if layout == "rows_not_16_byte_aligned":
+        buffer = torch.empty(N * K + 1, device="cuda", dtype=torch.bfloat16)
+        buffer[1:].copy_(w.flatten())
+        w = buffer[1:].view(N, K)
+        assert w.is_contiguous() and w.data_ptr() % 16 != 0
+    x = torch.randn(M, K, generator=g).to("cuda", torch.bfloat16)
+    b = torch.randn(N, generator=g).to("cuda", torch.bfloat16)
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to("cuda", torch.bfloat16)
+    w_tilde = torch.randn(H, D, dh, generator=g).to("cuda", torch.bfloat16)
+    assert M > triton_linear.PRELOAD_MAX_ROWS and decode_linear_kernel_supports(x, w, b)
+    results = {}
+    for prefetch in (True, False):
+        monkeypatch.setattr(triton_linear, "PREFETCH_PROJECTION_WEIGHTS", prefetch)
+        results[prefetch] = triton_decode_linear_projected(x, w, b, sigma, w_tilde)
+    assert torch.equal(results[True][0], results[False][0]) and torch.equal(results[True][1], results[False][1])
+    ref = naive_decode_linear(x.double().cpu(), w.double().cpu(), b.double().cpu())
+    assert rel_err(results[True][0].double().cpu(), ref) <= TOL[torch.bfloat16]
+
+
 def test_projection_epilogue_refusals():
     x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(3 * 2 * 64, 256, device="cuda", dtype=torch.bfloat16)
