@@ -185,7 +185,7 @@ __device__ void mapProjectedFeatures(StepParams const& p, int b, int h, float2* 
 // q/k/v GEMM before them still streams its weights, and that GEMM is on the critical path. Blocks in four
 // groups wait 0, 0.5, 1 or 1.5 us before asking, so those requests do not arrive as one burst ahead of the
 // GEMM's (H200, model step B64: 2 us a step faster, B1 unchanged; waiting 1 or 2.5 us in every block lost
-// 0-5 and 17 us, groups of 8 x 0.25 us or 4 x 0.35 us gained about as much, 4 x 0.75 us nothing).
+// 0-5 and 17 us, groups of 8 x 0.25 us or 4 x 0.35 us gained as much or less, 4 x 0.75 us nothing).
 __device__ __forceinline__ void staggerEarlyStateLoad()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
