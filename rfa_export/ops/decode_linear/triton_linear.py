@@ -7,7 +7,7 @@ for a deep, narrow layer (few strips), triton_decode_linear_partials gives each 
 instead and leaves fp32 partial sums for the next kernel to add.
 On Hopper it is a programmatic dependent launch (plugins/kernels/dependent_launch.cuh says what that is):
 it may start while the kernel before it finishes, reading its bias (and for up to 4 rows its first weights)
-before waiting for that kernel.
+before waiting for that kernel; the q/k/v GEMM of a decode step asks for its weights into L2 there too.
 """
 
 from typing import Optional, Tuple
