@@ -63,6 +63,21 @@ __device__ __forceinline__ float2 loadPair(T const* p) // 2 consecutive elements
     }
 }
 
+// phi(q) and phi(k) of projection d (p = W~ x_hat, unscaled) into qk[d] (and qk[D + d] for the gaussian
+// map's cosines), rounded to T as random_features.cu's output is.
+template <typename T>
+__device__ __forceinline__ void storeFeaturePair(
+    float2* qk, int d, int D, bool gaussian, float scale, float pq, float pk)
+{
+    auto rounded = [](float f) { return toFloat(fromFloat<T>(f)); };
+    float2 const fq = featurePair(gaussian, pq, scale), fk = featurePair(gaussian, pk, scale);
+    qk[d] = make_float2(rounded(fq.x), rounded(fk.x));
+    if (gaussian)
+    {
+        qk[D + d] = make_float2(rounded(fq.y), rounded(fk.y));
+    }
+}
+
 // Part 2: phi(q) and phi(k) of head h into qk[0 .. F], padding entry F included: the arithmetic of
 // random_features.cu (fp32, the same order of sums), then rounded to T as that kernel's output is, so the
 // model's fused and composed CUDA paths see the same features. Warps 0 and 1 normalise q and k; then one
@@ -101,7 +116,6 @@ __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, 
     __syncthreads();             // everyone's, and x_hat
     bool const gaussian = p.featureKind == RFA_FEATURES_GAUSSIAN;
     float const scale = featureScale(gaussian, D);
-    auto rounded = [](float f) { return toFloat(fromFloat<T>(f)); };
     for (int d = threadIdx.x; d < D; d += blockDim.x)
     {
         T const* const wr = wsm + d * stride;
@@ -114,20 +128,13 @@ __device__ void mapFeatures(StepParams const& p, T const* q, T const* k, int h, 
             pq = fmaf(xq.y, w2.y, fmaf(xq.x, w2.x, pq));
             pk = fmaf(xk.y, w2.y, fmaf(xk.x, w2.x, pk));
         }
-        float2 const fq = featurePair(gaussian, pq, scale), fk = featurePair(gaussian, pk, scale);
-        qk[d] = make_float2(rounded(fq.x), rounded(fk.x));
-        if (gaussian)
-        {
-            qk[D + d] = make_float2(rounded(fq.y), rounded(fk.y));
-        }
+        storeFeaturePair<T>(qk, d, D, gaussian, scale, pq, pk);
     }
     if (threadIdx.x == 0)
     {
         qk[F] = make_float2(0.f, 0.f);
     }
 }
-
-constexpr int kMaxProjParts = 4; // rfa_decode_args_t::proj_parts
 
 // Part 2 instead, where the projections were made before (p.proj, decode_attention_step.h): no W~, no
 // normalisation pass, one round of loads.
@@ -137,7 +144,6 @@ __device__ void mapProjectedFeatures(StepParams const& p, int b, int h, float2* 
     int const D = p.D, parts = p.projParts, width = D + 1;
     bool const gaussian = p.featureKind == RFA_FEATURES_GAUSSIAN;
     float const scale = featureScale(gaussian, D);
-    auto rounded = [](float f) { return toFloat(fromFloat<T>(f)); };
     float const* const pq = p.proj + ((size_t) b * p.H + h) * 2 * parts * width; // [2][parts][D + 1]
     float const* const pk = pq + parts * width;
     for (int d = threadIdx.x; d < D; d += blockDim.x)
@@ -167,13 +173,7 @@ __device__ void mapProjectedFeatures(StepParams const& p, int b, int h, float2* 
                 sk += nk[m];
             }
         }
-        float2 const fq = featurePair(gaussian, xq * inverseNorm(sq), scale);
-        float2 const fk = featurePair(gaussian, xk * inverseNorm(sk), scale);
-        qk[d] = make_float2(rounded(fq.x), rounded(fk.x));
-        if (gaussian)
-        {
-            qk[D + d] = make_float2(rounded(fq.y), rounded(fk.y));
-        }
+        storeFeaturePair<T>(qk, d, D, gaussian, scale, xq * inverseNorm(sq), xk * inverseNorm(sk));
     }
     if (threadIdx.x == 0)
     {

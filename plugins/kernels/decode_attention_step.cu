@@ -34,7 +34,7 @@ int rfa_decode_attention_step_check(rfa_decode_args_t const* a)
     {
         return RFA_ERR_ALIGNMENT;
     }
-    if (a->proj && (a->proj_parts < 1 || a->proj_parts > 4 || a->dh % a->proj_parts))
+    if (a->proj && (a->proj_parts < 1 || a->proj_parts > rfa::kMaxProjParts || a->dh % a->proj_parts))
     {
         return RFA_ERR_SHAPE;
     }

@@ -35,8 +35,10 @@ struct StepParams
     // Decode prologue only, may be null: q and k already projected (rfa_decode_args_t::proj); then q, k,
     // sigma and wTilde are not read
     float const* proj;
-    int projParts;
+    int projParts; // at most kMaxProjParts
 };
+
+constexpr int kMaxProjParts = 4; // rfa_decode_args_t::proj_parts
 
 struct ChunkParams
 {
