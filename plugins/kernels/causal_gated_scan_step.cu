@@ -1,17 +1,19 @@
 // Single-step decode of rfa::CausalGatedScan: the state is read once and written once (bandwidth-bound).
 //
 // One block per (b, h); the state moves as float4s (whole 16-byte transactions although a row of Dv + 1
-// floats is not 16-byte aligned), each thread's four lanes fixed to four columns (the normaliser z is
-// column Dv). For Dv <= 64 the block stages its whole state slab in shared memory with cp.async (each
-// thread copies exactly the float4s it later reads, so no barrier guards them): the bytes in flight then
-// cost no registers and five blocks fit on a multiprocessor. Larger Dv hold the slab in registers in
-// batches. The readout uses q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1]: numerator and normaliser
-// then share the factor (q . k) exactly, as in the chunked kernel, which keeps the ratio accurate when
-// q . k nearly cancels. Partial q^T S_old sums are reduced over the rows of a pass in shared memory.
+// floats is not 16-byte aligned), each thread's four lanes fixed to four columns (the normaliser z is column
+// Dv). For Dv <= 64 the block stages its whole state slab in shared memory with cp.async: the bytes in flight
+// then cost no registers and five blocks fit on a multiprocessor. On sm_90 the op's kernel (not the decode
+// prologue's) stores the updated slab as one bulk copy from shared memory, and each block asks L2 for the
+// slab of a block about one multiprocessor count after it (kBulkSlabCopies). Larger Dv hold the slab in
+// registers in batches. The readout uses q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1]: numerator and
+// normaliser then share the factor (q . k) exactly, as in the chunked kernel, which keeps the ratio accurate
+// when q . k nearly cancels. Partial q^T S_old sums are reduced over the rows of a pass in shared memory.
 #include "dependent_launch.cuh"
 #include "feature_map.cuh"
 #include "scan_common.cuh"
 #include "scan_launch.h"
+#include "tma.cuh"
 
 #include <cstdint>
 
@@ -19,6 +21,31 @@ namespace rfa
 {
 
 constexpr int kStagedMaxThreads = 288; // Dv <= 64 with 16-row passes
+
+// The staged slab's traffic on sm_90 (H200, B256 step, fp32 state, triton do_bench: 74.5-75.3 -> 71.2-71.9 us;
+// a cudaMemcpy of the same bytes after the same L2 flush takes 68.3-68.9 us):
+// - the loads go out as 128-byte-aligned warp requests with a whole-line L2 hint (a pass of 16 rows is
+//   4160 bytes, so the threads' own float4s left every other pass's warps straddling lines): the block then
+//   waits at a barrier before reading what other threads copied;
+// - the updated slab is stored by one bulk copy rather than by the threads' float4 stores;
+// - thread 0 asks L2 for the slab of block bh + 1.25 x (multiprocessors), which starts a little more than
+//   one block per multiprocessor later, so that block's copies meet lines already fetched as one dense
+//   request (0.75 to 1.5 multiprocessor counts ahead were within 0.3 us of each other, 1.25 the best; 2.5 or
+//   more ahead thrashed L2: 73 to 90 us);
+// - the first wave's rows of blocks start their loads 1 us apart (do_bench 72.3 -> 71.8 us).
+// Before sm_90, and in the decode prologue's kernel, each thread copies and stores its own float4s.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+constexpr bool kBulkSlabCopies = true;
+#else
+constexpr bool kBulkSlabCopies = false;
+#endif
+
+__device__ __forceinline__ unsigned multiprocessorCount()
+{
+    unsigned n;
+    asm("mov.u32 %0, %%nsmid;" : "=r"(n));
+    return n;
+}
 // The decode prologue, part 1: W~[h] into shared memory, rows padded by 8 bytes (kWPad elements) so the
 // threads of part 2, one per row, read it with at most two-way bank conflicts. One cp.async group (8-byte
 // copies; plain loads where W~ is not 8-byte aligned), committed before the state's so that part 2 can wait
@@ -201,6 +228,10 @@ __device__ __forceinline__ void staggerEarlyStateLoad()
 template <typename T, int kMaxThreads, int kMinBlocks, bool kStaged, bool kMapFeatures>
 __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepParams p)
 {
+    // Not in the decode prologue's kernel: its blocks launch early, beside the q/k/v GEMM before them, and
+    // there the prefetch and the bulk store made the model's step slower (H200, model step B64 at 1k:
+    // 419-425 us with both, 409-421 us with the bulk store alone, 402.6-404.4 us without either, as before).
+    constexpr bool kBulk = kStaged && kBulkSlabCopies && !kMapFeatures;
     extern __shared__ __align__(16) float smem[];
     int const F = p.F, Dv = p.Dv, cols = Dv + 1;
     int const bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
@@ -209,13 +240,17 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     float* const fixed = kStaged ? smem + F * cols : smem;
     float2* qk = reinterpret_cast<float2*>(fixed); // [F + 1] (q_f, k_f); entry F only pads the row + 1 read
     float* vs = fixed + 2 * (F + 1);                // [cols], vs[Dv] = 1
-    // [stripeRows][cols] partial sums; staged, the slab's first pass, where each thread's slots are the
-    // float4 it copied itself and has consumed by the time it writes them
-    float* part = kStaged ? smem : vs + cols;
-    float* red = vs + cols + (kStaged ? 0 : p.stripeRows * cols); // [32], then [0] = readout scale, [1] = q . k
-    // kMapFeatures: [2][Dv] x_hat ⊙ sigma of q and k, then W~[h]; both 16-byte aligned (Dv % 16 == 0)
+    // [stripeRows][cols] partial sums: not in the staged slab, which the bulk store may still be reading
+    float* part = vs + cols;
+    float* red = part + p.stripeRows * cols; // [32]: [1] = q . k, [2] = max |numerator| (as int bits)
+    // kMapFeatures: [2][Dv] x_hat ⊙ sigma of q and k, then W~[h] (not with p.proj); both 16-byte aligned
+    // (Dv % 16 == 0)
     float* xs = smem + (int(red - smem) + 32 + 3) / 4 * 4;
     T* wsm = reinterpret_cast<T*>(xs + 2 * Dv);
+    if (threadIdx.x == 0)
+    {
+        red[2] = 0.f; // before the first barrier
+    }
 
     // The [F, Dv + 1] state of one (b, h) is F * (Dv + 1) contiguous floats, a multiple of 4 (F % 16 == 0):
     // thread t owns float4 number t of every pass of passThreads float4s. A pass covers exactly
@@ -258,18 +293,54 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     }
     if constexpr (kStaged)
     {
-        for (int u = 0; u < passes; ++u)
+        unsigned const sms = kBulk ? multiprocessorCount() : 0u;
+        if constexpr (kBulk)
         {
-            if (sIn)
+            // The blocks resident from the start (kMinBlocks per multiprocessor) would ask for their slabs
+            // at once and finish together: the k-th row of them waits k us.
+            if (blockIdx.x < kMinBlocks * sms)
             {
-                cpAsync16(slab + u * passThreads + t, sIn + (size_t) u * passThreads + t, true);
+                __nanosleep(1000u * (blockIdx.x / sms));
             }
-            else
+            // Float4 i by thread i mod blockDim: every warp copies 512 bytes from a 128-byte boundary (the
+            // slab starts on one: F * (Dv + 1) * 4 is a multiple of 128).
+            int const slabFloat4s = F * cols / 4;
+            for (int i = threadIdx.x; i < slabFloat4s; i += blockDim.x)
             {
-                slab[u * passThreads + t] = make_float4(0.f, 0.f, 0.f, 0.f);
+                if (sIn)
+                {
+                    cpAsync16Line(slab + i, sIn + i);
+                }
+                else
+                {
+                    slab[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+            }
+        }
+        else
+        {
+            // each thread copies exactly the float4s it later reads, so no barrier guards them
+            for (int u = 0; u < passes; ++u)
+            {
+                if (sIn)
+                {
+                    cpAsync16(slab + u * passThreads + t, sIn + (size_t) u * passThreads + t, true);
+                }
+                else
+                {
+                    slab[u * passThreads + t] = make_float4(0.f, 0.f, 0.f, 0.f);
+                }
             }
         }
         cpAsyncCommit();
+        if constexpr (kBulk)
+        {
+            int const ahead = bh + (int) (sms + sms / 4);
+            if (threadIdx.x == 0 && sIn && ahead < (int) gridDim.x)
+            {
+                prefetchL2(p.stateIn + (size_t) ahead * F * cols, F * cols * sizeof(float));
+            }
+        }
     }
     else
     {
@@ -358,15 +429,37 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             upd[m] = fmaf(keep, old[m], x.y * wv[m]);
             acc[m] = fmaf(x.x, old[m], acc[m]);
         }
-        sOut[(size_t) pass * passThreads + t] = make_float4(upd[0], upd[1], upd[2], upd[3]);
+        float4 const result = make_float4(upd[0], upd[1], upd[2], upd[3]);
+        if constexpr (kBulk)
+        {
+            slab[pass * passThreads + t] = result; // the slot this thread has just read
+        }
+        else
+        {
+            sOut[(size_t) pass * passThreads + t] = result;
+        }
     };
     if constexpr (kStaged)
     {
-        cpAsyncWait<0>(); // this thread's own copies; nobody else reads them
+        cpAsyncWait<0>();
+        if constexpr (kBulk)
+        {
+            __syncthreads(); // every thread's copies
+        }
 #pragma unroll 1 // unrolled: one spilled register and 76.0 against 75.3 us at B256
         for (int u = 0; u < passes; ++u)
         {
             update(slab[u * passThreads + t], u);
+        }
+        if constexpr (kBulk)
+        {
+            fenceProxyAsync();
+            __syncthreads();
+            if (threadIdx.x == 0)
+            {
+                bulkStore(sOut, slab, F * cols * sizeof(float));
+                tmaStoreCommit();
+            }
         }
     }
     else
@@ -420,28 +513,26 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             localMax = fmaxf(localMax, fabsf(sum));
         }
     }
+    // the maximum as an integer over the bits of non-negative floats: one barrier fewer than a second round of
+    // warp reductions
     localMax = warpMax(localMax);
-    __syncthreads(); // red[1] (q . k) has been read by every thread before red[warp] is overwritten
-    if (lane == 0)
+    if (lane == 0 && localMax > 0.f)
     {
-        red[warp] = localMax;
+        atomicMax(reinterpret_cast<int*>(red + 2), __float_as_int(localMax));
     }
     __syncthreads();
-    if (warp == 0)
-    {
-        float m = lane < (int) (blockDim.x / 32) ? red[lane] : 0.f;
-        m = warpMax(m);
-        if (lane == 0)
-        {
-            red[0] = readoutScale(part[Dv], m, p.eps);
-        }
-    }
-    __syncthreads();
-    float const scale = red[0];
+    float const scale = readoutScale(part[Dv], __int_as_float(reinterpret_cast<int const*>(red)[2]), p.eps);
     T* out = static_cast<T*>(p.out) + (size_t) b * p.outBatchStride + (size_t) h * Dv;
     for (int cc = threadIdx.x; cc < Dv; cc += blockDim.x)
     {
         out[cc] = fromFloat<T>(part[cc] * scale);
+    }
+    if constexpr (kBulk)
+    {
+        if (threadIdx.x == 0)
+        {
+            tmaStoreWaitRead(); // the bulk store has read the slab before the block's shared memory goes
+        }
     }
 }
 
@@ -453,16 +544,17 @@ int stepStripeRows(int Dv)
 }
 
 
-// The layout of scanStepKernel: [slab (staged) | qk | vs | part (not staged) | red | xs | W~[h]].
-size_t stepSharedBytes(bool staged, int stripeRows, int F, int Dv, int D, size_t elemBytes, bool mapFeatures)
+// The layout of scanStepKernel: [slab (staged) | qk | vs | part | red | xs (mapFeatures) | W~[h] (randomMatrix)].
+size_t stepSharedBytes(
+    bool staged, int stripeRows, int F, int Dv, int D, size_t elemBytes, bool mapFeatures, bool randomMatrix)
 {
     int const cols = Dv + 1;
-    size_t const fixedFloats = (staged ? F * cols : stripeRows * cols) + 2 * (F + 1) + cols + 32;
+    size_t const fixedFloats = (staged ? F * cols : 0) + 2 * (F + 1) + cols + stripeRows * cols + 32;
     if (!mapFeatures)
     {
         return sizeof(float) * fixedFloats;
     }
-    size_t const wBytes = size_t(D) * (Dv * elemBytes + 8); // rows padded by 8 bytes (kWPad)
+    size_t const wBytes = randomMatrix ? size_t(D) * (Dv * elemBytes + 8) : 0; // rows padded by 8 bytes (kWPad)
     return sizeof(float) * ((fixedFloats + 3) / 4 * 4 + 2 * Dv) + wBytes;
 }
 
@@ -472,7 +564,8 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
     p.stripeRows = stepStripeRows(p.Dv);
     int const threads = (p.stripeRows * (p.Dv + 1) / 4 + 31) / 32 * 32;
     bool const staged = threads <= kStagedMaxThreads;
-    size_t const bytes = stepSharedBytes(staged, p.stripeRows, p.F, p.Dv, p.D, sizeof(T), kMapFeatures);
+    size_t const bytes
+        = stepSharedBytes(staged, p.stripeRows, p.F, p.Dv, p.D, sizeof(T), kMapFeatures, kMapFeatures && !p.proj);
     // Above the 48 KB default (F = 256 staged: 67 KB; a large W~ in the decode prologue) opt in: a cheap
     // host-side call, made for the kernel about to run.
     auto launch = [&](auto kernel) {

@@ -123,6 +123,19 @@ __device__ __forceinline__ void cpAsync8(void* dst, void const* src)
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smemAddr(dst)), "l"(src) : "memory");
 }
 
+// The same, with a hint that L2 fetch the whole 128-byte line (the block reads all of it).
+__device__ __forceinline__ void cpAsync16Line(void* dst, void const* src)
+{
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;\n" ::"r"(smemAddr(dst)), "l"(src) : "memory");
+}
+
+// this thread's generic shared-memory writes become visible to later async-proxy reads (wgmma operands, bulk
+// copies; sm_90)
+__device__ __forceinline__ void fenceProxyAsync()
+{
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
 __device__ __forceinline__ void cpAsyncCommit()
 {
     asm volatile("cp.async.commit_group;\n" ::: "memory");

@@ -1,8 +1,8 @@
 // Hopper tensor memory accelerator (TMA, sm_90): mbarriers, tiled bulk-tensor loads and stores through a
-// CUtensorMap, and the host-side map encoding (the driver's cuTensorMapEncodeTiled, reached through the
-// runtime's entry-point query so nothing links libcuda). Boxes here are 64 x 64 16-bit elements of a 3-D
-// tensor [B][T][width], 128-byte swizzled in shared memory (the layout of wgmma.cuh's swizzled tiles);
-// rows past T read as zeros and are not written.
+// CUtensorMap, plain bulk stores and L2 prefetches, and the host-side map encoding (the driver's
+// cuTensorMapEncodeTiled, reached through the runtime's entry-point query so nothing links libcuda). Boxes
+// here are 64 x 64 16-bit elements of a 3-D tensor [B][T][width], 128-byte swizzled in shared memory (the
+// layout of wgmma.cuh's swizzled tiles); rows past T read as zeros and are not written.
 #pragma once
 
 #include "scan_common.cuh"
@@ -59,6 +59,21 @@ __device__ __forceinline__ void tmaStore3d(CUtensorMap const* map, void const* s
                      reinterpret_cast<uint64_t>(map)),
                  "r"(smemAddr(src)), "r"(x), "r"(y), "r"(z)
                  : "memory");
+}
+
+// `bytes` (a multiple of 16; both addresses 16-byte aligned) of shared memory to global memory, in this
+// thread's bulk group; the writes to `src` must be fenced to the async proxy first
+__device__ __forceinline__ void bulkStore(void* dst, void const* src, uint32_t bytes)
+{
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(smemAddr(src)),
+                 "r"(bytes)
+                 : "memory");
+}
+
+// asks L2 to fetch `bytes` (a multiple of 16, 16-byte aligned) of global memory; a hint, no data returns
+__device__ __forceinline__ void prefetchL2(void const* src, uint32_t bytes)
+{
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
 }
 
 __device__ __forceinline__ void tmaStoreCommit()

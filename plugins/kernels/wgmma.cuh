@@ -30,12 +30,6 @@ __device__ __forceinline__ uint64_t matrixDesc(void const* p, uint32_t lbo, uint
         (uint64_t(1) << 62); // 128-byte swizzle
 }
 
-// this thread's generic shared-memory writes become visible to later async-proxy reads (wgmma operands)
-__device__ __forceinline__ void fenceProxyAsync()
-{
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
 __device__ __forceinline__ void wgmmaFence()
 {
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
