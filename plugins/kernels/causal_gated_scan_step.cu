@@ -32,7 +32,7 @@ constexpr int kStagedMaxThreads = 288; // Dv <= 64 with 16-row passes
 //   one block per multiprocessor later, so that block's copies meet lines already fetched as one dense
 //   request (0.75 to 1.5 multiprocessor counts ahead were within 0.3 us of each other, 1.25 the best; 2.5 or
 //   more ahead thrashed L2: 73 to 90 us);
-// - the first wave's rows of blocks start their loads 1 us apart (do_bench 72.3 -> 71.8 us).
+// - in long grids the first wave's rows of blocks start their loads 1 us apart (do_bench 72.3 -> 71.8 us).
 // Before sm_90, and in the decode prologue's kernel, each thread copies and stores its own float4s.
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 constexpr bool kBulkSlabCopies = true;
@@ -297,8 +297,9 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         if constexpr (kBulk)
         {
             // The blocks resident from the start (kMinBlocks per multiprocessor) would ask for their slabs
-            // at once and finish together: the k-th row of them waits k us.
-            if (blockIdx.x < kMinBlocks * sms)
+            // at once and finish together: the k-th row of them waits k us. Only in grids of four such waves
+            // or more (measured at B256, 6.2 waves), where those few us are a small share of the step.
+            if (gridDim.x >= 4 * kMinBlocks * sms && blockIdx.x < kMinBlocks * sms)
             {
                 __nanosleep(1000u * (blockIdx.x / sms));
             }
