@@ -303,8 +303,9 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             {
                 __nanosleep(1000u * (blockIdx.x / sms));
             }
-            // Float4 i by thread i mod blockDim: every warp copies 512 bytes from a 128-byte boundary (the
-            // slab starts on one: F * (Dv + 1) * 4 is a multiple of 128).
+            // Float4 i by thread i mod blockDim: every warp copies 512 bytes from a 128-byte boundary where
+            // F is a multiple of 32 (a slab is F (Dv + 1) 4 bytes, Dv + 1 odd; otherwise every other slab
+            // starts 64 bytes past one).
             int const slabFloat4s = F * cols / 4;
             for (int i = threadIdx.x; i < slabFloat4s; i += blockDim.x)
             {
