@@ -220,6 +220,20 @@ __device__ __forceinline__ void staggerEarlyStateLoad()
 #endif
 }
 
+// The op's step (kBulkSlabCopies): the blocks resident from the start (kResident per multiprocessor, `sms`
+// of them) would ask for their slabs at once and finish together, so the k-th row of them waits k us. Only in
+// grids of four such waves or more (measured at B256, 6.2 waves), where those few us are a small share.
+template <int kResident>
+__device__ __forceinline__ void staggerFirstWave(unsigned sms)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    if (gridDim.x >= 4 * kResident * sms && blockIdx.x < kResident * sms)
+    {
+        __nanosleep(1000u * (blockIdx.x / sms));
+    }
+#endif
+}
+
 // kMaxThreads / kMinBlocks: launch bounds. Staged (Dv <= 64): 288 / 5 (B256 on the H200: 72.8 us, against
 // 79.6 us for registers with three blocks, which spilled, and 72.1 us with four blocks of four-float4
 // batches, which fell to 87 us in place); 512 for Dv <= 112, 1024 beyond.
@@ -296,13 +310,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         unsigned const sms = kBulk ? multiprocessorCount() : 0u;
         if constexpr (kBulk)
         {
-            // The blocks resident from the start (kMinBlocks per multiprocessor) would ask for their slabs
-            // at once and finish together: the k-th row of them waits k us. Only in grids of four such waves
-            // or more (measured at B256, 6.2 waves), where those few us are a small share of the step.
-            if (gridDim.x >= 4 * kMinBlocks * sms && blockIdx.x < kMinBlocks * sms)
-            {
-                __nanosleep(1000u * (blockIdx.x / sms));
-            }
+            staggerFirstWave<kMinBlocks>(sms);
             // Float4 i by thread i mod blockDim: every warp copies 512 bytes from a 128-byte boundary where
             // F is a multiple of 32 (a slab is F (Dv + 1) 4 bytes, Dv + 1 odd; otherwise every other slab
             // starts 64 bytes past one).

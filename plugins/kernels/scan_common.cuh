@@ -123,7 +123,8 @@ __device__ __forceinline__ void cpAsync8(void* dst, void const* src)
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(smemAddr(dst)), "l"(src) : "memory");
 }
 
-// The same, with a hint that L2 fetch the whole 128-byte line (the block reads all of it).
+// 16 bytes global -> shared, as cpAsync16, with a hint that L2 fetch the whole 128-byte line (the block
+// reads all of it).
 __device__ __forceinline__ void cpAsync16Line(void* dst, void const* src)
 {
     asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;\n" ::"r"(smemAddr(dst)), "l"(src) : "memory");
