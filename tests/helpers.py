@@ -1,6 +1,9 @@
 """Test helpers: random inputs of the CausalGatedScan contract (realistic random-feature q/k) and errors."""
 
+import contextlib
 import math
+import signal
+from pathlib import Path
 
 import torch
 
@@ -57,3 +60,33 @@ def small_language_model(model_class, n_layers: int = 3, d_ffn: int = 256, d_mod
     cfg = RFAConfig(vocab_size=300, d_model=d_model, n_heads=d_model // 64, n_layers=n_layers, d_ffn=d_ffn,
                     num_features=64, gated=True, positional="sinusoidal")
     return model_class(cfg).eval(), cfg, torch.randint(0, 300, (2, 9))
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise TimeoutError in the block after `seconds` (a hang becomes a failure, not a stuck run)."""
+    def expired(signum, frame):
+        raise TimeoutError(f"took longer than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def reseal(out_dir):
+    """Record the current content of out_dir/model.onnx as its digest, and its metadata as the JSON beside
+    it: what a faulty exporter would have written."""
+    import onnx
+
+    from rfa_export.format.metadata import metadata_from_model
+    from rfa_export.format.model_file import seal_model
+
+    out_dir = Path(out_dir)
+    model = onnx.load(str(out_dir / "model.onnx"))
+    meta = metadata_from_model(model)
+    (out_dir / "model.onnx").write_bytes(seal_model(model, meta))
+    (out_dir / "rfa_export.json").write_text(meta.to_json())

@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 
+from helpers import reseal
 from rfa_export.cli import main
 from rfa_export.model import RFAConfig, RFALanguageModel
 from rfa_export.model.checkpoint import save_checkpoint
@@ -62,7 +63,8 @@ def test_verify_passes_and_fails(exported, tmp_path, capsys):
     assert code == 0, out
     assert out.strip().splitlines()[-1].startswith("PASS")
     assert "text B=2 5 decode steps" in out and "present.3.recurrent_state" in out
-    # corrupt one weight of a copy: verify must fail with exit code 1
+    # one weight of a copy scaled by 1.5: refused as modified; and once re-sealed (as a wrong export would
+    # be), verify compares and fails on the numbers
     bad = tmp_path / "bad"
     shutil.copytree(exported, bad)
     model = onnx.load(str(bad / "model.onnx"))
@@ -71,6 +73,9 @@ def test_verify_passes_and_fails(exported, tmp_path, capsys):
     arr.flat[: arr.size // 2] *= 1.5
     init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
     onnx.save(model, str(bad / "model.onnx"))
+    code, out, err = run_cli(capsys, "verify", str(bad), "--checkpoint", BUNDLED, "--lengths", "4", "--decode-steps", "2")
+    assert code == 1 and "model.onnx: modified after export" in err and len(err.strip().splitlines()) == 1
+    reseal(bad)
     code, out, _ = run_cli(capsys, "verify", str(bad), "--checkpoint", BUNDLED, "--lengths", "4", "--decode-steps", "2")
     assert code == 1
     assert out.strip().splitlines()[-1].startswith("FAIL") and "over tolerance" in out

@@ -11,7 +11,7 @@ import torch
 from helpers import rel_err, scan_inputs
 from rfa_export.export.lm_export import export_checkpoint, language_model_to_onnx, write_export
 from rfa_export.export.lowering import LOWERINGS
-from rfa_export.export.metadata import METADATA_FILE, metadata_from_model, read_export_dir
+from rfa_export.format.metadata import METADATA_FILE, metadata_from_model, read_metadata_file as read_export_dir
 from rfa_export.export.module_export import export_module
 from rfa_export.export.scan_function import causal_gated_scan_function
 from rfa_export.model import CausalRFASelfAttention, RFAAttention, RFAConfig, RFALanguageModel
@@ -270,7 +270,8 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(lm_export, "check_exported", broken_check)
     with pytest.raises(RuntimeError, match="simulated"):
         write_export(proto, meta, tmp_path / "out")
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []  # no staging folder left either
 
 
 def test_external_data_above_the_threshold(tmp_path, monkeypatch):

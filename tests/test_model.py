@@ -201,7 +201,7 @@ def test_tied_embeddings():
         (dict(d_model=30, n_heads=4), "multiple of n_heads"),
         (dict(feature_map="softmax"), "feature_map"),
         (dict(positional="rope"), "positional"),
-        (dict(n_layers=0), "n_layers must be positive"),
+        (dict(n_layers=0), r"n_layers must be an integer in \[1, 1024\], got 0"),
         (dict(d_model="64"), "d_model must be int"),
         (dict(gated=1), "gated must be bool"),
         (dict(dropout=1.5), "dropout"),

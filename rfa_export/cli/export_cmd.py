@@ -41,7 +41,7 @@ def preflight_output_dir(out_dir: Path) -> None:
         raise OSError(f"output directory {out_dir} exists and is not a directory")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=".rfa-export-probe-", dir=out_dir)
+        probe = tempfile.mkdtemp(prefix=".rfa-probe-", dir=out_dir)
         os.rmdir(probe)
     except OSError as e:
         raise OSError(f"cannot write to output directory {out_dir}: {e.strerror or e}") from None

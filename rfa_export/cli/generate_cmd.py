@@ -46,6 +46,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     from ..runtime import ContinuousBatch, Decoder, SamplingParams, open_backend
+    from ..runtime.backend import NonFiniteError
 
     options = {}
     if args.backend == "tensorrt":
@@ -64,6 +65,9 @@ def run(args) -> int:
     produced = 0
     while batch.active:
         for event in batch.step():
+            if event.finished == "error":
+                sys.stdout.flush()
+                raise NonFiniteError(event.error)
             produced += 1
             sys.stdout.write(event.text)
             sys.stdout.flush()

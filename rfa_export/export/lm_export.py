@@ -3,9 +3,6 @@ and decode, with the state of every layer as explicit inputs and outputs."""
 
 import copy
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
@@ -13,17 +10,19 @@ import onnx
 import torch
 
 from .. import __version__
+from ..format.metadata import (DATA_FILE, GENAI_CONV_IN, GENAI_CONV_OUT, METADATA_FILE, MODEL_FILE, ExportMetadata,
+                               describe_export)
+from ..format.model_file import file_digest, seal_model
+from ..format.publish import GENAI_CONFIG_FILE, staged_export
 from ..model.checkpoint import load_checkpoint
 from ..model.lm import RFALanguageModel
 from ..progress import SILENT, Progress
 from .lowering import LOWERINGS, opsets_of
-from .metadata import METADATA_FILE, MODEL_FILE, ExportMetadata, StateSpec, TensorSpec, attach_metadata
 from .module_export import export_module
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot hold more than 2 GB; go external well before that
-STATE_IN = "past_key_values.{}.recurrent_state"
-STATE_OUT = "present.{}.recurrent_state"
+FP16_MAX = 65504.0
 
 
 class StatefulDecoder(torch.nn.Module):
@@ -41,34 +40,34 @@ class StatefulDecoder(torch.nn.Module):
         return (logits.float(), *state)
 
 
-def describe_export(model: RFALanguageModel, lowering: str, dtype: str, genai: bool = False) -> ExportMetadata:
-    cfg = model.config
-    inputs = [
-        TensorSpec("input_ids", ["batch", "sequence"], "int64", "token ids"),
-        TensorSpec("attention_mask", ["batch", "total_sequence_length"], "int64",
-                   "nonzero for real tokens, 0 for padding (the state is left unchanged there); "
-                   "only the last `sequence` columns are read"),
-    ]
-    if cfg.positional != "none":
-        inputs.append(TensorSpec("position_ids", ["batch", "sequence"], "int64", "absolute position of each token"))
-    state = [StateSpec(i, STATE_IN.format(i), STATE_OUT.format(i), ["batch", *cfg.state_shape]) for i in range(cfg.n_layers)]
-    outputs = [TensorSpec("logits", ["batch", "sequence", cfg.vocab_size], "float32", "next-token logits")]
+def describe_language_model(model: RFALanguageModel, lowering: str, dtype: str, genai: bool = False) -> ExportMetadata:
     opsets = opsets_of(lowering) if lowering in LOWERINGS else {}
-    return ExportMetadata(lowering=lowering, dtype=dtype, opsets=opsets, inputs=inputs, outputs=outputs,
-                          state=state, config=cfg.to_dict(), producer=f"rfa-export {__version__}", genai=genai)
+    return describe_export(model.config, lowering, dtype, opsets, f"rfa-export {__version__}", genai)
+
+
+def check_exportable(model: RFALanguageModel, dtype: str) -> None:
+    """Refuse what would export to a graph that can only give NaN or garbage: non-finite weights, and a
+    normaliser bound 1/eps that does not fit float16."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"weight {name} contains NaN or infinity")
+    if dtype == "fp16" and 1.0 / model.config.normaliser_eps > FP16_MAX:
+        raise ValueError(f"normaliser_eps {model.config.normaliser_eps} bounds outputs by {1 / model.config.normaliser_eps:g}, "
+                         f"beyond float16's {FP16_MAX:g}: export with --dtype fp32 or bf16")
 
 
 def language_model_to_onnx(model: RFALanguageModel, lowering: str = "plugin", dtype: str = "fp32",
                            progress: Progress = SILENT, genai: bool = False):
-    """(ModelProto, ExportMetadata) for the model; nothing is written. genai=True adds the
-    onnxruntime-genai shim (see add_genai_shim)."""
+    """(ModelProto, ExportMetadata) for the model; nothing is written (write_export seals the model with its
+    metadata and content digest). genai=True adds the onnxruntime-genai shim (see add_genai_shim)."""
     if lowering not in LOWERINGS:
         raise ValueError(f"unknown --scan {lowering!r}; choose one of {', '.join(LOWERINGS)}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    check_exportable(model, dtype)
     model = copy.deepcopy(model).eval().to(DTYPES[dtype])
     cfg = model.config
-    meta = describe_export(model, lowering, dtype)
+    meta = describe_language_model(model, lowering, dtype)
     B, T, P = 2, 3, 5  # sample sizes >= 2 and distinct, so no dynamic axis is specialised or tied
     sample = {
         "input_ids": torch.zeros(B, T, dtype=torch.int64),
@@ -94,13 +93,7 @@ def language_model_to_onnx(model: RFALanguageModel, lowering: str = "plugin", dt
     _order_inputs(proto, [t.name for t in meta.inputs] + [s.input for s in meta.state])
     proto.doc_string = f"RFA language model exported by rfa-export {__version__}; see {METADATA_FILE}"
     proto.producer_name, proto.producer_version = "rfa-export", __version__
-    attach_metadata(proto, meta)
     return proto, meta
-
-
-GENAI_CONV_IN = "past_key_values.{}.conv_state"
-GENAI_CONV_OUT = "present.{}.conv_state"
-GENAI_CONFIG_FILE = "genai_config.json"
 
 
 def add_genai_shim(proto: onnx.ModelProto, meta: ExportMetadata) -> None:
@@ -113,10 +106,9 @@ def add_genai_shim(proto: onnx.ModelProto, meta: ExportMetadata) -> None:
         proto.graph.input.append(onnx.helper.make_tensor_value_info(name_in, onnx.TensorProto.FLOAT, ["batch", 1, 1]))
         proto.graph.output.append(onnx.helper.make_tensor_value_info(name_out, onnx.TensorProto.FLOAT, ["batch", 1, 1]))
         proto.graph.node.append(onnx.helper.make_node("Identity", [name_in], [name_out], name=f"genai_conv_state_{i}"))
-        meta.extra_state.append(StateSpec(i, name_in, name_out, ["batch", 1, 1], layout="onnxruntime-genai shim: passed "
-                                          "through unchanged and never read by the model (docs/genai.md)"))
+    meta.extra_state = describe_export(meta.model_config, meta.lowering, meta.dtype, meta.opsets, meta.producer,
+                                       genai=True).extra_state
     meta.genai = True
-    attach_metadata(proto, meta)
 
 
 def genai_config(meta: ExportMetadata, context_length: int = 65536, eos_token_id: int = 0, pad_token_id: int = 0) -> dict:
@@ -152,39 +144,29 @@ def check_exported(proto: onnx.ModelProto, path: Optional[Path] = None) -> None:
 
 def write_export(proto: onnx.ModelProto, meta: ExportMetadata, out_dir: Union[str, Path], progress: Progress = SILENT,
                  extra_files: Optional[dict] = None) -> Path:
-    """Write OUT_DIR/model.onnx (+ model.onnx.data when large) and rfa_export.json, atomically: everything is
-    written in a temporary folder inside OUT_DIR and renamed into place, the model last; on failure
-    nothing new is left behind."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".rfa-export-", dir=out_dir))
-    try:
+    """Write OUT_DIR/model.onnx (+ model.onnx.data when large) and rfa_export.json, sealed with the digest
+    of the model's content, published in one atomic step (rfa_export/format/publish.py): on failure OUT_DIR
+    keeps what it had."""
+    proto = copy.deepcopy(proto)
+    with staged_export(out_dir) as tmp:
         weights = sum(len(t.raw_data) for t in proto.graph.initializer)
         external = weights > EXTERNAL_DATA_THRESHOLD
         with progress.step(f"writing {MODEL_FILE} ({weights / 1e6:.1f} MB of weights{', external data' if external else ''})"):
-            tmp_model = tmp / MODEL_FILE
+            data_digest = None
             if external:
-                onnx.save_model(proto, str(tmp_model), save_as_external_data=True, all_tensors_to_one_file=True,
-                                location=MODEL_FILE + ".data", size_threshold=1024)
-            else:
-                onnx.save_model(proto, str(tmp_model))
+                onnx.external_data_helper.convert_model_to_external_data(
+                    proto, all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+                proto = onnx.external_data_helper.write_external_data_tensors(proto, str(tmp))
+                data_digest = file_digest(tmp / DATA_FILE)
+            (tmp / MODEL_FILE).write_bytes(seal_model(proto, meta, data_digest))
             (tmp / METADATA_FILE).write_text(meta.to_json())
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
             if meta.genai and GENAI_CONFIG_FILE not in (extra_files or {}):
                 (tmp / GENAI_CONFIG_FILE).write_text(json.dumps(genai_config(meta), indent=2) + "\n")
         with progress.step("checking (onnx.checker full_check: structure and strict shape inference)"):
-            check_exported(proto if not external else None, tmp_model if external else None)
-        stale = [out_dir / (MODEL_FILE + ".data")] if not external else []
-        stale += [out_dir / GENAI_CONFIG_FILE] if not meta.genai else []
-        for path in stale:
-            if path.exists():
-                path.unlink()
-        for name in sorted(os.listdir(tmp), key=lambda n: n == MODEL_FILE):  # the model file last
-            os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir / MODEL_FILE
+            check_exported(None, tmp / MODEL_FILE)
+    return Path(out_dir) / MODEL_FILE
 
 
 def export_checkpoint(checkpoint: Union[str, Path], out_dir: Union[str, Path], lowering: str = "plugin",

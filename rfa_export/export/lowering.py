@@ -12,13 +12,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..ops.causal_gated_scan import DEFAULT_EPS
+from ..format.config import DEFAULT_EPS
+from ..format.metadata import LOWERING_OPSETS, LOWERINGS
 from .onnx_builder import NodeWriter, bounded_readout_nodes, concat_ints
-from .scan_function import DOMAIN, OP_TYPE, OP_VERSION, OVERLOAD, causal_gated_scan_function
+from ..format.scan_op import DOMAIN, OP_TYPE, OVERLOAD
+from .scan_function import causal_gated_scan_function
 
-LOWERINGS = ("plugin", "onnx", "ort")
-BASE_OPSET = 20
-LINEAR_ATTENTION_OPSET = 27
+BASE_OPSET = LOWERING_OPSETS["plugin"][""]
+LINEAR_ATTENTION_OPSET = LOWERING_OPSETS["onnx"][""]
 # log g is floored here before it reaches LinearAttention: a gate that rounds to exactly 0 would give
 # -inf, which those kernels are not specified to handle; exp(-87) ~ 1.6e-38 is 0 for every purpose.
 MIN_LOG_GATE = -87.0
@@ -26,12 +27,8 @@ MIN_LOG_GATE = -87.0
 
 def opsets_of(lowering: str) -> Dict[str, int]:
     """The opset imports a model of this lowering declares."""
-    if lowering == "plugin":
-        return {"": BASE_OPSET, DOMAIN: OP_VERSION}
-    if lowering == "onnx":
-        return {"": LINEAR_ATTENTION_OPSET}
-    if lowering == "ort":
-        return {"": BASE_OPSET, "com.microsoft": 1}
+    if lowering in LOWERING_OPSETS:
+        return dict(LOWERING_OPSETS[lowering])
     raise ValueError(f"unknown lowering {lowering!r}; choose one of {', '.join(LOWERINGS)}")
 
 

@@ -9,17 +9,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..ops.causal_gated_scan import DEFAULT_EPS
+from ..format.scan_op import DEFAULT_EPS, DOMAIN, INPUTS, OP_TYPE, OP_VERSION, OUTPUTS, OVERLOAD, PLUGIN_ATTRIBUTES
 from .onnx_builder import NodeWriter, bounded_readout_nodes, concat_ints
 
-DOMAIN = "rfa"
-OP_TYPE = "CausalGatedScan"
-OP_VERSION = 1
-INPUTS = ["q_feat", "k_feat", "v", "g", "initial_state"]
-OUTPUTS = ["out", "final_state"]
-PLUGIN_ATTRIBUTES = {"plugin_namespace": "rfa", "plugin_version": "1"}
+__all__ = ["DOMAIN", "OP_TYPE", "OP_VERSION", "OVERLOAD", "PLUGIN_ATTRIBUTES", "causal_gated_scan_function"]
 DEFAULT_CHUNK = 16
-OVERLOAD = {True: "gated", False: "ungated"}
 
 
 def _chunk_scan_body() -> onnx.GraphProto:

@@ -6,7 +6,7 @@ from onnx import helper
 from onnx.defs import OpSchema
 
 from ..ops.causal_gated_scan import DEFAULT_EPS
-from .scan_function import DOMAIN, OP_TYPE, OP_VERSION, PLUGIN_ATTRIBUTES
+from ..format.scan_op import DOMAIN, OP_TYPE, OP_VERSION, PLUGIN_ATTRIBUTES
 
 _ACTIVATIONS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 

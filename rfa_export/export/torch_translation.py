@@ -4,7 +4,7 @@ from onnxscript import opset20 as op
 from onnxscript.values import Opset
 
 from ..ops.causal_gated_scan import DEFAULT_EPS
-from .scan_function import DOMAIN, OP_VERSION, PLUGIN_ATTRIBUTES
+from ..format.scan_op import DOMAIN, OP_VERSION, PLUGIN_ATTRIBUTES
 from .scan_schema import register_scan_schema
 
 register_scan_schema()

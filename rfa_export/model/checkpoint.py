@@ -11,7 +11,7 @@ from typing import Any, Dict, Union
 import torch
 
 from .config import ConfigError, RFAConfig
-from .lm import RFALanguageModel
+from .lm import RFALanguageModel, language_model_weight_shapes
 
 FORMAT_NAME = "rfa-export/checkpoint"
 FORMAT_VERSION = 1
@@ -89,9 +89,19 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     weights = payload["state_dict"]
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path}: state_dict must map names to tensors")
+    check_weights(path, weights, language_model_weight_shapes(config))
     with torch.device("meta"):
         model = RFALanguageModel(config)
-    expected = model.state_dict()
+    model = model.to_empty(device=map_location)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()}, strict=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model.eval()
+
+
+def check_weights(path, weights: Dict[str, torch.Tensor], expected: Dict[str, tuple]) -> None:
+    """Names, shapes, dtypes and finiteness of the file's tensors against the shapes the config implies
+    (computed arithmetically, so a config that claims a huge model costs nothing to refuse)."""
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
@@ -101,22 +111,17 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
         if unexpected:
             parts.append(f"unexpected {_preview(unexpected)}")
         raise CheckpointError(f"{path}: weights do not match the config: {'; '.join(parts)}")
-    for name, tensor in expected.items():
+    for name, shape in expected.items():
         got = weights[name]
-        if tuple(got.shape) != tuple(tensor.shape):
+        if tuple(got.shape) != tuple(shape):
             raise CheckpointError(
                 f"{path}: weights do not match the config: {name} has shape {tuple(got.shape)}, "
-                f"the config implies {tuple(tensor.shape)}"
+                f"the config implies {tuple(shape)}"
             )
         if not got.is_floating_point():
             raise CheckpointError(f"{path}: {name} has dtype {got.dtype}, expected a floating-point tensor")
         if not torch.isfinite(got).all():
             raise CheckpointError(f"{path}: {name} contains NaN or infinity")
-    model = model.to_empty(device=map_location)
-    model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()}, strict=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    return model.eval()
 
 
 def _first_line(e: BaseException) -> str:

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from ..ops.random_features import cuda_random_features, naive_random_features, random_features_kernel_supports
+from ..format.config import FEATURE_MAPS
 from .inference_path import cuda_inference
 
-FEATURE_MAPS = ("gaussian", "arccos")
 
 
 def draw_random_matrix(
@@ -41,7 +41,7 @@ class RandomFeatureMap(nn.Module):
     def __init__(self, kind: str, n_heads: int, head_dim: int, num_features: int, orthogonal: bool = True):
         super().__init__()
         if kind not in FEATURE_MAPS:
-            raise ValueError(f"feature_map must be one of {FEATURE_MAPS}, got {kind!r}")
+            raise ValueError(f"feature_map must be one of {', '.join(FEATURE_MAPS)}, got {kind!r}")
         self.kind = kind
         self.n_heads, self.head_dim, self.num_features = n_heads, head_dim, num_features
         self.orthogonal = orthogonal
@@ -50,7 +50,7 @@ class RandomFeatureMap(nn.Module):
 
     @property
     def feature_size(self) -> int:
-        return 2 * self.num_features if self.kind == "gaussian" else self.num_features
+        return FEATURE_MAPS[self.kind] * self.num_features
 
     @torch.no_grad()
     def resample(self, generator: Optional[torch.Generator] = None) -> None:

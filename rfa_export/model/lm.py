@@ -1,7 +1,7 @@
 """A decoder-only RFA language model: parallel forward for training, a step form for decoding."""
 
 import math
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -12,6 +12,25 @@ from .linear_layers import feed_forward, linear
 from .residual_norm import residual_norm
 
 State = List[torch.Tensor]
+
+
+def language_model_weight_shapes(config: RFAConfig) -> Dict[str, Tuple[int, ...]]:
+    """The names and shapes of RFALanguageModel(config).state_dict(), derived arithmetically: a checkpoint
+    is compared with this before anything is built (a config claiming 10^7 layers must cost nothing)."""
+    d, h, dh, f = config.d_model, config.n_heads, config.head_dim, config.d_ffn
+    block = {"ln_attn.weight": (d,), "ln_attn.bias": (d,)}
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        block.update({f"attn.{proj}.weight": (d, d), f"attn.{proj}.bias": (d,)})
+    block.update({"attn.phi.sigma": (h, dh), "attn.phi.w_tilde": (h, config.num_features, dh)})
+    if config.gated:
+        block.update({"attn.gate.weight": (h, d), "attn.gate.bias": (h,)})
+    block.update({"ln_ffn.weight": (d,), "ln_ffn.bias": (d,), "ffn.0.weight": (f, d), "ffn.0.bias": (f,),
+                  "ffn.2.weight": (d, f), "ffn.2.bias": (d,)})
+    shapes = {"embed.weight": (config.vocab_size, d)}
+    for i in range(config.n_layers):
+        shapes.update({f"blocks.{i}.{name}": shape for name, shape in block.items()})
+    shapes.update({"ln_f.weight": (d,), "ln_f.bias": (d,), "lm_head.weight": (config.vocab_size, d)})
+    return shapes
 
 
 def sinusoidal_positions(position_ids: torch.Tensor, d_model: int) -> torch.Tensor:

@@ -5,9 +5,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .backend import InputError
-from .decoder import Decoder, DecodeState, GenerationResult, Prompt, TokenEvent, _check_max_new
-from .sampling import SamplingParams, sample_token
+from .backend import InputError, NonFiniteError
+from .decoder import Decoder, DecodeState, GenerationResult, Prompt, TokenEvent, check_max_new
+from .sampling import SamplingParams, check_int, sample_token
 
 
 @dataclass
@@ -18,12 +18,28 @@ class _Request:
     stop_tokens: frozenset
     stop_strings: tuple
     rng: Optional[np.random.Generator]
-    text_of: object  # incremental decoder, or None
+    text_of: object  # IncrementalText, or None
+
+
+@dataclass
+class _Draw:
+    """One row's outcome of a step, not yet committed."""
+
+    request_id: int
+    token: Optional[int]
+    piece: str = ""
+    finished: Optional[str] = None
+    error: Optional[str] = None
 
 
 class ContinuousBatch:
     """Rows of one DecodeState, each owned by a request. `add` prefills new prompts and appends their rows;
-    `step` samples one token for every row and advances them together; finished rows are dropped."""
+    `step` samples one token for every row and advances them together; finished rows are dropped.
+
+    A step is all-or-nothing: every row is sampled first and nothing is recorded until the model has
+    advanced; if the model raises, the batch is left exactly as it was (random streams and partial
+    characters included), so the step can be retried. A row whose logits are not finite fails alone: its
+    request ends with finish_reason "error" and an event saying why, and the others go on."""
 
     def __init__(self, decoder: Decoder):
         self.decoder = decoder
@@ -47,10 +63,16 @@ class ContinuousBatch:
     def add_many(self, prompts: Sequence[Prompt], max_new_tokens: int, sampling: SamplingParams = SamplingParams(),
                  stop_tokens: Sequence[int] = (), stop_strings: Sequence[str] = (),
                  seeds: Optional[Sequence[int]] = None) -> List[int]:
-        _check_max_new(max_new_tokens)
-        if seeds is not None and len(seeds) != len(prompts):
-            raise InputError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        self.decoder.check_tokens(list(stop_tokens), "stop_tokens")
+        check_max_new(max_new_tokens)
+        if not isinstance(sampling, SamplingParams):
+            raise InputError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        if seeds is not None:
+            if len(seeds) != len(prompts):
+                raise InputError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+            seeds = [check_int("seed", s, 0, 2**63 - 1) for s in seeds]
+        if isinstance(stop_strings, str) or not all(isinstance(s, str) for s in stop_strings):
+            raise InputError("stop_strings must be a list of strings")
+        stops = frozenset(self.decoder.check_tokens(list(stop_tokens), "stop_tokens").tolist())
         state, logits = self.decoder.prefill(prompts)
         ids = []
         for i in range(len(prompts)):
@@ -65,8 +87,8 @@ class ContinuousBatch:
             else:
                 rng = np.random.default_rng()
             tok = self.decoder.tokenizer
-            self.requests[rid] = _Request(GenerationResult(rid), max_new_tokens, sampling, frozenset(int(t) for t in stop_tokens),
-                                          tuple(stop_strings), rng, tok.incremental_decoder() if tok is not None else None)
+            self.requests[rid] = _Request(GenerationResult(rid), max_new_tokens, sampling, stops, tuple(stop_strings),
+                                          rng, tok.incremental_decoder() if tok is not None else None)
             ids.append(rid)
         if self.state is None or not self.rows:
             self.state, self.logits = state, logits
@@ -89,35 +111,67 @@ class ContinuousBatch:
         return req.result
 
     def step(self) -> List[TokenEvent]:
-        """One token for every active request."""
+        """One token for every active request (or an "error" event for a request whose logits are not
+        finite). If the model raises, nothing has changed and the exception propagates."""
         if not self.rows:
             return []
-        events, tokens, keep = [], [], []
-        for row, rid in enumerate(self.rows):
-            req = self.requests[rid]
-            token = sample_token(self.logits[row], req.sampling, req.rng)
+        saved = {rid: self._save(self.requests[rid]) for rid in self.rows}
+        draws = [self._draw(row, rid) for row, rid in enumerate(self.rows)]
+        going = [d for d in draws if d.finished is None]
+        try:
+            if going:
+                rows = [row for row, d in enumerate(draws) if d.finished is None]
+                state = self.state if len(going) == len(self.rows) else self.decoder.select(self.state, rows)
+                logits, state = self.decoder.step([d.token for d in going], state)
+        except BaseException:
+            for rid, snapshot in saved.items():
+                self._restore(self.requests[rid], snapshot)
+            raise
+        events = []
+        for d in draws:
+            req = self.requests[d.request_id]
             res = req.result
-            res.tokens.append(token)
-            piece = req.text_of(token) if req.text_of is not None else f"{token} "
-            res.text += piece
-            if token in req.stop_tokens:
-                res.finish_reason = "stop_token"
-            elif any(s and s in res.text[-(len(s) + len(piece)):] for s in req.stop_strings):
-                res.finish_reason = "stop_string"
-            elif len(res.tokens) >= req.max_new_tokens:
-                res.finish_reason = "length"
-            events.append(TokenEvent(rid, token, piece, res.finish_reason))
-            if res.finish_reason is None:
-                keep.append(rid)
-                tokens.append(token)
-            else:
-                self.results[rid] = res
-                del self.requests[rid]
-        if len(keep) < len(self.rows):
-            self._keep(keep)
-        if self.rows:
-            self.logits, self.state = self.decoder.step(tokens, self.state)
+            if d.token is not None:
+                res.tokens.append(d.token)
+                res.text += d.piece
+            res.finish_reason, res.error = d.finished, d.error
+            events.append(TokenEvent(d.request_id, d.token, d.piece, d.finished, d.error))
+            if d.finished is not None:
+                self.results[d.request_id] = res
+                del self.requests[d.request_id]
+        self.rows = [d.request_id for d in going]
+        self.state, self.logits = (state, logits) if going else (None, None)
         return events
+
+    def _draw(self, row: int, rid: int) -> _Draw:
+        req = self.requests[rid]
+        try:
+            token = sample_token(self.logits[row], req.sampling, req.rng)
+        except NonFiniteError as e:
+            return _Draw(rid, None, finished="error", error=f"request {rid}: {e}")
+        piece = req.text_of(token) if req.text_of is not None else f"{token} "
+        text = req.result.text + piece
+        finished = None
+        if token in req.stop_tokens:
+            finished = "stop_token"
+        elif any(s and s in text[-(len(s) + len(piece)):] for s in req.stop_strings):
+            finished = "stop_string"
+        elif len(req.result.tokens) + 1 >= req.max_new_tokens:
+            finished = "length"
+        return _Draw(rid, token, piece, finished)
+
+    @staticmethod
+    def _save(req: _Request):
+        rng = req.rng.bit_generator.state if req.rng is not None else None
+        return rng, req.text_of.state() if req.text_of is not None else None
+
+    @staticmethod
+    def _restore(req: _Request, saved) -> None:
+        rng, text = saved
+        if rng is not None:
+            req.rng.bit_generator.state = rng
+        if text is not None:
+            req.text_of.restore(text)
 
     def _keep(self, request_ids: List[int]) -> None:
         rows = [self.rows.index(r) for r in request_ids]

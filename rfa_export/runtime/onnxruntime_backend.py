@@ -12,10 +12,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..export.metadata import METADATA_KEY, MODEL_FILE, ExportMetadata, MetadataError, read_export_dir
-from .backend import DecoderBackend
+from ..format.export_dir import open_export
+from .backend import DecoderBackend, InputError
 
 _NUMPY = {"float32": np.float32, "int64": np.int64}
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
 
 
 class OnnxRuntimeBackend(DecoderBackend):
@@ -25,11 +26,9 @@ class OnnxRuntimeBackend(DecoderBackend):
                  device_id: int = 0, cuda_graph: bool = False):
         import onnxruntime as ort
 
-        out_dir = Path(out_dir)
-        self.spec = read_export_dir(out_dir)
-        model_path = out_dir / MODEL_FILE
-        if not model_path.is_file():
-            raise MetadataError(f"{out_dir}: no {MODEL_FILE}")
+        export = open_export(out_dir)  # metadata checked against the model and its content digest
+        self.spec = export.meta
+        model_path = export.model_path
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {device!r}")
         self._ort = ort
@@ -49,12 +48,6 @@ class OnnxRuntimeBackend(DecoderBackend):
             self._providers = ["CPUExecutionProvider"]
         self.model_path = model_path
         self.session = ort.InferenceSession(str(model_path), self._options, providers=self._providers)
-        # The model's own copy of the metadata (read by the session, no second parse of the file).
-        embedded = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if embedded is None:
-            raise MetadataError(f"{model_path}: no rfa-export metadata; was it exported by rfa-export?")
-        if ExportMetadata.from_json(embedded, str(model_path)).state != self.spec.state:
-            raise MetadataError(f"{out_dir}: {MODEL_FILE} and its metadata file disagree about the state tensors")
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._state_outputs = [s.output for s in self.spec.state]
         self._free: Dict[Tuple[int, ...], List] = {}  # device buffers ready for reuse, by shape
@@ -69,14 +62,12 @@ class OnnxRuntimeBackend(DecoderBackend):
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                  "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64)}
         if "position_ids" in self._inputs:
-            if position_ids is None:
-                raise ValueError("this model needs position_ids")
             feeds["position_ids"] = np.ascontiguousarray(position_ids, dtype=np.int64)
         for spec in self.spec.extra_state:
             feeds[spec.input] = np.zeros([B, *spec.shape[1:]], dtype=_NUMPY[spec.dtype])
         return feeds
 
-    def run(self, input_ids, attention_mask, position_ids, state):
+    def _run(self, input_ids, attention_mask, position_ids, state):
         feeds = self._host_feeds(input_ids, attention_mask, position_ids)
         if self.device == "cpu":
             for spec, value in zip(self.spec.state, state):
@@ -123,8 +114,13 @@ class OnnxRuntimeBackend(DecoderBackend):
             return arrays
         return [self._ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for a in arrays]
 
-    def batch_size(self, state) -> int:
-        return int(state[0].shape[0] if self.device == "cpu" else state[0].shape()[0])
+    def state_shapes(self, state):
+        if self.device == "cpu":
+            return super().state_shapes(state)
+        try:
+            return [(tuple(v.shape()), _ORT_TYPES.get(v.data_type(), v.data_type())) for v in state]
+        except (AttributeError, TypeError):
+            raise InputError(f"a CUDA state is a list of OrtValues, got {type(state).__name__}") from None
 
     def select(self, state, indices):
         if self.device == "cpu":

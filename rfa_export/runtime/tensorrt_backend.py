@@ -15,8 +15,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..export.metadata import MODEL_FILE, ExportMetadata, read_export_dir
-from .backend import DecoderBackend
+from ..format.export_dir import open_export
+from ..format.metadata import ExportMetadata
+from .backend import DecoderBackend, InputError
 
 Shapes = Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]]
 PLUGIN_ENV = "RFA_TRT_PLUGIN"
@@ -81,7 +82,8 @@ class TensorRTBackend(DecoderBackend):
         import torch
 
         out_dir = Path(out_dir)
-        self.spec = read_export_dir(out_dir)
+        export = open_export(out_dir)
+        self.spec = export.meta
         self.trt, self.torch = trt, torch
         self.device = torch.device("cuda", device_id)
         self.logger = trt.Logger(trt.Logger.WARNING)
@@ -91,7 +93,7 @@ class TensorRTBackend(DecoderBackend):
             plugin = find_plugin_library(plugin_library)
             trt.get_plugin_registry().load_library(str(plugin))
         self.profile = optimization_profile(self.spec, max_batch, max_sequence, opt_batch, opt_sequence)
-        model_path = out_dir / MODEL_FILE
+        model_path = export.model_path
         cache = Path(engine_cache) if engine_cache else out_dir / "trt_engines"
         key = engine_cache_key(model_path, plugin, trt.__version__, torch.cuda.get_device_name(device_id), self.profile)
         engine_path = cache / f"{key}.engine"
@@ -137,7 +139,7 @@ class TensorRTBackend(DecoderBackend):
             raise RuntimeError("TensorRT failed to build the engine (see the log above)")
         return bytes(serialized)
 
-    def run(self, input_ids, attention_mask, position_ids, state):
+    def _run(self, input_ids, attention_mask, position_ids, state):
         torch = self.torch
         B, T = input_ids.shape
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -185,5 +187,9 @@ class TensorRTBackend(DecoderBackend):
     def concat(self, states):
         return [self.torch.cat(parts, 0) for parts in zip(*states)]
 
-    def batch_size(self, state) -> int:
-        return int(state[0].shape[0])
+    def state_shapes(self, state):
+        try:
+            return [(tuple(t.shape), str(t.dtype).replace("torch.", "") if t.device == self.device else "not on the GPU")
+                    for t in state]
+        except AttributeError:
+            raise InputError(f"a TensorRT state is a list of torch CUDA tensors, got {type(state).__name__}") from None

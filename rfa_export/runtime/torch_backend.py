@@ -7,10 +7,11 @@ from typing import List, Sequence, Union
 import numpy as np
 import torch
 
-from ..export.lm_export import describe_export
+from .. import __version__
+from ..format.metadata import TORCH_LOWERING, describe_export
 from ..model.checkpoint import load_checkpoint
 from ..model.lm import RFALanguageModel
-from .backend import DecoderBackend
+from .backend import DecoderBackend, InputError
 
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 
@@ -21,19 +22,25 @@ class TorchBackend(DecoderBackend):
     name = "torch"
 
     def __init__(self, model: Union[RFALanguageModel, str, Path], device: str = "cpu", dtype: str = "fp32"):
-        model = copy.deepcopy(model) if isinstance(model, RFALanguageModel) else load_checkpoint(model)
+        if isinstance(model, RFALanguageModel):
+            for name, t in model.state_dict().items():
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise InputError(f"the model's weight {name} contains NaN or infinity")
+            model = copy.deepcopy(model)
+        else:
+            model = load_checkpoint(model)
         if dtype not in _TORCH_DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_TORCH_DTYPES)}")
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(self.device, _TORCH_DTYPES[dtype]).eval()
-        self.spec = describe_export(model, lowering="torch", dtype=dtype)
+        self.spec = describe_export(model.config, TORCH_LOWERING, dtype, {}, f"rfa-export {__version__}")
         self._state_dtype = torch.float64 if dtype == "fp64" else torch.float32
 
     @torch.no_grad()
-    def run(self, input_ids, attention_mask, position_ids, state):
+    def _run(self, input_ids, attention_mask, position_ids, state):
         ids = torch.tensor(np.asarray(input_ids), dtype=torch.int64, device=self.device)
-        mask = torch.tensor(np.asarray(attention_mask), device=self.device)
+        mask = torch.tensor(np.asarray(attention_mask), dtype=torch.int64, device=self.device)
         pos = None if position_ids is None else torch.tensor(np.asarray(position_ids), dtype=torch.int64, device=self.device)
         logits, new_state = self.model(ids, list(state), pos, mask[:, mask.shape[1] - ids.shape[1]:])
         return logits.float().cpu().numpy(), new_state
@@ -54,5 +61,15 @@ class TorchBackend(DecoderBackend):
     def concat(self, states):
         return [torch.cat(parts, 0) for parts in zip(*states)]
 
-    def batch_size(self, state) -> int:
-        return int(state[0].shape[0])
+    def state_shapes(self, state):
+        """Native state tensors are reported with their portable dtype (float32) when they have the
+        backend's own state dtype (float64 for the fp64 reference)."""
+        shapes = []
+        for t in state if isinstance(state, (list, tuple)) else [None]:
+            if not isinstance(t, torch.Tensor):
+                raise InputError(f"a torch state is a list of tensors, got {type(t).__name__}")
+            dtype = "float32" if t.dtype == self._state_dtype else str(t.dtype).replace("torch.", "")
+            if t.device.type != self.device.type:
+                dtype += f" on {t.device}"
+            shapes.append((tuple(t.shape), dtype))
+        return shapes

@@ -6,16 +6,15 @@ from typing import Any, Dict
 
 import onnx
 
-from ..export.metadata import MODEL_FILE, metadata_from_model, read_export_dir
-from ..export.scan_function import DOMAIN, OP_TYPE
+from ..format.export_dir import open_export
+from ..format.scan_op import DOMAIN, OP_TYPE
 
 
 def describe_export_dir(out_dir) -> Dict[str, Any]:
     out_dir = Path(out_dir)
-    meta = read_export_dir(out_dir)
-    model_path = out_dir / MODEL_FILE
-    model = onnx.load(str(model_path), load_external_data=False)
-    metadata_from_model(model, str(model_path))
+    export = open_export(out_dir)  # the JSON equals the model's metadata, the model its content digest
+    meta = export.meta
+    model = onnx.load(str(export.model_path), load_external_data=False)
     files = {p.name: p.stat().st_size for p in sorted(out_dir.iterdir()) if p.is_file()}
     params = sum(int(_numel(t)) for t in model.graph.initializer)
     ops = Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in model.graph.node)

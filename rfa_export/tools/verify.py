@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..corpus import pydoc_topics_split
-from ..export.metadata import read_export_dir
+from ..format.export_dir import open_export
 from ..model.checkpoint import load_checkpoint
 from ..runtime.backend import DecoderBackend
 from ..runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -99,9 +99,31 @@ def default_prompts(vocab_size: int, lengths: Sequence[int], batch: int, seed: i
     return prompts
 
 
+def graph_dtype(model_path) -> str:
+    """The activation dtype the graph's weights actually have (fp32, fp16 or bf16), from its initializers."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    names = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16"}
+    sizes: Dict[str, int] = {}
+    for t in model.graph.initializer:
+        if t.data_type in names:
+            n = 1
+            for d in t.dims:
+                n *= d
+            sizes[names[t.data_type]] = sizes.get(names[t.data_type], 0) + n
+    return max(sizes, key=sizes.get) if sizes else "fp32"
+
+
 def verify_export(out_dir, checkpoint, lengths: Sequence[int] = (1, 7, 64), decode_steps: int = 20,
                   batch: int = 2, seed: int = 0, tolerance: Optional[float] = None, threads: Optional[int] = None) -> VerifyReport:
-    meta = read_export_dir(out_dir)
+    """The tolerance is the one of the model's own dtype: its embedded metadata (which the JSON beside it
+    must equal), checked against the dtype of the graph's weights."""
+    export = open_export(out_dir)
+    meta = export.meta
+    weights = graph_dtype(export.model_path)
+    if weights != meta.dtype:
+        raise VerifyError(f"{out_dir}: the metadata says {meta.dtype} but the graph's weights are {weights}")
     model = load_checkpoint(checkpoint)
     if model.config.to_dict() != meta.config:
         diff = sorted(k for k in meta.config if meta.config.get(k) != model.config.to_dict().get(k))
@@ -132,7 +154,7 @@ def save_polygraphy_reference(out_dir, checkpoint, dest, length: int = 7, batch:
         from polygraphy.json import save_json
     except ImportError:
         raise RuntimeError("polygraphy is not installed (pip install polygraphy)") from None
-    meta = read_export_dir(out_dir)
+    meta = open_export(out_dir).meta
     reference = TorchBackend(load_checkpoint(checkpoint), dtype="fp64")
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, meta.vocab_size, size=(batch, length), dtype=np.int64)

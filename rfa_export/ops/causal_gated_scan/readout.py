@@ -2,7 +2,9 @@
 
 import torch
 
-DEFAULT_EPS = 1e-3
+from ...format.config import DEFAULT_EPS
+
+__all__ = ["DEFAULT_EPS", "bounded_readout"]
 
 
 def bounded_readout(num: torch.Tensor, den: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:

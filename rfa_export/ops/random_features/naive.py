@@ -24,6 +24,8 @@ def naive_random_features(x: torch.Tensor, sigma: torch.Tensor, w_tilde: torch.T
     proj = torch.bmm(rows, w).transpose(0, 1).reshape(*lead, H, D)
     if kind == "gaussian":
         phi = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1) * (1.0 / math.sqrt(D))
-    else:
+    elif kind == "arccos":
         phi = torch.relu(proj) * math.sqrt(2.0 / D)
+    else:
+        raise ValueError(f"unknown feature map {kind!r}")
     return phi.to(x.dtype)

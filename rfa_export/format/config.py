@@ -1,0 +1,137 @@
+"""RFAConfig: the hyper-parameters of an RFA decoder-only language model, every field type- and range-checked.
+
+The limits are in one table (LIMITS) and documented in docs/validation.md. A checkpoint or an export whose
+config breaks one is refused before anything is built or allocated.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
+
+DEFAULT_EPS = 1e-3  # the op's normaliser constant (docs/op_contract.md)
+# name -> F / D: the feature size per random feature (sin and cos of each projection, or one ReLU)
+FEATURE_MAPS = {"gaussian": 2, "arccos": 1}
+POSITIONAL_SCHEMES = ("sinusoidal", "none")
+# TensorRT's largest tensor volume and the kernels' int32 element offsets; also int32 token ids (genai, TensorRT)
+MAX_TENSOR_ELEMENTS = 2**31 - 1
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a model; the message names the field and the allowed range."""
+
+
+# field -> (low, high, low inclusive, high inclusive, why)
+LIMITS: Dict[str, Tuple[float, float, bool, bool, str]] = {
+    "vocab_size": (1, MAX_TENSOR_ELEMENTS, True, True, "token ids are int32 in TensorRT and onnxruntime-genai"),
+    "d_model": (1, 65536, True, True, "bounds the memory a hand-edited config can ask for"),
+    "n_heads": (1, 65536, True, True, "a divisor of d_model"),
+    "n_layers": (1, 1024, True, True, "bounds the work a hand-edited config can ask for"),
+    "d_ffn": (1, 262144, True, True, "bounds the memory a hand-edited config can ask for"),
+    "num_features": (1, 4096, True, True, "the state is H x F x (head_dim + 1) floats per layer and sequence"),
+    "dropout": (0.0, 1.0, True, False, "a probability; 1 would drop everything"),
+    "normaliser_eps": (1e-6, 1.0, True, True, "the readout is bounded by 1/eps (docs/op_contract.md); past 1e6 "
+                       "activations overflow"),
+    "layer_norm_eps": (1e-12, 1.0, True, True, "smaller values round to 0 in float32, and 0 divides by zero on a "
+                       "constant input"),
+}
+
+
+def _interval(low, high, low_in, high_in) -> str:
+    return f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def check_range(owner: str, name: str, value) -> None:
+    """Raise ConfigError unless `value` lies in LIMITS[name] (and is finite)."""
+    low, high, low_in, high_in, _ = LIMITS[name]
+    finite = not isinstance(value, float) or math.isfinite(value)
+    above = value >= low if low_in else value > low
+    below = value <= high if high_in else value < high
+    if not (finite and above and below):
+        kind = "an integer" if isinstance(value, int) else "a finite number"
+        raise ConfigError(f"{owner} field {name} must be {kind} in {_interval(low, high, low_in, high_in)}, got {value!r}")
+
+
+def check_field_types(obj) -> None:
+    """Exact types per dataclass field (bool is not an int; an int is accepted for a float and converted)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        want = f.type
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(obj, f.name, float(value))
+            ok = True
+        if not ok:
+            raise ConfigError(f"config field {f.name} must be {want.__name__}, got {type(value).__name__} {value!r}")
+
+
+def check_tensor_size(name: str, shape) -> None:
+    n = 1
+    for d in shape:
+        n *= d
+    if n > MAX_TENSOR_ELEMENTS:
+        raise ConfigError(f"config implies {name} of shape {tuple(shape)}: {n:,} elements, more than "
+                          f"{MAX_TENSOR_ELEMENTS:,} (the largest tensor TensorRT and the kernels index)")
+
+
+@dataclass(frozen=True)
+class RFAConfig:
+    vocab_size: int = 256
+    d_model: int = 256
+    n_heads: int = 4
+    n_layers: int = 4
+    d_ffn: int = 1024
+    feature_map: str = "gaussian"  # "gaussian" (sin/cos) or "arccos" (ReLU)
+    num_features: int = 32  # D random features per head; F = 2D for gaussian, D for arccos
+    orthogonal_features: bool = True
+    gated: bool = True
+    positional: str = "sinusoidal"  # absolute sinusoids of position_ids: any length
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    normaliser_eps: float = DEFAULT_EPS
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        for name in LIMITS:
+            check_range("config", name, getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"config field d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if self.feature_map not in FEATURE_MAPS:
+            raise ConfigError(f"config field feature_map must be one of {', '.join(FEATURE_MAPS)}, got {self.feature_map!r}")
+        if self.positional not in POSITIONAL_SCHEMES:
+            raise ConfigError(f"config field positional must be one of {', '.join(POSITIONAL_SCHEMES)}, got {self.positional!r}")
+        check_tensor_size("embed.weight", (self.vocab_size, self.d_model))
+        check_tensor_size("attention projections", (self.d_model, self.d_model))
+        check_tensor_size("ffn weights", (self.d_ffn, self.d_model))
+        check_tensor_size("phi.w_tilde", (self.n_heads, self.num_features, self.head_dim))
+        check_tensor_size("the state of one layer and sequence", self.state_shape)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def feature_size(self) -> int:
+        """F, the size of phi(x) per head."""
+        return FEATURE_MAPS[self.feature_map] * self.num_features
+
+    @property
+    def state_shape(self) -> tuple:
+        """Per-layer state without the batch axis: (H, F, Dv + 1)."""
+        return (self.n_heads, self.feature_size, self.head_dim + 1)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RFAConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a dict, got {type(data).__name__}")
+        if not all(isinstance(k, str) for k in data):
+            raise ConfigError("config keys must be strings")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"config has unknown fields: {', '.join(unknown)}")
+        return cls(**data)
