@@ -10,3 +10,16 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+BUNDLED = "examples/tiny_rfa.pt"
+
+
+@pytest.fixture(scope="session")
+def bundled_export(tmp_path_factory):
+    """The bundled model exported once (plugin lowering) for every test that only reads it."""
+    from rfa_export.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("bundled") / "out"
+    export_checkpoint(BUNDLED, out)
+    return out

@@ -32,10 +32,8 @@ SAMPLING = SamplingParams(temperature=0.9, top_k=40)
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("robust") / "out"
-    export_checkpoint(BUNDLED, out)
-    return out
+def export_dir(bundled_export):
+    return bundled_export
 
 
 @pytest.fixture(scope="module")
@@ -397,3 +395,58 @@ def test_raw_inputs_are_checked_before_the_backend_runs(ort, backend):
         dec.prefill([[65.9, 66.2]])
     with pytest.raises(InputError, match=r"input_ids: token id -1 is out of range"):
         dec.backend.run(np.array([[-1]]), np.ones((1, 1), np.int64), None, dec.backend.zeros_state(1))
+
+
+# --- fuzz: single-byte edits of an export folder --------------------------------------------------------------------
+
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from rfa_export.format.config import ConfigError  # noqa: E402
+
+CLEAR_ERRORS = (InputError, NonFiniteError, ConfigError, MetadataError, CheckpointError)
+FUZZ_PROMPTS = ["The import statement", "x"]
+
+
+@pytest.fixture(scope="module")
+def reference_logits(ort):
+    return fuzz_run(ort)
+
+
+def fuzz_run(dec):
+    """Prefill two prompts and take 3 greedy steps: every logits row."""
+    state, logits = dec.prefill(FUZZ_PROMPTS)
+    rows = [logits]
+    for _ in range(3):
+        logits, state = dec.step(logits.argmax(-1), state)
+        rows.append(logits)
+    return np.stack(rows)
+
+
+@settings(max_examples=int(os.environ.get("RFA_PROPERTY_EXAMPLES", 40)), deadline=None,
+          derandomize=not os.environ.get("RFA_PROPERTY_SEARCH"), database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_single_byte_edits_of_an_export_give_a_clear_error_or_the_same_answer(export_dir, reference_logits, tmp_path_factory,
+                                                                              data):
+    """Any one byte of any file of the export changed: opening and decoding either fails with a clear error or
+    gives the original logits (an edit nothing reads, such as JSON whitespace): never a hang, NaN text or a
+    wrong answer."""
+    work = tmp_path_factory.mktemp("fuzz") / "out"
+    shutil.copytree(export_dir, work)
+    name = data.draw(st.sampled_from(sorted(p.name for p in work.iterdir())), label="file")
+    content = bytearray((work / name).read_bytes())
+    n = len(content)
+    offset = data.draw(st.one_of(st.integers(0, n - 1), st.integers(0, min(n, 4096) - 1),
+                                 st.integers(max(0, n - 20000), n - 1)), label="offset")
+    content[offset] ^= data.draw(st.integers(1, 255), label="xor")
+    (work / name).write_bytes(bytes(content))
+    with time_limit(60):
+        try:
+            got = fuzz_run(Decoder(OnnxRuntimeBackend(work)))
+        except CLEAR_ERRORS as e:
+            assert str(e) and "\n" not in str(e)
+            event(f"refused: {type(e).__name__}")
+            return
+    event(f"same answer ({name})")
+    np.testing.assert_allclose(got, reference_logits, rtol=0, atol=1e-5)

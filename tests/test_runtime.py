@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from helpers import rel_err
-from rfa_export.export import export_checkpoint
 from rfa_export.format.metadata import read_metadata_file as read_export_dir
 from rfa_export.runtime import (ContinuousBatch, Decoder, InputError, OnnxRuntimeBackend, SamplingParams, TorchBackend,
                                 load_snapshot, open_backend, restore, save_snapshot, snapshot)
@@ -20,10 +19,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def ort_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rt") / "out"
-    export_checkpoint(BUNDLED, out)
-    return out
+def ort_dir(bundled_export):
+    return bundled_export
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,8 @@ class RFAConfig:
             raise ConfigError(f"config field feature_map must be one of {', '.join(FEATURE_MAPS)}, got {self.feature_map!r}")
         if self.positional not in POSITIONAL_SCHEMES:
             raise ConfigError(f"config field positional must be one of {', '.join(POSITIONAL_SCHEMES)}, got {self.positional!r}")
+        if self.positional == "sinusoidal" and self.d_model < 2:
+            raise ConfigError(f"config field positional 'sinusoidal' needs d_model >= 2 (a sin/cos pair), got {self.d_model}")
         check_tensor_size("embed.weight", (self.vocab_size, self.d_model))
         check_tensor_size("attention projections", (self.d_model, self.d_model))
         check_tensor_size("ffn weights", (self.d_ffn, self.d_model))

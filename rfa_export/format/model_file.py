@@ -76,16 +76,23 @@ def _entry(buf, start: int, end: int) -> Tuple[str, str]:
 
 
 def scan_model_bytes(buf) -> ModelFileScan:
-    """buf: the serialized ModelProto (bytes, or an mmap)."""
+    """buf: the serialized ModelProto (bytes, or an mmap, which is free to close when this returns or raises)."""
     view = memoryview(buf)
     h = hashlib.sha256()
     props: Dict[str, str] = {}
-    for number, wire, first, payload, stop in _fields(view, 0, len(view)):
-        if number == METADATA_PROPS_FIELD and wire == 2:
-            key, value = _entry(view, payload, stop)
-            props[key] = value
-        else:
-            h.update(view[first:stop])
+    error = None
+    try:
+        for number, wire, first, payload, stop in _fields(view, 0, len(view)):
+            if number == METADATA_PROPS_FIELD and wire == 2:
+                key, value = _entry(view, payload, stop)
+                props[key] = value
+            else:
+                h.update(view[first:stop])
+    except MetadataError as e:
+        error = str(e)  # raised below, once nothing refers to the view any more
+    view.release()
+    if error is not None:
+        raise MetadataError(error)
     return ModelFileScan(props, h.hexdigest())
 
 

@@ -37,16 +37,26 @@ def snapshot(decoder: Decoder, state: DecodeState, logits: Optional[np.ndarray] 
         logits = None if logits is None else np.asarray(logits)[np.asarray(rows)]
     arrays = decoder.backend.to_host(state.state)
     spec = decoder.backend.spec
-    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": model_fingerprint(decoder),
-              "config": spec.config, "state": [s.input for s in spec.state]}
     payload = {f"state_{i}": np.ascontiguousarray(a, dtype=np.float32) for i, a in enumerate(arrays)}
     payload["positions"] = state.positions.astype(np.int64)
     if logits is not None:
-        payload["logits"] = np.asarray(logits, dtype=np.float32)
+        payload["logits"] = np.ascontiguousarray(logits, dtype=np.float32)
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": model_fingerprint(decoder),
+              "config": spec.config, "state": [s.input for s in spec.state], "digest": _digest(payload)}
     payload["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **payload)
     return buf.getvalue()
+
+
+def _digest(arrays: Dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes: a snapshot edited anywhere is refused."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def _array_header(zf: zipfile.ZipFile, name: str) -> Tuple[Tuple[int, ...], np.dtype]:
@@ -87,10 +97,12 @@ def restore(decoder: Decoder, data: bytes) -> Tuple[DecodeState, Optional[np.nda
             _check_same_model(decoder, header)
             expected = _expected_arrays(decoder, zf, names)
             arrays = {name: _read(zf, name + ".npy") for name in expected}
+            if header.get("format_version") == FORMAT_VERSION and header.get("digest") != _digest(arrays):
+                raise InputError("the snapshot's data does not match its digest (the file was changed or damaged)")
     except InputError:
         raise
-    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"not a state snapshot ({type(e).__name__}: {str(e)[:200]})") from None
+    except Exception as e:  # anything the zip, .npy or JSON parsers raise on a damaged file
+        raise InputError(f"not a state snapshot ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     state = decoder.state_from_arrays([arrays[f"state_{i}"] for i in range(len(spec.state))], arrays["positions"])
     logits = arrays.get("logits")
     if logits is not None and not np.isfinite(logits).all():
