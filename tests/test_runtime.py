@@ -244,6 +244,10 @@ def test_generate_cli_prints_only_text(ort_dir, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--prompt", ""], "prompt 0 is empty"),
+    (["--prompt", "x", "--temperature", "nan"], "temperature must be a finite number in [0, 10000], got nan"),
+    (["--prompt", "x", "--temperature", "0.5", "--top-p", "2"], "top_p must be a finite number in (0, 1], got 2.0"),
+    (["--prompt", "x", "--temperature", "0.5", "--top-k", "-1"], "top_k must be an integer in [0, 2147483647], got -1"),
+    (["--prompt", "x", "--stop-token", "300"], "stop_tokens: token id 300 is out of range [0, 256)"),
     (["--backend", "torch", "--prompt", "x"], "pass --checkpoint"),
     (["--backend", "tensorrt", "--prompt", "x"], "TensorRT not installed"),
 ])
