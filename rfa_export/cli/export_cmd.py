@@ -4,8 +4,12 @@ import argparse
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
+
+from ..format.lowerings import DEFAULT_LOWERING, LOWERINGS
+from ..format.metadata import DTYPES
 
 DESCRIPTION = """Export a checkpoint to OUT_DIR/model.onnx (+ rfa_export.json describing inputs, outputs and state).
 
@@ -14,11 +18,8 @@ One graph serves prefill and decode: inputs input_ids [batch, sequence], attenti
 past_key_values.{i}.recurrent_state; outputs logits and present.{i}.recurrent_state.
 
 --scan chooses how each layer's causal gated scan is lowered:
-  plugin  one rfa::CausalGatedScan node (TensorRT's parser swaps in our plugin) plus an ONNX local
-          function of standard ops that every runtime can run (default)
-  onnx    the standard LinearAttention of opset 27 plus the normaliser
-  ort     com.microsoft.LinearAttention: onnxruntime's native CPU/CUDA kernels
-"""
+""" + "\n".join(textwrap.fill(low.help, 104, initial_indent=f"  {low.name:8s}", subsequent_indent=" " * 10)
+             for low in LOWERINGS.values()) + "\n"
 
 
 def add_parser(sub):
@@ -26,8 +27,8 @@ def add_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="MODEL.pt", help="checkpoint written by rfa_export.model.checkpoint.save_checkpoint")
     p.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", required=True, help="output directory (created if needed)")
-    p.add_argument("--scan", choices=["plugin", "onnx", "ort"], default="plugin", help="lowering of the scan (default: plugin)")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="activation dtype; the state stays fp32")
+    p.add_argument("--scan", choices=list(LOWERINGS), default=DEFAULT_LOWERING, help=f"lowering of the scan (default: {DEFAULT_LOWERING})")
+    p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="activation dtype; the state stays fp32")
     p.add_argument("--genai", action="store_true",
                    help="also write genai_config.json and add the conv_state shim onnxruntime-genai 0.18 binds (docs/genai.md)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")

@@ -4,6 +4,8 @@ import argparse
 import sys
 import time
 
+from ..runtime.loading import BACKENDS
+
 DESCRIPTION = """Generate text from a prompt with the exported model (onnxruntime, TensorRT) or its checkpoint
 (PyTorch). Prints only the generated text on stdout, as it is generated; timings go to stderr.
 
@@ -29,7 +31,7 @@ def add_parser(sub):
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="export directory (not needed for --backend torch)")
     p.add_argument("--prompt", required=True, help="prompt text (byte-level models) ")
     p.add_argument("--max-new-tokens", type=_positive_int, default=100)
-    p.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--checkpoint", metavar="MODEL.pt", help="the checkpoint, for --backend torch")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime/torch device (default cpu)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")

@@ -1,4 +1,5 @@
-"""The three lowerings of rfa::CausalGatedScan in an exported graph.
+"""How each lowering of rfa::CausalGatedScan rewrites an exported graph (the registry of lowerings, with
+their opsets and help, is rfa_export/format/lowerings.py).
 
 plugin: keep the rfa node (TensorRT's parser swaps in our plugin) and attach the portable body as an ONNX
         local function, so every runtime can run the file as is.
@@ -6,6 +7,7 @@ onnx:   replace the node by the standard LinearAttention (opset 27) plus the nor
 ort:    replace it by com.microsoft.LinearAttention (onnxruntime's native CPU/CUDA kernels) plus the normaliser.
 """
 
+import importlib
 from typing import Dict, List
 
 import numpy as np
@@ -13,13 +15,13 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..format.config import DEFAULT_EPS
-from ..format.metadata import LOWERING_OPSETS, LOWERINGS
-from .onnx_builder import NodeWriter, bounded_readout_nodes, concat_ints
+from ..format.lowerings import LOWERINGS, lowering as registered_lowering
 from ..format.scan_op import DOMAIN, OP_TYPE, OVERLOAD
+from .onnx_builder import NodeWriter, bounded_readout_nodes, concat_ints
 from .scan_function import causal_gated_scan_function
 
-BASE_OPSET = LOWERING_OPSETS["plugin"][""]
-LINEAR_ATTENTION_OPSET = LOWERING_OPSETS["onnx"][""]
+BASE_OPSET = LOWERINGS["plugin"].opsets[""]
+LINEAR_ATTENTION_OPSET = LOWERINGS["onnx"].opsets[""]
 # log g is floored here before it reaches LinearAttention: a gate that rounds to exactly 0 would give
 # -inf, which those kernels are not specified to handle; exp(-87) ~ 1.6e-38 is 0 for every purpose.
 MIN_LOG_GATE = -87.0
@@ -27,9 +29,7 @@ MIN_LOG_GATE = -87.0
 
 def opsets_of(lowering: str) -> Dict[str, int]:
     """The opset imports a model of this lowering declares."""
-    if lowering in LOWERING_OPSETS:
-        return dict(LOWERING_OPSETS[lowering])
-    raise ValueError(f"unknown lowering {lowering!r}; choose one of {', '.join(LOWERINGS)}")
+    return dict(registered_lowering(lowering).opsets)
 
 
 def scan_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
@@ -37,18 +37,14 @@ def scan_nodes(model: onnx.ModelProto) -> List[onnx.NodeProto]:
 
 
 def apply_lowering(model: onnx.ModelProto, lowering: str) -> onnx.ModelProto:
-    """Rewrite, in place, a freshly exported model whose scans are bare rfa::CausalGatedScan nodes."""
-    opsets_of(lowering)  # validates the name
-    if lowering == "plugin":
-        return _attach_functions(model)
-    if lowering == "onnx":
-        converted = onnx.version_converter.convert_version(model, LINEAR_ATTENTION_OPSET)
-        model.CopyFrom(converted)
-    _replace_with_linear_attention(model, lowering)
-    return model
+    """Rewrite, in place, a freshly exported model whose scans are bare rfa::CausalGatedScan nodes, with the
+    function the registry names for `lowering`."""
+    module, function = registered_lowering(lowering).apply.split(":")
+    return getattr(importlib.import_module(module), function)(model)
 
 
-def _attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+def attach_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """plugin: the rfa nodes stay, each gets its overload, and the portable bodies are attached."""
     opset = next(o.version for o in model.opset_import if o.domain == "")
     used = set()
     for node in scan_nodes(model):
@@ -59,6 +55,19 @@ def _attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     for gated in sorted(used):
         if (DOMAIN, OP_TYPE, OVERLOAD[gated]) not in existing:
             model.functions.append(causal_gated_scan_function(gated, opset))
+    return model
+
+
+def to_standard_linear_attention(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx: the standard LinearAttention (opset 27) plus the normaliser."""
+    model.CopyFrom(onnx.version_converter.convert_version(model, LINEAR_ATTENTION_OPSET))
+    _replace_with_linear_attention(model, "onnx")
+    return model
+
+
+def to_onnxruntime_linear_attention(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ort: com.microsoft.LinearAttention plus the normaliser."""
+    _replace_with_linear_attention(model, "ort")
     return model
 
 

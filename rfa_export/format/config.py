@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple
 
+from .feature_maps import FEATURE_MAPS
+
 DEFAULT_EPS = 1e-3  # the op's normaliser constant (docs/op_contract.md)
-# name -> F / D: the feature size per random feature (sin and cos of each projection, or one ReLU)
-FEATURE_MAPS = {"gaussian": 2, "arccos": 1}
 POSITIONAL_SCHEMES = ("sinusoidal", "none")
 # TensorRT's largest tensor volume and the kernels' int32 element offsets; also int32 token ids (genai, TensorRT)
 MAX_TENSOR_ELEMENTS = 2**31 - 1
@@ -116,7 +116,7 @@ class RFAConfig:
     @property
     def feature_size(self) -> int:
         """F, the size of phi(x) per head."""
-        return FEATURE_MAPS[self.feature_map] * self.num_features
+        return FEATURE_MAPS[self.feature_map].feature_size(self.num_features)
 
     @property
     def state_shape(self) -> tuple:

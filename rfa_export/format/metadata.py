@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .config import ConfigError, RFAConfig
-from .scan_op import DOMAIN, OP_VERSION
+from .lowerings import LOWERINGS
 
 METADATA_KEY = "rfa_export"
 METADATA_FILE = "rfa_export.json"
@@ -16,9 +16,6 @@ MODEL_FILE = "model.onnx"
 DATA_FILE = MODEL_FILE + ".data"
 FORMAT_NAME = "rfa-export/onnx"
 FORMAT_VERSION = 2  # 2: the content digest (integrity); exports of version 1 are refused (re-export them)
-# lowering -> the opsets its models import (rfa_export/export/lowering.py applies them)
-LOWERING_OPSETS = {"plugin": {"": 20, DOMAIN: OP_VERSION}, "onnx": {"": 27}, "ort": {"": 20, "com.microsoft": 1}}
-LOWERINGS = tuple(LOWERING_OPSETS)
 TORCH_LOWERING = "torch"  # what the PyTorch backend reports: no graph, the checkpoint itself
 DTYPES = ("fp32", "fp16", "bf16")
 STATE_IN = "past_key_values.{}.recurrent_state"
@@ -104,11 +101,11 @@ class ExportMetadata:
             raise MetadataError(f"{source}: {e}") from None
         if not isinstance(self.genai, bool) or not isinstance(self.integrity, dict) or not isinstance(self.opsets, dict):
             raise MetadataError(f"{source}: genai must be a bool, integrity and opsets objects")
-        if self.lowering not in LOWERINGS + (TORCH_LOWERING,):
+        if self.lowering not in (*LOWERINGS, TORCH_LOWERING):
             raise MetadataError(f"{source}: unknown lowering {self.lowering!r}")
         if self.dtype not in DTYPES + (("fp64",) if self.lowering == TORCH_LOWERING else ()):
             raise MetadataError(f"{source}: unknown dtype {self.dtype!r}")
-        if self.lowering != TORCH_LOWERING and self.opsets != LOWERING_OPSETS[self.lowering]:
+        if self.lowering != TORCH_LOWERING and self.opsets != LOWERINGS[self.lowering].opsets:
             raise MetadataError(f"{source}: opsets {self.opsets} are not those of lowering {self.lowering!r}")
         expected = describe_export(config, self.lowering, self.dtype, self.opsets, self.producer, self.genai)
         for name in ("inputs", "outputs", "state", "extra_state"):

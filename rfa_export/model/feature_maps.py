@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..ops.random_features import cuda_random_features, naive_random_features, random_features_kernel_supports
-from ..format.config import FEATURE_MAPS
+from ..format.feature_maps import FEATURE_MAPS
 from .inference_path import cuda_inference
 
 
@@ -50,7 +50,7 @@ class RandomFeatureMap(nn.Module):
 
     @property
     def feature_size(self) -> int:
-        return FEATURE_MAPS[self.kind] * self.num_features
+        return FEATURE_MAPS[self.kind].feature_size(self.num_features)
 
     @torch.no_grad()
     def resample(self, generator: Optional[torch.Generator] = None) -> None:

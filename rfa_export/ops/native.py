@@ -12,9 +12,11 @@ from typing import Callable, Optional
 
 import torch
 
+from ..format.feature_maps import FEATURE_MAPS
+
 # rfa_dtype_t (causal_gated_scan.h) and rfa_feature_kind_t (random_features.h)
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-FEATURE_KIND_CODES = {"gaussian": 0, "arccos": 1}
+FEATURE_KIND_CODES = {m.name: m.kernel_code for m in FEATURE_MAPS.values()}
 
 _lib = None
 _error: Optional[str] = None

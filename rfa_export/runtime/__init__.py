@@ -1,14 +1,27 @@
-"""Step-wise decoding with one API over PyTorch, onnxruntime and TensorRT."""
+"""Step-wise decoding with one API over PyTorch, onnxruntime and TensorRT.
 
-from .backend import DecoderBackend, InputError
+Importing this package does not import torch (the onnxruntime path runs without it): TorchBackend and
+TensorRTBackend load on first use.
+"""
+
+from .backend import DecoderBackend, InputError, NonFiniteError
 from .batch import ContinuousBatch
 from .decoder import Decoder, DecodeState, GenerationResult, TokenEvent
 from .loading import BACKENDS, open_backend
 from .onnxruntime_backend import OnnxRuntimeBackend
 from .sampling import SamplingParams
 from .snapshot import load_snapshot, restore, save_snapshot, snapshot
-from .torch_backend import TorchBackend
+
+_LAZY = {"TorchBackend": ".torch_backend", "TensorRTBackend": ".tensorrt_backend"}
 
 __all__ = ["BACKENDS", "ContinuousBatch", "DecodeState", "Decoder", "DecoderBackend", "GenerationResult",
-           "InputError", "OnnxRuntimeBackend", "SamplingParams", "TokenEvent", "TorchBackend", "load_snapshot",
-           "open_backend", "restore", "save_snapshot", "snapshot"]
+           "InputError", "NonFiniteError", "OnnxRuntimeBackend", "SamplingParams", "TensorRTBackend", "TokenEvent",
+           "TorchBackend", "load_snapshot", "open_backend", "restore", "save_snapshot", "snapshot"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

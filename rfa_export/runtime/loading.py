@@ -5,7 +5,7 @@ from typing import Union
 
 from .backend import DecoderBackend
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
 
 
 def open_backend(kind: str, source: Union[str, Path, None] = None, checkpoint: Union[str, Path, None] = None,

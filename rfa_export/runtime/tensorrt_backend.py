@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..format.export_dir import open_export
+from ..format.lowerings import LOWERINGS
 from ..format.metadata import ExportMetadata
 from .backend import DecoderBackend, InputError
 
@@ -89,7 +90,7 @@ class TensorRTBackend(DecoderBackend):
         self.logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self.logger, "")
         plugin = None
-        if self.spec.lowering == "plugin":
+        if LOWERINGS[self.spec.lowering].needs_plugin:
             plugin = find_plugin_library(plugin_library)
             trt.get_plugin_registry().load_library(str(plugin))
         self.profile = optimization_profile(self.spec, max_batch, max_sequence, opt_batch, opt_sequence)

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from ...format.feature_maps import FEATURE_MAPS
 from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, data_ptr, load_kernels, require_kernels
 
 
@@ -58,7 +59,7 @@ def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind,
         return False
     B, H, dh = q.shape
     D = w_tilde.shape[1] if w_tilde.dim() == 3 else -1
-    F = 2 * D if kind == "gaussian" else D
+    F = FEATURE_MAPS[kind].feature_size(D)
     if w_tilde.shape != (H, D, dh) or sigma.shape != (H, dh) or not (sigma.is_contiguous() and w_tilde.is_contiguous()):
         return False
     if state is None or state.dtype != torch.float32 or state.shape != (B, H, F, dh + 1) or not state.is_contiguous():

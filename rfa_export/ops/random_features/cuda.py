@@ -4,6 +4,7 @@ import ctypes
 
 import torch
 
+from ...format.feature_maps import FEATURE_MAPS
 from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, load_kernels, require_kernels
 
 
@@ -42,7 +43,7 @@ def cuda_random_features(x: torch.Tensor, sigma: torch.Tensor, w_tilde: torch.Te
     lib = require_kernels(_bind)
     H, D, dh = w_tilde.shape
     x, sigma, w_tilde = x.contiguous(), sigma.contiguous(), w_tilde.contiguous()
-    out = torch.empty((*x.shape[:-1], 2 * D if kind == "gaussian" else D), dtype=x.dtype, device=x.device)
+    out = torch.empty((*x.shape[:-1], FEATURE_MAPS[kind].feature_size(D)), dtype=x.dtype, device=x.device)
     stream = torch.cuda.current_stream(x.device).cuda_stream
     status = lib.rfa_random_features(ctypes.byref(_args(x, sigma, w_tilde, kind, out.data_ptr())), ctypes.c_void_p(stream))
     check_status(lib, status, "rfa_random_features")

@@ -1,15 +1,15 @@
 """The random feature map phi in plain PyTorch: the reference of the fused CUDA kernel."""
 
-import math
-
 import torch
+
+from ...format.feature_maps import feature_map
 
 
 def naive_random_features(x: torch.Tensor, sigma: torch.Tensor, w_tilde: torch.Tensor, kind: str) -> torch.Tensor:
     """phi(x) per head, computed in fp32 (float64 for float64 inputs), returned in x's dtype.
 
-    x: [..., H, dh]; sigma: [H, dh]; w_tilde: [H, D, dh] -> [..., H, F], F = 2D (gaussian) or D (arccos).
-    gaussian: D^-1/2 [sin(W x_hat), cos(W x_hat)];  arccos: (2/D)^1/2 relu(W x_hat);
+    x: [..., H, dh]; sigma: [H, dh]; w_tilde: [H, D, dh] -> [..., H, F], F = 2D (gaussian) or D (arccos);
+    the map itself is the registered one (rfa_export/format/feature_maps.py);
     x_hat = x / max(|x|, 1e-6), W = W~ diag(sigma).
     """
     H, D, dh = w_tilde.shape
@@ -22,10 +22,5 @@ def naive_random_features(x: torch.Tensor, sigma: torch.Tensor, w_tilde: torch.T
     lead = x_hat.shape[:-2]
     rows = (x_hat * sigma.to(compute)).reshape(-1, H, dh).transpose(0, 1)
     proj = torch.bmm(rows, w).transpose(0, 1).reshape(*lead, H, D)
-    if kind == "gaussian":
-        phi = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1) * (1.0 / math.sqrt(D))
-    elif kind == "arccos":
-        phi = torch.relu(proj) * math.sqrt(2.0 / D)
-    else:
-        raise ValueError(f"unknown feature map {kind!r}")
+    phi = feature_map(kind).apply(proj)
     return phi.to(x.dtype)
