@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_scan, causal_gated_scan_
-from ..ops.decode_attention import cuda_decode_attention_step_, decode_attention_kernel_supports
+from ..ops.decode_attention import decode_attention_step_
+from ..ops.dispatch import native_inference
 from .feature_maps import RandomFeatureMap
-from .inference_path import cuda_inference
 from .linear_layers import PartialSums, linear, linear_dropout, linear_projecting_features
 
 
@@ -62,7 +62,7 @@ class CausalRFASelfAttention(_RFAHeads):
         Returns:
             y [B, T, d_model], new state [B, H, F, dh + 1].
         """
-        if cuda_inference(x, *self._projections()):
+        if native_inference(x, *self._projection_params()):  # one GEMM for q, k, v and the gate
             decoding = x.shape[1] == 1 and inplace_state and state is not None
             y, proj = self._fused_projection(x, decoding)
             if decoding:
@@ -128,12 +128,9 @@ class CausalRFASelfAttention(_RFAHeads):
         gate_logits = row[:, 3 * d :] if self.gate is not None else None
         keep = None if attention_mask is None else attention_mask[:, 0].to(torch.int64)
         phi = self.phi
-        features = (phi.sigma, phi.w_tilde, phi.kind)
-        if not cuda_inference(y, phi) or not decode_attention_kernel_supports(q, k, v, gate_logits, *features, state, keep):
-            return None
         # the kernels launched since the projection (y) wrote neither the state nor W~
-        return cuda_decode_attention_step_(q, k, v, gate_logits, *features, state, self.eps, keep,
-                                           overlap_state_load=True, proj=proj)
+        return decode_attention_step_(q, k, v, gate_logits, phi.sigma, phi.w_tilde, phi.kind, state, self.eps, keep,
+                                      overlap_state_load=True, proj=proj)
 
 
 class RFAAttention(_RFAHeads):

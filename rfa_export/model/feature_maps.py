@@ -5,9 +5,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..ops.random_features import cuda_random_features, naive_random_features, random_features_kernel_supports
+from ..ops.random_features import random_features
 from ..format.feature_maps import FEATURE_MAPS
-from .inference_path import cuda_inference
 
 
 
@@ -59,8 +58,5 @@ class RandomFeatureMap(nn.Module):
         self.w_tilde.copy_(fresh.to(self.w_tilde))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [..., H, dh] -> [..., H, F] in x's dtype (computed in fp32 for half inputs). On CUDA without
-        autograd or tracing (decoding) one fused kernel; otherwise plain PyTorch (training, export)."""
-        if cuda_inference(x, self) and random_features_kernel_supports(x, self.sigma, self.w_tilde, self.kind):
-            return cuda_random_features(x, self.sigma, self.w_tilde, self.kind)
-        return naive_random_features(x, self.sigma, self.w_tilde, self.kind)
+        """x: [..., H, dh] -> [..., H, F] in x's dtype (ops/random_features)."""
+        return random_features(x, self.sigma, self.w_tilde, self.kind)

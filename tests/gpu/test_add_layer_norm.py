@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import rfa_export.model.residual_norm as residual_norm_module
+import rfa_export.ops.add_layer_norm.op as add_layer_norm_op
 from helpers import rel_err, small_language_model
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFALanguageModel
@@ -56,13 +56,13 @@ def test_unsupported_inputs_are_refused():
 
 def _count_fused_calls(monkeypatch):
     calls = []
-    real = residual_norm_module.cuda_add_layer_norm
+    real = add_layer_norm_op.cuda_add_layer_norm
 
     def counting(*args):
         calls.append(args[1] is not None)
         return real(*args)
 
-    monkeypatch.setattr(residual_norm_module, "cuda_add_layer_norm", counting)
+    monkeypatch.setattr(add_layer_norm_op, "cuda_add_layer_norm", counting)
     return calls
 
 

@@ -107,7 +107,7 @@ def test_half_precision_model_steps_from_projections(monkeypatch):
     """A bf16 model decodes with its q/k/v GEMM projecting q and k for the step kernel: one projecting GEMM
     per layer and step, and the same logits and states, within bf16 rounding, as steps where the step
     kernel projects q and k itself, and as the float64 model."""
-    import rfa_export.model.linear_layers as linear_layers
+    import rfa_export.ops.decode_linear.op as linear_layers
     from rfa_export.ops.decode_linear.triton_linear import triton
 
     if triton is None:
@@ -185,7 +185,7 @@ def test_model_decodes_through_the_fused_step(monkeypatch):
         ref, _ = model(torch.cat([ids, more], 1))  # CPU, the whole sequence at once
         cuda = model.cuda()
         _, state = cuda(ids.cuda())
-        from rfa_export.model import attention
+        import rfa_export.ops.decode_attention.op as attention
 
         calls = []
         real = attention.cuda_decode_attention_step_

@@ -4,7 +4,7 @@ in a chain of kernels, and the models' use of it."""
 import pytest
 import torch
 
-import rfa_export.model.linear_layers as linear_layers
+import rfa_export.ops.decode_linear.op as linear_layers
 import rfa_export.ops.decode_linear.triton_linear as triton_linear
 from helpers import rel_err, small_language_model
 from rfa_export.baselines import SoftmaxLanguageModel
@@ -217,7 +217,7 @@ def test_partial_sums_add_up_to_the_linear_layer(K, N, splits):
 def test_models_split_deep_layers_into_the_residual_norm(model_class, d_model, split_output_projection, monkeypatch):
     """d_ffn 2048: the FFN's second linear runs as partial sums that the residual norm adds up; so does the
     attention's output projection where it is 1024 deep (d_model 128: too shallow to split)."""
-    import rfa_export.model.residual_norm as residual_norm_module
+    import rfa_export.ops.add_layer_norm.op as residual_norm_module
 
     model, cfg, ids = small_language_model(model_class, n_layers=2, d_ffn=2048, d_model=d_model)
     calls = []
