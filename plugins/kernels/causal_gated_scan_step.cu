@@ -22,17 +22,15 @@ namespace rfa
 
 constexpr int kStagedMaxThreads = 288; // Dv <= 64 with 16-row passes
 
-// The staged slab's traffic on sm_90 (H200, B256 step, fp32 state, triton do_bench: 74.5-75.3 -> 71.2-71.9 us;
-// a cudaMemcpy of the same bytes after the same L2 flush takes 68.3-68.9 us):
+// The staged slab's traffic on sm_90 (measurements: BENCHMARKS.md, "Step kernel design choices"):
 // - the loads go out as 128-byte-aligned warp requests with a whole-line L2 hint (a pass of 16 rows is
 //   4160 bytes, so the threads' own float4s left every other pass's warps straddling lines): the block then
 //   waits at a barrier before reading what other threads copied;
 // - the updated slab is stored by one bulk copy rather than by the threads' float4 stores;
 // - thread 0 asks L2 for the slab of block bh + 1.25 x (multiprocessors), which starts a little more than
 //   one block per multiprocessor later, so that block's copies meet lines already fetched as one dense
-//   request (0.75 to 1.5 multiprocessor counts ahead were within 0.3 us of each other, 1.25 the best; 2.5 or
-//   more ahead thrashed L2: 73 to 90 us);
-// - in long grids the first wave's rows of blocks start their loads 1 us apart (do_bench 72.3 -> 71.8 us).
+//   request (much further ahead thrashes L2);
+// - in long grids the first wave's rows of blocks start their loads 1 us apart.
 // Before sm_90, and in the decode prologue's kernel, each thread copies and stores its own float4s.
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 constexpr bool kBulkSlabCopies = true;
@@ -208,11 +206,10 @@ __device__ void mapProjectedFeatures(StepParams const& p, int b, int h, float2* 
     }
 }
 
-// Launched early, the resident blocks' state requests (~12 MB at B64 on the H200) reach the memory while the
-// q/k/v GEMM before them still streams its weights, and that GEMM is on the critical path. Blocks in four
-// groups wait 0, 0.5, 1 or 1.5 us before asking, so those requests do not arrive as one burst ahead of the
-// GEMM's (H200, model step B64: 2 us a step faster, B1 unchanged; waiting 1 or 2.5 us in every block lost
-// 0-5 and 17 us, groups of 8 x 0.25 us or 4 x 0.35 us gained as much or less, 4 x 0.75 us nothing).
+// Launched early, the resident blocks' state requests (~12 MB at B64) reach the memory while the q/k/v GEMM
+// before them still streams its weights, and that GEMM is on the critical path. Blocks in four groups wait
+// 0, 0.5, 1 or 1.5 us before asking, so those requests do not arrive as one burst ahead of the GEMM's (the
+// variants tried: BENCHMARKS.md, "Step kernel design choices").
 __device__ __forceinline__ void staggerEarlyStateLoad()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
@@ -234,17 +231,15 @@ __device__ __forceinline__ void staggerFirstWave(unsigned sms)
 #endif
 }
 
-// kMaxThreads / kMinBlocks: launch bounds. Staged (Dv <= 64): 288 / 5 (B256 on the H200: 72.8 us, against
-// 79.6 us for registers with three blocks, which spilled, and 72.1 us with four blocks of four-float4
-// batches, which fell to 87 us in place); 512 for Dv <= 112, 1024 beyond.
+// kMaxThreads / kMinBlocks: launch bounds. Staged (Dv <= 64): 288 / 5 (fewer blocks spilled registers or
+// slowed the in-place step: BENCHMARKS.md); 512 for Dv <= 112, 1024 beyond.
 // kMapFeatures: the decode prologue of rfa_decode_attention_step (raw q, k and gate logits in, features and
 // gate made here while the state loads are in flight), otherwise the op's inputs as they are.
 template <typename T, int kMaxThreads, int kMinBlocks, bool kStaged, bool kMapFeatures>
 __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepParams p)
 {
     // Not in the decode prologue's kernel: its blocks launch early, beside the q/k/v GEMM before them, and
-    // there the prefetch and the bulk store made the model's step slower (H200, model step B64 at 1k:
-    // 419-425 us with both, 409-421 us with the bulk store alone, 402.6-404.4 us without either, as before).
+    // there the prefetch and the bulk store made the model's step slower (BENCHMARKS.md).
     constexpr bool kBulk = kStaged && kBulkSlabCopies && !kMapFeatures;
     extern __shared__ __align__(16) float smem[];
     int const F = p.F, Dv = p.Dv, cols = Dv + 1;
@@ -456,7 +451,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         {
             __syncthreads(); // every thread's copies
         }
-#pragma unroll 1 // unrolled: one spilled register and 76.0 against 75.3 us at B256
+#pragma unroll 1 // unrolled, it spills a register and is slower
         for (int u = 0; u < passes; ++u)
         {
             update(slab[u * passThreads + t], u);
@@ -492,8 +487,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     }
     if constexpr (kMapFeatures)
     {
-        // Not earlier: the next kernel's blocks would take room from this one's last blocks (H200, model step
-        // B64: 449-453 us with the trigger after the wait, 440-444 here).
+        // Not earlier: the next kernel's blocks would take room from this one's last blocks.
         allowNextKernel();
     }
     if (t < passThreads)

@@ -77,7 +77,7 @@ if triton is not None:
             w_second = _tile(w_ptr, rn, n_ok, K, k_begin + BK, k_end, BK)
         if PDL:
             tl.extra.cuda.gdc_wait()
-            # at once: triggered after the K loop instead, the model's decode step took 5-9% longer (H200)
+            # at once: triggered after the K loop instead, the model's decode step was slower
             tl.extra.cuda.gdc_launch_dependents()
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         if PRELOAD:
@@ -149,9 +149,7 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None) -> 
     M = x.numel() // K
     BN, BK, stages = _tiles(N, k_range)
     pdl = USE_PDL and _pdl_capable(x.device)
-    # H200, d_model 1024 decoder steps with it: the RFA model 6% faster at 1 row and 2% at 4, the softmax
-    # model unchanged at both; with more rows the early reads compete with the kernel before for memory
-    # (the softmax model 5% slower at 16 rows, both models 7% slower at 64)
+    # early weight reads pay off at a few rows; with more they compete with the kernel before for memory
     preload = pdl and M <= PRELOAD_MAX_ROWS
     # 16-bit weights whose rows start 16-byte aligned, as the bulk prefetch needs
     prefetch = (PREFETCH_PROJECTION_WEIGHTS and projection is not None and pdl and not preload and K % 8 == 0
@@ -209,7 +207,7 @@ def triton_decode_linear_projected(x: torch.Tensor, weight: torch.Tensor, bias: 
     Above PRELOAD_MAX_ROWS rows each program asks for its weight rows into L2 before waiting for the kernel
     before (cp.async.bulk.prefetch.L2, Hopper): the decode step launched right after this kernel's wait
     streams the state of its resident blocks at once, and the GEMM's weight loads would queue behind those
-    (H200, model step B64: 5 us a step faster; the same prefetch in every decode linear kernel had lost).
+    (only here: the same prefetch in every decode linear kernel was slower; BENCHMARKS.md).
     """
     H, D, dh = w_tilde.shape
     parts = decode_linear_projection_parts(x, weight, sigma, w_tilde)
