@@ -176,7 +176,7 @@ def test_unknown_scan_value(tmp_path, capsys):
 
 
 def test_failure_during_export_leaves_no_model(tmp_path, capsys, monkeypatch):
-    import rfa_export.export.lm_export as lm_export
+    import rfa_export.export.writing as lm_export
 
     def boom(*a, **k):
         raise RuntimeError("disk full (simulated)")

@@ -260,7 +260,7 @@ def test_export_module_rejects_size_one_dynamic_axes():
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
-    import rfa_export.export.lm_export as lm_export
+    import rfa_export.export.writing as lm_export
 
     proto, meta = language_model_to_onnx(RFALanguageModel(RFAConfig(d_model=32, n_heads=2, n_layers=1, d_ffn=32, num_features=8)))
 
@@ -276,7 +276,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 
 def test_external_data_above_the_threshold(tmp_path, monkeypatch):
     """Weights past the threshold (1 GB; lowered here) go to model.onnx.data beside the model."""
-    import rfa_export.export.lm_export as lm_export
+    import rfa_export.export.writing as lm_export
 
     monkeypatch.setattr(lm_export, "EXTERNAL_DATA_THRESHOLD", 1000)
     export_checkpoint(BUNDLED, tmp_path, lowering="plugin")

@@ -224,7 +224,7 @@ def _edited_weight(d):
 
 
 def _data_file_case(d):
-    import rfa_export.export.lm_export as lm_export
+    import rfa_export.export.writing as lm_export
     from rfa_export.export import export_checkpoint
 
     threshold = lm_export.EXTERNAL_DATA_THRESHOLD
