@@ -36,8 +36,9 @@ typedef enum
     RFA_ERR_ALIGNMENT = 7,    // a tensor pointer is not 16-byte aligned
     RFA_ERR_LAUNCH = 8,       // the CUDA launch failed (cudaGetLastError)
     RFA_ERR_FEATURE_DIMS = 9, // random features: head dim or feature count outside [1, 128]
-    RFA_ERR_NORM_SHAPE = 10   // add + layer norm: N < 1, width outside [1, 4096], eps < 0, y_splits outside
+    RFA_ERR_NORM_SHAPE = 10,  // add + layer norm: N < 1, width outside [1, 4096], eps < 0, y_splits outside
                               // [0, 64], or y_bias without partial sums
+    RFA_ERR_ARCH = 11         // this shape's prefill needs thread-block clusters (compute capability 9.0)
 } rfa_status_t;
 
 // Tensors are dense, sequence-major, as the contract says:
@@ -83,6 +84,9 @@ RFA_API int rfa_causal_gated_scan(const rfa_scan_args_t* args, void* workspace, 
 RFA_API int rfa_causal_gated_scan_path(const rfa_scan_args_t* args, int path, cudaStream_t stream);
 
 RFA_API const char* rfa_status_string(int status);
+
+// How the library was built: "cuda <nvcc version>; architectures <CMAKE_CUDA_ARCHITECTURES>" (rfa-export doctor).
+RFA_API const char* rfa_build_info(void);
 
 #ifdef __cplusplus
 }

@@ -65,6 +65,36 @@ rfa::StepParams stepParams(rfa_scan_args_t const* a, int t, float const* stateIn
     return p;
 }
 
+} // namespace
+
+int rfa::deviceMajor()
+{
+    constexpr int kMaxDevices = 64;
+    static int major[kMaxDevices] = {};
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0)
+    {
+        return 0;
+    }
+    if (device >= kMaxDevices)
+    {
+        int m = 0;
+        return cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess ? m : 0;
+    }
+    if (major[device] == 0)
+    {
+        int m = 0;
+        if (cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess)
+        {
+            major[device] = m;
+        }
+    }
+    return major[device];
+}
+
+namespace
+{
+
 int launchStatus(cudaError_t e)
 {
     return e == cudaSuccess ? RFA_OK : RFA_ERR_LAUNCH;
@@ -132,6 +162,10 @@ int rfa_scan_check(int B, int T, int H, int F, int Dv, int dtype)
     {
         return RFA_ERR_VALUES;
     }
+    if (T > 1 && rfa::chunkNeedsClusters(F, Dv, dtype) && rfa::deviceMajor() < 9)
+    {
+        return RFA_ERR_ARCH;
+    }
     return RFA_OK;
 }
 
@@ -155,6 +189,17 @@ int rfa_causal_gated_scan_path(rfa_scan_args_t const* args, int path, cudaStream
     return runScan(args, path, nullptr, 0, stream);
 }
 
+#ifdef RFA_HAVE_BUILD_INFO
+#include "rfa_build_info.h" // written by CMake: CUDA version and architectures
+#else
+#define RFA_BUILD_INFO "unknown"
+#endif
+
+char const* rfa_build_info(void)
+{
+    return RFA_BUILD_INFO;
+}
+
 char const* rfa_status_string(int status)
 {
     switch (status)
@@ -169,6 +214,7 @@ char const* rfa_status_string(int status)
     case RFA_ERR_ALIGNMENT: return "tensor pointers must be 16-byte aligned";
     case RFA_ERR_LAUNCH: return "CUDA launch failed";
     case RFA_ERR_FEATURE_DIMS: return "random features: dh and D must be in [1, 128]";
+    case RFA_ERR_ARCH: return "this shape's prefill needs thread-block clusters (compute capability 9.0)";
     case RFA_ERR_NORM_SHAPE:
         return "layer norm: rows must be >= 1, width in [1, 4096], eps >= 0, y_splits in [0, 64], y_bias only with partial sums";
     default: return "unknown status";

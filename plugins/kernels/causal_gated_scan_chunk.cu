@@ -226,6 +226,11 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
     float* scalars = reinterpret_cast<float*>(smem + L.scalars);
     int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    // no clusters before sm_90: chunkNeedsClusters keeps multi-tile shapes off such devices
+    (void)clusterSize;
+    auto clusterBarrier = [&]() { __syncthreads(); };
+#else
     cg::cluster_group cluster = cg::this_cluster();
     auto clusterBarrier = [&]() {
         if (clusterSize > 1)
@@ -237,6 +242,7 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
             __syncthreads();
         }
     };
+#endif
 
     size_t const stateBase = (size_t(b) * p.H + h) * F * cols;
     for (int idx = threadIdx.x; idx < F * Wr; idx += blockDim.x)
@@ -435,6 +441,7 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
         for (int t = warp; t < valid; t += kWarps)
         {
             float m = myMax[t];
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
             for (int r = 0; r < clusterSize; ++r)
             {
                 if (r != rank)
@@ -442,6 +449,7 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
                     m = fmaxf(m, cluster.map_shared_rank(myMax, r)[t]);
                 }
             }
+#endif
             float const den = denIntra[t] + fromStart[t] * qz[t];
             float const scale = readoutScale(den, m, p.eps);
             for (int j = lane; j < Wr; j += 32)
@@ -464,10 +472,12 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
             p.stateOut[stateBase + size_t(f) * cols + Dv] = zs[f];
         }
     }
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
     if (clusterSize > 1)
     {
         cluster.sync(); // no block may exit while another may still read its shared memory
     }
+#endif
 }
 
 template <typename T>
@@ -512,6 +522,16 @@ cudaError_t launchChunkTyped(ChunkParams p, cudaStream_t stream)
 }
 
 } // namespace
+
+bool chunkNeedsClusters(int F, int Dv, int dtype)
+{
+    if (chunkMmaSupports(F, Dv, dtype))
+    {
+        return false;
+    }
+    int const w = tileWidth(F, Dv);
+    return (Dv + w - 1) / w > 1;
+}
 
 cudaError_t launchChunk(ChunkParams const& p, int dtype, cudaStream_t stream)
 {

@@ -67,6 +67,11 @@ cudaError_t launchChunk(ChunkParams const& p, int dtype, cudaStream_t stream);
 // The tensor-core prefill (causal_gated_scan_chunk_mma.cu) for the sizes it is built for; launchChunk
 // uses it when chunkMmaSupports says so.
 bool chunkMmaSupports(int F, int Dv, int dtype);
+// True where the general chunked kernel would split the value columns over a thread-block cluster, which
+// needs compute capability 9.0 (rfa_scan_check refuses those shapes on older devices).
+bool chunkNeedsClusters(int F, int Dv, int dtype);
+// The current device's compute capability major version (cached per device).
+int deviceMajor();
 cudaError_t launchChunkMma(ChunkParams const& p, int dtype, cudaStream_t stream);
 // The Hopper warpgroup-MMA prefill (causal_gated_scan_chunk_wgmma.cu): F = 128, Dv = 64, fp16/bf16, built for
 // sm_90a (RFA_HAVE_WGMMA) and running on a compute capability 9.0 device; launchChunk prefers it.

@@ -6,9 +6,10 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
-from . import export_cmd, generate_cmd, inspect_cmd, verify_cmd
+from . import doctor_cmd, export_cmd, generate_cmd, inspect_cmd, verify_cmd
 
-COMMANDS = {"export": export_cmd, "verify": verify_cmd, "inspect": inspect_cmd, "generate": generate_cmd}
+COMMANDS = {"export": export_cmd, "verify": verify_cmd, "inspect": inspect_cmd, "generate": generate_cmd,
+            "doctor": doctor_cmd}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "  rfa-export MODEL.pt -o OUT_DIR        export (same as `rfa-export export ...`)\n"
                     "  rfa-export verify OUT_DIR --checkpoint MODEL.pt\n"
                     "  rfa-export inspect OUT_DIR\n"
-                    "  rfa-export generate OUT_DIR --prompt TEXT [--backend onnxruntime|torch|tensorrt]",
+                    "  rfa-export generate OUT_DIR --prompt TEXT [--backend onnxruntime|torch|tensorrt]\n"
+                    "  rfa-export doctor                     what this install has",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"rfa-export {__version__}")

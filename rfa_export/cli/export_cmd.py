@@ -31,6 +31,9 @@ def add_parser(sub):
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="activation dtype; the state stays fp32")
     p.add_argument("--genai", action="store_true",
                    help="also write genai_config.json and add the conv_state shim onnxruntime-genai 0.18 binds (docs/genai.md)")
+    p.add_argument("--tokenizer", metavar="tokenizer.json",
+                   help="a Hugging Face tokenizer.json for the model's vocabulary, stored with the export and used by "
+                        "generate (default: byte-level for vocab-256 models, else token ids only)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=run)
     return p
@@ -55,13 +58,17 @@ def run(args) -> int:
 
     checkpoint, out_dir = Path(args.checkpoint), Path(args.out_dir)
     model = load_checkpoint(checkpoint)  # every checkpoint problem surfaces here, before any output
+    if args.tokenizer is not None:
+        from ..format.tokenizer_file import describe_tokenizer
+
+        describe_tokenizer(args.tokenizer, model.config.vocab_size)  # a bad tokenizer too
     preflight_output_dir(out_dir)
     progress = Progress(enabled=not args.quiet)
     start = time.perf_counter()
     if not args.quiet:
         print(f"rfa-export: {checkpoint} -> {out_dir}/model.onnx", file=sys.stderr)
     proto, meta = language_model_to_onnx(model, args.scan, args.dtype, progress, genai=args.genai)
-    write_export(proto, meta, out_dir, progress)
+    write_export(proto, meta, out_dir, progress, tokenizer=args.tokenizer)
     if not args.quiet:
         print(f"rfa-export: done in {time.perf_counter() - start:.1f} s: {len(meta.state)} state tensors, "
               f"lowering {meta.lowering}, {meta.dtype}", file=sys.stderr)

@@ -29,10 +29,12 @@ def add_parser(sub):
     p = sub.add_parser("generate", help="generate text with an export or a checkpoint", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="export directory (not needed for --backend torch)")
-    p.add_argument("--prompt", required=True, help="prompt text (byte-level models) ")
+    p.add_argument("--prompt", required=True, help="prompt text (tokenized by the model's tokenizer)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=100)
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--checkpoint", metavar="MODEL.pt", help="the checkpoint, for --backend torch")
+    p.add_argument("--tokenizer", metavar="tokenizer.json",
+                   help="--backend torch: the checkpoint's tokenizer.json (an export carries its own)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime/torch device (default cpu)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
@@ -55,6 +57,10 @@ def run(args) -> int:
         options = {"plugin_library": args.plugin_library, "engine_cache": args.engine_cache}
     if args.backend != "torch" and args.out_dir is None:
         raise ValueError(f"--backend {args.backend} needs OUT_DIR (an export directory)")
+    if args.tokenizer is not None:
+        if args.backend != "torch":
+            raise ValueError("--tokenizer is for --backend torch: an export carries its own tokenizer")
+        options["tokenizer"] = args.tokenizer
     backend = open_backend(args.backend, args.out_dir, checkpoint=args.checkpoint,
                            **({"device": args.device} if args.backend != "tensorrt" else {}), **options)
     decoder = Decoder(backend)

@@ -21,9 +21,12 @@ def add_genai_shim(proto: onnx.ModelProto, meta: ExportMetadata) -> None:
     meta.genai = True
 
 
-def genai_config(meta: ExportMetadata, context_length: int = 65536, eos_token_id: int = 0, pad_token_id: int = 0) -> dict:
+def genai_config(meta: ExportMetadata, context_length: int = 65536, eos_token_id: int = None, pad_token_id: int = 0) -> dict:
     """genai_config.json for an export with the shim. Byte-level models use 0 (NUL) as end and padding: it
-    never occurs in text, and genai pads ragged batches on the right with pad_token_id."""
+    never occurs in text, and genai pads ragged batches on the right with pad_token_id. A model with a
+    tokenizer.json ends on its end-of-text token where it has one."""
+    if eos_token_id is None:
+        eos_token_id = meta.tokenizer.get("eos_token_id") or 0
     return {
         "model": {
             "type": "decoder",
@@ -36,3 +39,8 @@ def genai_config(meta: ExportMetadata, context_length: int = 65536, eos_token_id
         },
         "search": {"max_length": context_length, "do_sample": False},
     }
+
+
+def genai_tokenizer_config() -> dict:
+    """tokenizer_config.json, which onnxruntime-genai reads beside a tokenizer.json."""
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}

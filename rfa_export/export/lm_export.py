@@ -115,10 +115,11 @@ def _order_inputs(proto: onnx.ModelProto, order):
 
 
 def export_checkpoint(checkpoint: Union[str, Path], out_dir: Union[str, Path], lowering: str = "plugin",
-                      dtype: str = "fp32", progress: Progress = SILENT, genai: bool = False) -> ExportMetadata:
-    """rfa-export MODEL.pt -o OUT_DIR [--genai], as a function."""
+                      dtype: str = "fp32", progress: Progress = SILENT, genai: bool = False,
+                      tokenizer: Union[str, Path, None] = None) -> ExportMetadata:
+    """rfa-export MODEL.pt -o OUT_DIR [--genai] [--tokenizer tokenizer.json], as a function."""
     with progress.step(f"loading {checkpoint}"):
         model = load_checkpoint(checkpoint)
     proto, meta = language_model_to_onnx(model, lowering, dtype, progress, genai=genai)
-    write_export(proto, meta, out_dir, progress)
+    write_export(proto, meta, out_dir, progress, tokenizer=tokenizer)
     return meta

@@ -3,6 +3,7 @@ large weights, checked, and published in one atomic step."""
 
 import copy
 import json
+import shutil
 from pathlib import Path
 from typing import Optional, Union
 
@@ -11,8 +12,9 @@ import onnx
 from ..format.metadata import DATA_FILE, METADATA_FILE, MODEL_FILE, ExportMetadata
 from ..format.model_file import file_digest, seal_model
 from ..format.publish import GENAI_CONFIG_FILE, staged_export
+from ..format.tokenizer_file import TOKENIZER_FILE, describe_tokenizer
 from ..progress import SILENT, Progress
-from .genai import genai_config
+from .genai import genai_config, genai_tokenizer_config
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # protobuf cannot hold more than 2 GB; go external well before that
 
@@ -24,12 +26,19 @@ def check_exported(proto: onnx.ModelProto, path: Optional[Path] = None) -> None:
 
 
 def write_export(proto: onnx.ModelProto, meta: ExportMetadata, out_dir: Union[str, Path], progress: Progress = SILENT,
-                 extra_files: Optional[dict] = None) -> Path:
+                 extra_files: Optional[dict] = None, tokenizer: Union[str, Path, None] = None) -> Path:
     """Write OUT_DIR/model.onnx (+ model.onnx.data when large) and rfa_export.json, sealed with the digest
     of the model's content, published in one atomic step (rfa_export/format/publish.py): on failure OUT_DIR
-    keeps what it had."""
+    keeps what it had. tokenizer: a Hugging Face tokenizer.json to store beside the model (checked against
+    the vocabulary, recorded with its digest)."""
     proto = copy.deepcopy(proto)
+    if tokenizer is not None:
+        meta.tokenizer = describe_tokenizer(tokenizer, meta.vocab_size)
     with staged_export(out_dir) as tmp:
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / TOKENIZER_FILE)
+            if meta.genai:
+                (tmp / "tokenizer_config.json").write_text(json.dumps(genai_tokenizer_config(), indent=2) + "\n")
         weights = sum(len(t.raw_data) for t in proto.graph.initializer)
         external = weights > EXTERNAL_DATA_THRESHOLD
         with progress.step(f"writing {MODEL_FILE} ({weights / 1e6:.1f} MB of weights{', external data' if external else ''})"):

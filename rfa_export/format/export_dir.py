@@ -23,6 +23,10 @@ class ExportDir:
         return self.directory / MODEL_FILE
 
     @property
+    def tokenizer_path(self) -> Optional[Path]:
+        return self.directory / self.meta.tokenizer["file"] if self.meta.tokenizer else None
+
+    @property
     def data_path(self) -> Optional[Path]:
         return self.directory / DATA_FILE if "data" in self.meta.integrity else None
 
@@ -53,4 +57,10 @@ def open_export(out_dir: Union[str, Path]) -> ExportDir:
         if file_digest(data) != meta.integrity["data"]:
             raise MetadataError(f"{data}: modified after export (its content digest differs from the one recorded "
                                 "at export); export the checkpoint again")
+    if meta.tokenizer:
+        tokenizer = out_dir / meta.tokenizer["file"]
+        if not tokenizer.is_file():
+            raise MetadataError(f"{out_dir}: no {meta.tokenizer['file']} (the model's tokenizer)")
+        if file_digest(tokenizer) != meta.tokenizer["sha256"]:
+            raise MetadataError(f"{tokenizer}: modified after export (its digest differs from the one recorded at export)")
     return ExportDir(out_dir, meta)

@@ -63,6 +63,8 @@ class ExportMetadata:
     extra_state: List[StateSpec] = field(default_factory=list)  # genai shims: passed through unchanged
     # sha256 of model.onnx without its metadata_props ("model") and of model.onnx.data ("data", if any)
     integrity: Dict[str, str] = field(default_factory=dict)
+    # a Hugging Face tokenizer.json stored beside the model: {"file", "sha256", "vocab_size", "eos_token_id"}
+    tokenizer: Dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -114,6 +116,15 @@ class ExportMetadata:
                 raise MetadataError(f"{source}: {name}{_first_difference(got, want)}")
         if self.lowering != TORCH_LOWERING and not _is_digest(self.integrity.get("model")):
             raise MetadataError(f"{source}: no content digest")
+        if not isinstance(self.tokenizer, dict):
+            raise MetadataError(f"{source}: tokenizer must be an object")
+        if self.tokenizer:
+            size, eos = self.tokenizer.get("vocab_size"), self.tokenizer.get("eos_token_id")
+            if (self.tokenizer.get("file") != "tokenizer.json" or not _is_digest(self.tokenizer.get("sha256"))
+                    or not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= config.vocab_size
+                    or not (eos is None or isinstance(eos, int) and not isinstance(eos, bool) and 0 <= eos < size)):
+                raise MetadataError(f"{source}: tokenizer must name tokenizer.json, its sha256 and a vocab_size in "
+                                    f"[1, {config.vocab_size}]")
 
     @property
     def model_config(self) -> RFAConfig:

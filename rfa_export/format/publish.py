@@ -23,7 +23,9 @@ from .metadata import DATA_FILE, METADATA_FILE, MODEL_FILE
 
 STAGING_PREFIX = ".rfa-export-"
 GENAI_CONFIG_FILE = "genai_config.json"
-EXPORT_FILES = (DATA_FILE, GENAI_CONFIG_FILE, METADATA_FILE, MODEL_FILE)  # publishing order: the model last
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# publishing order (one by one, where the folder cannot be swapped): the model last
+EXPORT_FILES = (DATA_FILE, *TOKENIZER_FILES, GENAI_CONFIG_FILE, METADATA_FILE, MODEL_FILE)
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 

@@ -44,6 +44,7 @@ class DecoderBackend(abc.ABC):
 
     name: str = "backend"
     spec: ExportMetadata
+    tokenizer_path = None  # the model's tokenizer.json, if it has one (Decoder loads it)
 
     def run(self, input_ids, attention_mask, position_ids, state: State) -> Tuple[np.ndarray, State]:
         """input_ids [B, T] integers in [0, vocab); attention_mask [B, T] (nonzero = real token);

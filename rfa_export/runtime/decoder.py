@@ -7,7 +7,7 @@ import numpy as np
 
 from .backend import MAX_POSITION, DecoderBackend, InputError, NonFiniteError, as_token_array
 from .sampling import SamplingParams, check_int, log_softmax
-from .tokenizer import ByteTokenizer
+from .tokenizer import load_tokenizer
 
 Prompt = Union[str, Sequence[int]]
 DEFAULT_PREFILL_CHUNK = 512
@@ -49,12 +49,14 @@ class GenerationResult:
 
 
 class Decoder:
-    """prefill_chunk: prompts are run through the model this many tokens at a time, so prefill memory is
-    bounded by the chunk, not the prompt (the state carries everything between chunks)."""
+    """tokenizer: by default the model's own (the export's tokenizer.json, else byte-level for vocab-256
+    models, else none: token ids only). prefill_chunk: prompts are run through the model this many tokens at
+    a time, so prefill memory is bounded by the chunk, not the prompt (the state carries everything between
+    chunks)."""
 
     def __init__(self, backend: DecoderBackend, tokenizer=None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
         self.backend = backend
-        self.tokenizer = tokenizer if tokenizer is not None else (ByteTokenizer() if backend.vocab_size == 256 else None)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(backend.tokenizer_path, backend.vocab_size)
         self.prefill_chunk = check_int("prefill_chunk", prefill_chunk, 1, MAX_POSITION)
 
     # --- inputs -------------------------------------------------------------------------------------
@@ -62,8 +64,8 @@ class Decoder:
     def encode(self, prompt: Prompt, index: int = 0) -> List[int]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
-                raise InputError(f"the model has vocab {self.backend.vocab_size}; text prompts need a tokenizer "
-                                 "(byte-level models, vocab 256, have one built in): pass token ids")
+                raise InputError(f"the model has vocab {self.backend.vocab_size} and no tokenizer: pass token ids, or "
+                                 "export it with --tokenizer tokenizer.json")
             ids = self.tokenizer.encode(prompt)
         elif isinstance(prompt, (bytes, bytearray)):
             raise InputError(f"prompt {index} is bytes: pass text (str) or a list of token ids")

@@ -28,6 +28,7 @@ class OnnxRuntimeBackend(DecoderBackend):
 
         export = open_export(out_dir)  # metadata checked against the model and its content digest
         self.spec = export.meta
+        self.tokenizer_path = export.tokenizer_path
         model_path = export.model_path
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {device!r}")

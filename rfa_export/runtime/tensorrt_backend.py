@@ -59,11 +59,17 @@ def engine_cache_key(model_path: Path, plugin_library: Optional[Path], trt_versi
     return h.hexdigest()[:20]
 
 
+PLUGIN_FILE = "librfa_trt_plugin.so"
+INSTALLED_PLUGIN = Path(__file__).resolve().parents[1] / "lib" / PLUGIN_FILE  # pip install . with TensorRT headers
+
+
 def find_plugin_library(explicit: Union[str, Path, None]) -> Path:
-    path = explicit or os.environ.get(PLUGIN_ENV)
+    """--plugin-library, then $RFA_TRT_PLUGIN, then the one installed with the package."""
+    path = explicit or os.environ.get(PLUGIN_ENV) or (INSTALLED_PLUGIN if INSTALLED_PLUGIN.is_file() else None)
     if not path:
         raise ValueError(f"the model's scans are rfa::CausalGatedScan plugin nodes: pass the plugin library "
-                         f"(--plugin-library build/librfa_trt_plugin.so or ${PLUGIN_ENV})")
+                         f"(--plugin-library build/librfa_trt_plugin.so or ${PLUGIN_ENV}); this install has none "
+                         f"(pip install . with TensorRT headers builds it: TensorRT_ROOT=...)")
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"plugin library {path} not found")
@@ -85,6 +91,7 @@ class TensorRTBackend(DecoderBackend):
         out_dir = Path(out_dir)
         export = open_export(out_dir)
         self.spec = export.meta
+        self.tokenizer_path = export.tokenizer_path
         self.trt, self.torch = trt, torch
         self.device = torch.device("cuda", device_id)
         self.logger = trt.Logger(trt.Logger.WARNING)

@@ -17,11 +17,13 @@ _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfl
 
 
 class TorchBackend(DecoderBackend):
-    """State: a list of torch tensors on `device`. dtype "fp64" runs the whole model in float64 (a reference)."""
+    """State: a list of torch tensors on `device`. dtype "fp64" runs the whole model in float64 (a reference).
+    tokenizer: the model's tokenizer.json, if it has one."""
 
     name = "torch"
 
-    def __init__(self, model: Union[RFALanguageModel, str, Path], device: str = "cpu", dtype: str = "fp32"):
+    def __init__(self, model: Union[RFALanguageModel, str, Path], device: str = "cpu", dtype: str = "fp32",
+                 tokenizer: Union[str, Path, None] = None):
         if isinstance(model, RFALanguageModel):
             for name, t in model.state_dict().items():
                 if t.is_floating_point() and not torch.isfinite(t).all():
@@ -35,6 +37,7 @@ class TorchBackend(DecoderBackend):
         self.dtype = dtype
         self.model = model.to(self.device, _TORCH_DTYPES[dtype]).eval()
         self.spec = describe_export(model.config, TORCH_LOWERING, dtype, {}, f"rfa-export {__version__}")
+        self.tokenizer_path = None if tokenizer is None else Path(tokenizer)
         self._state_dtype = torch.float64 if dtype == "fp64" else torch.float32
 
     @torch.no_grad()

@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..native import DTYPE_CODES, check_status, data_ptr, load_kernels, require_kernels
+from ..native import DTYPE_CODES, check_status, data_ptr, load_kernels_for, require_kernels
 
 
 class _AddLayerNormArgs(ctypes.Structure):
@@ -50,7 +50,7 @@ def add_layer_norm_kernel_supports(x: torch.Tensor, y: Optional[torch.Tensor], w
             return False
     if y_bias is not None and (y_partials is None or y_bias.shape != (D,)):
         return False
-    lib = load_kernels(_bind)
+    lib = load_kernels_for(x, _bind)
     # the check reads sizes and that pointers are set; x stands in for the outputs not allocated yet
     args = _args(x, y, weight, bias, eps, x.data_ptr(), x.data_ptr(), y_partials, y_bias)
     return lib is not None and lib.rfa_add_layer_norm_check(ctypes.byref(args)) == 0

@@ -1,6 +1,6 @@
 """rfa::CausalGatedScan on CUDA through the native kernels (librfa_kernels.so, plugins/kernels/), via ctypes.
 
-The library is looked up at $RFA_KERNELS_LIBRARY, then build/librfa_kernels.so of the source tree. When it
+The library is looked up as rfa_export/ops/native.py says (installed with the package, or a build/). When it
 is missing, or a shape is outside what the kernels support (F or Dv not a multiple of 16 in [16, 256]), the
 op runs the chunked torch path instead; `kernels_available()` and `kernel_supports()` say which.
 """
@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..native import DTYPE_CODES, check_status, data_ptr, load_error, load_kernels, require_kernels
+from ..native import DTYPE_CODES, check_status, data_ptr, load_error, load_kernels, load_kernels_for, require_kernels
 from .naive import accumulation_dtype
 from .readout import DEFAULT_EPS
 
@@ -45,7 +45,7 @@ def kernels_unavailable_reason() -> Optional[str]:
 
 
 def kernel_supports(q: torch.Tensor, v: torch.Tensor) -> bool:
-    lib = _load()
+    lib = load_kernels_for(q, _bind)
     if lib is None or not q.is_cuda or q.dtype not in DTYPE_CODES:
         return False
     B, T, H, F = q.shape

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from ...format.feature_maps import FEATURE_MAPS
-from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, data_ptr, load_kernels, require_kernels
+from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, data_ptr, load_kernels_for, require_kernels
 
 
 class _DecodeArgs(ctypes.Structure):
@@ -68,7 +68,7 @@ def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind,
         return False
     if not _layout_ok(q, k, v, gate_logits, q.stride(0)):
         return False
-    lib = load_kernels(_bind)
+    lib = load_kernels_for(q, _bind)
     if lib is None:
         return False
     args = _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, 0.0, keep, state.data_ptr())

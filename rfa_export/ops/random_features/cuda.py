@@ -5,7 +5,7 @@ import ctypes
 import torch
 
 from ...format.feature_maps import FEATURE_MAPS
-from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, load_kernels, require_kernels
+from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, load_kernels_for, require_kernels
 
 
 class _FeatureArgs(ctypes.Structure):
@@ -33,7 +33,7 @@ def random_features_kernel_supports(x: torch.Tensor, sigma: torch.Tensor, w_tild
         return False
     if x.numel() == 0 or w_tilde.dim() != 3 or x.shape[-2:] != (w_tilde.shape[0], w_tilde.shape[2]):
         return False
-    lib = load_kernels(_bind)
+    lib = load_kernels_for(x, _bind)
     # the check reads sizes and that pointers are set; x stands in for the output not allocated yet
     return lib is not None and lib.rfa_random_features_check(ctypes.byref(_args(x, sigma, w_tilde, kind, x.data_ptr()))) == 0
 
