@@ -8,18 +8,19 @@
 # Logs go to ${OUT:-gpu-logs}/install_*.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-gpu-logs}
+out=$(realpath -m "${OUT:-gpu-logs}")
 mkdir -p "$out"
+base_py=${PYTHON:-python3}  # the machine's Python with torch
 work=$(mktemp -d)
 mkdir -p "$work/src" "$work/run"
 tar --exclude=./build --exclude=./.venv --exclude=./.deps --exclude=./.xfer --exclude=./.whl --exclude=./gpu-logs \
     --exclude=./.git -cf - . | tar -xf - -C "$work/src"
-python3 -m venv --without-pip "$work/venv"
+"$base_py" -m venv --without-pip "$work/venv"
 py=$work/venv/bin/python
-machine_site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+machine_site=$("$base_py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 venv_site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$machine_site" >"$venv_site/zz_machine_packages.pth"
-pip_in_venv() { python3 -m pip --python "$py" install -q --no-index --no-deps "$@"; }
+pip_in_venv() { "$base_py" -m pip --python "$py" install -q --no-index --no-deps "$@"; }
 if [ -n "${WHEELS:-}" ]; then
   pip_in_venv "$WHEELS"/*.whl || exit 1
 fi
@@ -29,7 +30,7 @@ pip_in_venv --no-build-isolation "$work/src" >"$out/install_pip.log" 2>&1 || { t
 echo "built and installed in $(( $(date +%s) - start )) s"
 cp -r "$work/src/tests" "$work/src/examples" "$work/src/pyproject.toml" "$work/run/"
 cd "$work/run"
-"$py" - <<'PY' | tee "$OLDPWD/$out/install_check.log"
+"$py" - <<'PY' | tee "$out/install_check.log"
 import rfa_export, sys
 from rfa_export.ops.causal_gated_scan import kernels_available
 from rfa_export.ops.native import build_info, library_path
@@ -39,9 +40,9 @@ assert "site-packages" in rfa_export.__file__ and "/src/" not in rfa_export.__fi
 assert kernels_available() and "site-packages" in str(library_path()), "the installed package has no kernels"
 PY
 status=${PIPESTATUS[0]}
-"$work/venv/bin/rfa-export" doctor | tee -a "$OLDPWD/$out/install_check.log"
+"$work/venv/bin/rfa-export" doctor | tee -a "$out/install_check.log"
 echo "== pytest -m gpu against the installed package"
-"$py" -m pytest -q -m gpu tests/gpu -p no:cacheprovider >"$OLDPWD/$out/install_pytest_gpu.log" 2>&1 || status=1
-tail -5 "$OLDPWD/$out/install_pytest_gpu.log"
-grep -E "^(FAILED|ERROR)" "$OLDPWD/$out/install_pytest_gpu.log" | head -20
+"$py" -m pytest -q -m gpu tests/gpu -p no:cacheprovider >"$out/install_pytest_gpu.log" 2>&1 || status=1
+tail -5 "$out/install_pytest_gpu.log"
+grep -E "^(FAILED|ERROR)" "$out/install_pytest_gpu.log" | head -20
 exit $status

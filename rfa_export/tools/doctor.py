@@ -22,7 +22,10 @@ def _module_version(name: str) -> Optional[str]:
 
 
 def _kernels() -> Finding:
-    from ..ops.native import build_info, library_path, load_error
+    try:
+        from ..ops.native import build_info, library_path, load_error
+    except ImportError as e:
+        return Finding("CUDA kernels", False, f"cannot look for them: {e} (the kernels run under torch)")
 
     info = build_info()
     if info is None:
@@ -59,7 +62,7 @@ def _onnxruntime() -> Finding:
 
 def _tensorrt() -> Finding:
     version = _module_version("tensorrt")
-    from ..runtime.tensorrt_backend import INSTALLED_PLUGIN
+    from ..runtime.tensorrt_backend import INSTALLED_PLUGIN  # imports neither tensorrt nor torch
 
     plugin = f"plugin {INSTALLED_PLUGIN}" if INSTALLED_PLUGIN.is_file() else \
         "no plugin library installed (pip install . with TensorRT headers, TensorRT_ROOT=..., builds it)"
