@@ -40,8 +40,7 @@ class StatefulDecoder(torch.nn.Module):
 
 
 def describe_language_model(model: RFALanguageModel, lowering: str, dtype: str, genai: bool = False) -> ExportMetadata:
-    opsets = opsets_of(lowering) if lowering in LOWERINGS else {}
-    return describe_export(model.config, lowering, dtype, opsets, f"rfa-export {__version__}", genai)
+    return describe_export(model.config, lowering, dtype, opsets_of(lowering), f"rfa-export {__version__}", genai)
 
 
 def export_arguments(meta: ExportMetadata):
