@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from helpers import time_limit
 from rfa_export.cli import main
-from rfa_export.format.config import ConfigError, RFAConfig
+from rfa_export.format.config import ConfigError, RFAConfig, RFASeq2SeqConfig
 from rfa_export.format.export_dir import open_export
 from rfa_export.format.metadata import MetadataError
 from rfa_export.model import RFALanguageModel
-from rfa_export.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rfa_export.model.checkpoint import CheckpointError, load_checkpoint, load_seq2seq_checkpoint, save_checkpoint
 from rfa_export.runtime import (ContinuousBatch, Decoder, InputError, OnnxRuntimeBackend, SamplingParams, TorchBackend,
                                 restore, snapshot)
 from rfa_export.runtime.backend import NonFiniteError
@@ -78,6 +78,20 @@ def config_cases():
         "C13": [lambda: raises(ConfigError, "config has unknown fields: colour",
                                lambda: RFAConfig.from_dict({**SMALL, "colour": "red"})),
                 lambda: raises(ConfigError, "config keys must be strings", lambda: RFAConfig.from_dict({1: 2}))],
+        "C15": [lambda: raises(ConfigError, r"n_encoder_layers must be an integer in \[1, 1024\], got 0",
+                               lambda: RFASeq2SeqConfig(n_encoder_layers=0)),
+                lambda: raises(ConfigError, r"tgt_vocab_size must be an integer in \[1, 2147483647\], got 0",
+                               lambda: RFASeq2SeqConfig(tgt_vocab_size=0, shared_vocab=False)),
+                lambda: raises(ConfigError, r"layer_norm_eps must be a finite number in \[1e-12, 1.0\], got nan",
+                               lambda: RFASeq2SeqConfig(layer_norm_eps=math.nan))],
+        "C16": [lambda: raises(ConfigError, r"eos_token_id must be an integer in \[0, 258\), got 258",
+                               lambda: RFASeq2SeqConfig(eos_token_id=258)),
+                lambda: raises(ConfigError, "bos_token_id and eos_token_id must differ",
+                               lambda: RFASeq2SeqConfig(bos_token_id=5, eos_token_id=5))],
+        "C17": [lambda: raises(ConfigError, "shared_vocab needs src_vocab_size == tgt_vocab_size",
+                               lambda: RFASeq2SeqConfig(src_vocab_size=256))],
+        "C18": [lambda: raises(ConfigError, r"max_source_length must be an integer in \[1, 1048576\], got 0",
+                               lambda: RFASeq2SeqConfig(max_source_length=0))],
         "C14": [bad(r"embed.weight of shape \(2147483647, 2\).* more than 2,147,483,647", vocab_size=2**31 - 1, d_model=2,
                     n_heads=1),
                 bad(r"attention projections of shape \(65536, 65536\)", d_model=65536, n_heads=1024)],
@@ -315,6 +329,16 @@ def runtime_cases(dec):
                 bad(r"batch must be an integer in \[1, ", lambda: dec.new_state(0)),
                 bad(r"rows must be integers in \[0, 2\)", lambda: dec.select(state, [2]))],
         "R13": [lambda: _torch_nan_model_case()],
+        "R15": [lambda: _seq2seq_case(lambda d: d.start(["1", ""]), "source 1 is empty"),
+                lambda: _seq2seq_case(lambda d: d.start([[1] * 65]), "more than the model's max_source_length 64"),
+                lambda: _seq2seq_case(lambda d: d.start([[1.5]]), "source 0: token ids must be integers, got float64")],
+        "R16": [lambda: _seq2seq_case(lambda d: d.start([[1]], [[256, 999]]), r"prefix 0: token id 999 is out of range"),
+                lambda: _seq2seq_case(lambda d: d.start([[1]], [[]]), "a target prefix is empty"),
+                lambda: _seq2seq_case(lambda d: d.step([5, 6], d.start([[1]])[0]), "2 tokens for 1 decoder rows")],
+        "R17": [lambda: raises(CheckpointError, "an encoder-decoder checkpoint; this takes a language-model one",
+                               lambda: load_checkpoint(_seq2seq_checkpoint())),
+                lambda: raises(CheckpointError, "a language-model checkpoint; this takes an encoder-decoder one",
+                               lambda: load_seq2seq_checkpoint(BUNDLED))],
         "R14": [bad("stop_strings must be a list of strings", lambda: dec.generate(["a"], 2, stop_strings="abc")),
                 bad("stop_strings must be a list of strings", lambda: dec.generate(["a"], 2, stop_strings=[3]))],
     }
@@ -365,6 +389,30 @@ def _nan_logits_case(dec, state):
     nan = Decoder(NanLogits(dec.backend))
     raises(NonFiniteError, "request 0: logits contain NaN or infinity", lambda: nan.generate(["a", "b"], 2))
     raises(NonFiniteError, "beam search: logits contain NaN or infinity", lambda: nan.beam_search("a", 2, 2))
+
+
+_SEQ2SEQ = {}
+
+
+def _seq2seq_checkpoint():
+    if "path" not in _SEQ2SEQ:
+        import tempfile
+
+        from rfa_export.model.checkpoint import save_seq2seq_checkpoint
+        from rfa_export.model.seq2seq import RFASeq2Seq
+
+        torch.manual_seed(0)
+        model = RFASeq2Seq(RFASeq2SeqConfig(d_model=16, n_heads=2, n_encoder_layers=1, n_decoder_layers=1, d_ffn=16,
+                                            num_features=4, max_source_length=64))
+        _SEQ2SEQ["path"] = Path(tempfile.mkdtemp()) / "s2s.pt"
+        save_seq2seq_checkpoint(model, _SEQ2SEQ["path"])
+    return _SEQ2SEQ["path"]
+
+
+def _seq2seq_case(call, message):
+    from rfa_export.runtime.seq2seq import Seq2SeqDecoder, TorchSeq2SeqBackend
+
+    raises(InputError, message, lambda: call(Seq2SeqDecoder(TorchSeq2SeqBackend(_seq2seq_checkpoint()))))
 
 
 def _torch_nan_model_case():

@@ -17,6 +17,10 @@ One graph serves prefill and decode: inputs input_ids [batch, sequence], attenti
 [batch, total_sequence_length] (and position_ids when the model uses positions), and per layer
 past_key_values.{i}.recurrent_state; outputs logits and present.{i}.recurrent_state.
 
+An encoder-decoder checkpoint (RFASeq2Seq) is detected and written as OUT_DIR/encoder_model.onnx (source
+ids + mask -> encoder output and every decoder layer's cross state) and decoder_model.onnx (prefill and step:
+self states in and out, cross states in); see docs/seq2seq.md.
+
 --scan chooses how each layer's causal gated scan is lowered:
 """ + "\n".join(textwrap.fill(low.help, 104, initial_indent=f"  {low.name:8s}", subsequent_indent=" " * 10)
              for low in LOWERINGS.values()) + "\n"
@@ -52,12 +56,16 @@ def preflight_output_dir(out_dir: Path) -> None:
 
 
 def run(args) -> int:
-    from ..export.lm_export import language_model_to_onnx, write_export
-    from ..model.checkpoint import load_checkpoint
+    from ..model.checkpoint import checkpoint_kind
     from ..progress import Progress
 
     checkpoint, out_dir = Path(args.checkpoint), Path(args.out_dir)
-    model = load_checkpoint(checkpoint)  # every checkpoint problem surfaces here, before any output
+    if checkpoint_kind(checkpoint) == "seq2seq":  # every checkpoint problem surfaces here, before any output
+        return run_seq2seq(args, checkpoint, out_dir)
+    from ..export.lm_export import language_model_to_onnx, write_export
+    from ..model.checkpoint import load_checkpoint
+
+    model = load_checkpoint(checkpoint)
     if args.tokenizer is not None:
         from ..format.tokenizer_file import describe_tokenizer
 
@@ -73,4 +81,32 @@ def run(args) -> int:
         print(f"rfa-export: done in {time.perf_counter() - start:.1f} s: {len(meta.state)} state tensors, "
               f"lowering {meta.lowering}, {meta.dtype}", file=sys.stderr)
     print(out_dir / "model.onnx")
+    return 0
+
+
+def run_seq2seq(args, checkpoint: Path, out_dir: Path) -> int:
+    """An encoder-decoder checkpoint: OUT_DIR/encoder_model.onnx + decoder_model.onnx (docs/seq2seq.md)."""
+    from ..export.seq2seq_export import seq2seq_to_onnx, write_seq2seq_export
+    from ..model.checkpoint import load_seq2seq_checkpoint
+    from ..progress import Progress
+
+    if args.genai:
+        raise ValueError("--genai is for language models: onnxruntime-genai's encoder-decoder types need a KV cache")
+    model = load_seq2seq_checkpoint(checkpoint)
+    if args.tokenizer is not None:
+        from ..format.tokenizer_file import describe_tokenizer
+
+        describe_tokenizer(args.tokenizer, min(model.config.src_vocab_size, model.config.tgt_vocab_size))
+    preflight_output_dir(out_dir)
+    progress = Progress(enabled=not args.quiet)
+    start = time.perf_counter()
+    if not args.quiet:
+        print(f"rfa-export: {checkpoint} (encoder-decoder) -> {out_dir}/encoder_model.onnx, decoder_model.onnx",
+              file=sys.stderr)
+    protos, meta = seq2seq_to_onnx(model, args.scan, args.dtype, progress)
+    write_seq2seq_export(protos, meta, out_dir, progress, tokenizer=args.tokenizer)
+    if not args.quiet:
+        print(f"rfa-export: done in {time.perf_counter() - start:.1f} s: {len(meta.state)} self states, "
+              f"{len(meta.cross_state)} cross states, lowering {meta.lowering}, {meta.dtype}", file=sys.stderr)
+    print(out_dir / "decoder_model.onnx")
     return 0

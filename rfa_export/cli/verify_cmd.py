@@ -8,7 +8,11 @@ DESCRIPTION = """Run OUT_DIR/model.onnx in onnxruntime (CPU) and MODEL.pt in PyT
 inputs — random tokens at each --lengths and a batch of real English text — as a prefill followed by
 --decode-steps single-token steps that feed each backend's state back. Prints max abs / rel error per
 output and state tensor and passes or fails against the documented tolerance (fp32 1e-4, fp16 1e-2,
-bf16 2e-2, relative to max |reference|). Exit code 0 = pass, 1 = fail or error.
+bf16 2e-2, relative to max |reference|; the dtype is the model's own). Exit code 0 = pass, 1 = fail or error.
+
+An encoder-decoder export (encoder_model.onnx, decoder_model.onnx) is compared on one ragged batch of random
+sources, one per --lengths, and for byte-level models on numbers: the encoder's cross states, then the
+decoder's prefill (BOS) and --decode-steps steps.
 
 --save-polygraphy DIR also writes DIR/inputs.json and DIR/torch_outputs.json (the first prefill case) so
 polygraphy can make the same comparison:
@@ -53,10 +57,19 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from ..format.export_dir import export_kind
     from ..tools.verify import format_report, save_polygraphy_reference, verify_export
 
-    report = verify_export(args.out_dir, args.checkpoint, lengths=args.lengths, decode_steps=args.decode_steps,
-                           batch=args.batch, seed=args.seed, tolerance=args.tolerance)
+    if export_kind(args.out_dir) == "seq2seq":
+        from ..tools.verify_seq2seq import verify_seq2seq_export
+
+        if args.save_polygraphy:
+            raise ValueError("--save-polygraphy is for language-model exports")
+        report = verify_seq2seq_export(args.out_dir, args.checkpoint, lengths=args.lengths,
+                                       decode_steps=args.decode_steps, seed=args.seed, tolerance=args.tolerance)
+    else:
+        report = verify_export(args.out_dir, args.checkpoint, lengths=args.lengths, decode_steps=args.decode_steps,
+                               batch=args.batch, seed=args.seed, tolerance=args.tolerance)
     if args.json:
         print(json.dumps({"passed": report.passed, "tolerance": report.tolerance, "worst": report.worst,
                           "rows": [vars(r) for r in report.rows]}, indent=2))

@@ -1,4 +1,5 @@
-"""RFAConfig: the hyper-parameters of an RFA decoder-only language model, every field type- and range-checked.
+"""RFAConfig (a decoder-only language model) and RFASeq2SeqConfig (an encoder-decoder): every field type- and
+range-checked.
 
 The limits are in one table (LIMITS) and documented in docs/validation.md. A checkpoint or an export whose
 config breaks one is refused before anything is built or allocated.
@@ -34,7 +35,11 @@ LIMITS: Dict[str, Tuple[float, float, bool, bool, str]] = {
                        "activations overflow"),
     "layer_norm_eps": (1e-12, 1.0, True, True, "smaller values round to 0 in float32, and 0 divides by zero on a "
                        "constant input"),
+    "max_source_length": (1, 1 << 20, True, True, "the longest source the encoder takes (sources are read whole)"),
 }
+# fields of the encoder-decoder config with the same limits as a language-model field
+LIMIT_OF = {"src_vocab_size": "vocab_size", "tgt_vocab_size": "vocab_size", "n_encoder_layers": "n_layers",
+            "n_decoder_layers": "n_layers"}
 
 
 def _interval(low, high, low_in, high_in) -> str:
@@ -42,8 +47,8 @@ def _interval(low, high, low_in, high_in) -> str:
 
 
 def check_range(owner: str, name: str, value) -> None:
-    """Raise ConfigError unless `value` lies in LIMITS[name] (and is finite)."""
-    low, high, low_in, high_in, _ = LIMITS[name]
+    """Raise ConfigError unless `value` lies in LIMITS[name] (or the field's LIMIT_OF) and is finite."""
+    low, high, low_in, high_in, _ = LIMITS[LIMIT_OF.get(name, name)]
     finite = not isinstance(value, float) or math.isfinite(value)
     above = value >= low if low_in else value > low
     below = value <= high if high_in else value < high
@@ -93,7 +98,8 @@ class RFAConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        for name in LIMITS:
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ffn", "num_features", "dropout",
+                     "normaliser_eps", "layer_norm_eps"):
             check_range("config", name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ConfigError(f"config field d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
@@ -134,6 +140,90 @@ class RFAConfig:
             raise ConfigError("config keys must be strings")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"config has unknown fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class RFASeq2SeqConfig:
+    """An encoder-decoder: a non-causal RFA encoder, a decoder of causal gated RFA self-attention and RFA cross
+    attention over the encoder's output (summarised once per source into a fixed-size state per layer).
+    Byte-level by default: ids 0-255 are bytes, 256 begins and 257 ends a target."""
+
+    src_vocab_size: int = 258
+    tgt_vocab_size: int = 258
+    shared_vocab: bool = True  # one embedding for source and target (needs equal vocabularies)
+    d_model: int = 256
+    n_heads: int = 4
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    d_ffn: int = 1024
+    feature_map: str = "gaussian"
+    num_features: int = 32
+    orthogonal_features: bool = True
+    gated: bool = True
+    positional: str = "sinusoidal"  # "none" leaves the encoder order-blind: only for order-free tasks
+    tie_embeddings: bool = True  # the output projection is the target embedding
+    dropout: float = 0.0
+    normaliser_eps: float = DEFAULT_EPS
+    layer_norm_eps: float = 1e-5
+    bos_token_id: int = 256
+    eos_token_id: int = 257
+    max_source_length: int = 4096
+
+    def __post_init__(self) -> None:
+        check_field_types(self)
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers",
+                     "d_ffn", "num_features", "dropout", "normaliser_eps", "layer_norm_eps", "max_source_length"):
+            check_range("config", name, getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"config field d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if self.feature_map not in FEATURE_MAPS:
+            raise ConfigError(f"config field feature_map must be one of {', '.join(FEATURE_MAPS)}, got {self.feature_map!r}")
+        if self.positional not in POSITIONAL_SCHEMES:
+            raise ConfigError(f"config field positional must be one of {', '.join(POSITIONAL_SCHEMES)}, got {self.positional!r}")
+        if self.positional == "sinusoidal" and self.d_model < 2:
+            raise ConfigError(f"config field positional 'sinusoidal' needs d_model >= 2 (a sin/cos pair), got {self.d_model}")
+        if self.shared_vocab and self.src_vocab_size != self.tgt_vocab_size:
+            raise ConfigError(f"config field shared_vocab needs src_vocab_size == tgt_vocab_size, got "
+                              f"{self.src_vocab_size} and {self.tgt_vocab_size}")
+        for name in ("bos_token_id", "eos_token_id"):
+            if not 0 <= getattr(self, name) < self.tgt_vocab_size:
+                raise ConfigError(f"config field {name} must be an integer in [0, {self.tgt_vocab_size}), got "
+                                  f"{getattr(self, name)}")
+        if self.bos_token_id == self.eos_token_id:
+            raise ConfigError("config fields bos_token_id and eos_token_id must differ")
+        for name, vocab in (("source embedding", self.src_vocab_size), ("target embedding", self.tgt_vocab_size)):
+            check_tensor_size(name, (vocab, self.d_model))
+        check_tensor_size("attention projections", (self.d_model, self.d_model))
+        check_tensor_size("ffn weights", (self.d_ffn, self.d_model))
+        check_tensor_size("phi.w_tilde", (self.n_heads, self.num_features, self.head_dim))
+        check_tensor_size("the state of one layer and sequence", self.state_shape)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def feature_size(self) -> int:
+        return FEATURE_MAPS[self.feature_map].feature_size(self.num_features)
+
+    @property
+    def state_shape(self) -> tuple:
+        """Per-layer state (self or cross) without the batch axis: (H, F, Dv + 1)."""
+        return (self.n_heads, self.feature_size, self.head_dim + 1)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RFASeq2SeqConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a dict, got {type(data).__name__}")
+        if not all(isinstance(k, str) for k in data):
+            raise ConfigError("config keys must be strings")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ConfigError(f"config has unknown fields: {', '.join(unknown)}")
         return cls(**data)

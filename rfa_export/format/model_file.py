@@ -10,7 +10,7 @@ import hashlib
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Any, Dict, Tuple, Union
 
 from .metadata import METADATA_KEY, ExportMetadata, MetadataError, attach_metadata
 
@@ -128,4 +128,23 @@ def seal_model(model, meta: ExportMetadata, data_digest: str = None) -> bytes:
     scan = scan_model_bytes(sealed)
     if scan.digest != digest or scan.metadata_props.get(METADATA_KEY) != meta.to_json():
         raise RuntimeError("the serialized model is not stable: its digest changed when the metadata was attached")
+    return sealed
+
+
+def seal_models(models: Dict[str, Any], meta, data_digests: Dict[str, str] = None) -> Dict[str, bytes]:
+    """seal_model for the graphs of one export (file name -> ModelProto): meta.integrity records every
+    file's digest (and those of external data files), and every graph embeds the same metadata."""
+    digests = {name: scan_model_bytes(model.SerializeToString()).digest for name, model in models.items()}
+    meta.integrity = {**digests, **(data_digests or {})}
+    text = meta.to_json()
+    sealed = {}
+    for name, model in models.items():
+        kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        model.metadata_props.add(key=METADATA_KEY, value=text)
+        sealed[name] = model.SerializeToString()
+        scan = scan_model_bytes(sealed[name])
+        if scan.digest != digests[name] or scan.metadata_props.get(METADATA_KEY) != text:
+            raise RuntimeError(f"the serialized {name} is not stable: its digest changed when the metadata was attached")
     return sealed

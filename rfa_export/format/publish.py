@@ -25,7 +25,8 @@ STAGING_PREFIX = ".rfa-export-"
 GENAI_CONFIG_FILE = "genai_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # publishing order (one by one, where the folder cannot be swapped): the model last
-EXPORT_FILES = (DATA_FILE, *TOKENIZER_FILES, GENAI_CONFIG_FILE, METADATA_FILE, MODEL_FILE)
+SEQ2SEQ_FILES = ("encoder_model.onnx.data", "decoder_model.onnx.data", "encoder_model.onnx", "decoder_model.onnx")
+EXPORT_FILES = (DATA_FILE, *TOKENIZER_FILES, GENAI_CONFIG_FILE, *SEQ2SEQ_FILES, METADATA_FILE, MODEL_FILE)
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 

@@ -32,6 +32,10 @@ class _RFAHeads(nn.Module):
         """[B, T, d_model] -> [B, T, H, dh]"""
         return proj(x).unflatten(-1, (self.n_heads, self.head_dim))
 
+    def heads_of(self, proj: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """heads() through ops/decode_linear's linear (the decode-sized kernel on the CUDA inference path)."""
+        return linear(x, proj.weight, proj.bias).unflatten(-1, (self.n_heads, self.head_dim))
+
     def merge(self, out: torch.Tensor, partial_sums: bool = False) -> Union[torch.Tensor, PartialSums]:
         """[B, T, H, dh] -> [B, T, d_model] through the output projection; partial_sums: see linear."""
         return linear_dropout(out.flatten(-2), self.o_proj.weight, self.o_proj.bias, self.dropout, partial_sums)
@@ -134,14 +138,42 @@ class CausalRFASelfAttention(_RFAHeads):
 
 
 class RFAAttention(_RFAHeads):
-    """Non-causal multi-head RFA: encoder self-attention (memory = x) or cross-attention."""
+    """Non-causal multi-head RFA: encoder self-attention (memory = x) or cross-attention.
+
+    The keys and values are summarised into a state [B_mem, H, F, Dv + 1] (S | z, the causal layer's layout:
+    S = sum_s phi(k_s) v_s^T, z = sum_s phi(k_s) over the real memory positions), and every query reads it:
+    out = readout(phi(q)^T S, phi(q) . z). A decoder computes its cross states once per source
+    (memory_state) and reads them at each step (read)."""
 
     def __init__(self, d_model: int, n_heads: int, feature_map: str = "gaussian", num_features: int = 32,
                  orthogonal: bool = True, eps: float = DEFAULT_EPS, dropout: float = 0.0):
         super().__init__(d_model, n_heads, feature_map, num_features, orthogonal, eps, dropout)
 
+    def memory_state(self, memory: torch.Tensor, memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """memory [B, S, d_model], memory_mask [B, S] (nonzero for real positions) -> state [B, H, F, Dv + 1]
+        in fp32 (float64 for float64 memory)."""
+        acc = torch.float64 if memory.dtype == torch.float64 else torch.float32
+        k_feat = self.phi(self.heads(self.k_proj, memory)).to(acc)  # [B, S, H, F]
+        v = self.heads(self.v_proj, memory).to(acc)  # [B, S, H, Dv]
+        if memory_mask is not None:
+            k_feat = k_feat * (memory_mask != 0).to(acc)[:, :, None, None]
+        v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # value' = [v, 1]: z rides along as column Dv
+        return torch.matmul(k_feat.permute(0, 2, 3, 1), v1.transpose(1, 2))  # [B, H, F, S] @ [B, H, S, Dv + 1]
+
+    def read(self, x: torch.Tensor, state: torch.Tensor, partial_sums: bool = False) -> Union[torch.Tensor, PartialSums]:
+        """x [B, T, d_model] queries, state [B_mem, H, F, Dv + 1] with B a multiple of B_mem: the rows of x
+        are grouped by memory row, B / B_mem contiguous rows each (beams of one source share its state,
+        which is never copied per row) -> [B, T, d_model]."""
+        B, T, _ = x.shape
+        Bm, H, F, Dv1 = state.shape
+        q_feat = self.phi(self.heads_of(self.q_proj, x)).to(state.dtype)  # [B, T, H, F]
+        q = q_feat.reshape(Bm, -1, H, F).transpose(1, 2)  # [B_mem, H, (B / B_mem) T, F]
+        o = torch.matmul(q, state)  # [B_mem, H, J, Dv + 1]
+        out = bounded_readout(o[..., : Dv1 - 1], o[..., Dv1 - 1], self.eps)
+        return self.merge(out.transpose(1, 2).reshape(B, T, H, Dv1 - 1).to(x.dtype), partial_sums)
+
     def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
-                memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                memory_mask: Optional[torch.Tensor] = None, partial_sums: bool = False) -> Union[torch.Tensor, PartialSums]:
         """
         Args:
             x: [B, Tq, d_model] queries; memory: [B, Tk, d_model] keys/values (default x);
@@ -149,15 +181,4 @@ class RFAAttention(_RFAHeads):
         Returns:
             [B, Tq, d_model]
         """
-        memory = x if memory is None else memory
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        q_feat = self.phi(self.heads(self.q_proj, x)).to(acc)
-        k_feat = self.phi(self.heads(self.k_proj, memory)).to(acc)
-        v = self.heads(self.v_proj, memory).to(acc)
-        if memory_mask is not None:
-            k_feat = k_feat * (memory_mask != 0).to(acc)[:, :, None, None]
-        S = torch.einsum("bthf,bthd->bhfd", k_feat, v)
-        z = k_feat.sum(dim=1)  # [B, H, F]
-        num = torch.einsum("bthf,bhfd->bthd", q_feat, S)
-        den = torch.einsum("bthf,bhf->bth", q_feat, z)
-        return self.merge(bounded_readout(num, den, self.eps).to(x.dtype))
+        return self.read(x, self.memory_state(x if memory is None else memory, memory_mask), partial_sums)

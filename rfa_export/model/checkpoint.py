@@ -10,10 +10,14 @@ from typing import Any, Dict, Union
 
 import torch
 
+from ..format.config import RFASeq2SeqConfig
 from .config import ConfigError, RFAConfig
 from .lm import RFALanguageModel, language_model_weight_shapes
+from .seq2seq import RFASeq2Seq, seq2seq_weight_shapes
 
 FORMAT_NAME = "rfa-export/checkpoint"
+SEQ2SEQ_FORMAT_NAME = "rfa-export/seq2seq-checkpoint"
+KINDS = {FORMAT_NAME: "a language-model", SEQ2SEQ_FORMAT_NAME: "an encoder-decoder"}
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "format_version", "config", "state_dict")
 
@@ -24,8 +28,17 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(model: RFALanguageModel, path: Union[str, Path], metadata: Dict[str, str] = None) -> None:
     """Write model to path atomically (a temporary file renamed into place)."""
+    _save(model, FORMAT_NAME, path, metadata)
+
+
+def save_seq2seq_checkpoint(model: RFASeq2Seq, path: Union[str, Path], metadata: Dict[str, str] = None) -> None:
+    """An encoder-decoder's checkpoint: the same file layout under the format name SEQ2SEQ_FORMAT_NAME."""
+    _save(model, SEQ2SEQ_FORMAT_NAME, path, metadata)
+
+
+def _save(model, format_name: str, path, metadata) -> None:
     payload = {
-        "format": FORMAT_NAME,
+        "format": format_name,
         "format_version": FORMAT_VERSION,
         "config": model.config.to_dict(),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -67,8 +80,8 @@ def read_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"{path}: not an rfa-export checkpoint (missing keys: {', '.join(missing)})")
-    if payload["format"] != FORMAT_NAME:
-        raise CheckpointError(f"{path}: format is {payload['format']!r}, expected {FORMAT_NAME!r}")
+    if payload["format"] not in KINDS:
+        raise CheckpointError(f"{path}: format is {payload['format']!r}, expected one of {', '.join(map(repr, KINDS))}")
     version = payload["format_version"]
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version!r} is not supported (this build reads 1..{FORMAT_VERSION})")
@@ -82,6 +95,7 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     would run code, missing keys, a bad config, weights whose names or shapes do not match the config.
     """
     payload = read_checkpoint(path)
+    _expect_kind(path, payload, FORMAT_NAME)
     try:
         config = RFAConfig.from_dict(payload["config"])
     except (ConfigError, TypeError) as e:
@@ -97,6 +111,39 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     if config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     return model.eval()
+
+
+def _expect_kind(path, payload, format_name: str) -> None:
+    if payload["format"] != format_name:
+        raise CheckpointError(f"{path}: {KINDS[payload['format']]} checkpoint; this takes {KINDS[format_name]} one")
+
+
+def load_seq2seq_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> RFASeq2Seq:
+    """Load a checkpoint written by save_seq2seq_checkpoint, with the checks of load_checkpoint."""
+    payload = read_checkpoint(path)
+    _expect_kind(path, payload, SEQ2SEQ_FORMAT_NAME)
+    try:
+        config = RFASeq2SeqConfig.from_dict(payload["config"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad config: {e}") from None
+    weights = payload["state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: state_dict must map names to tensors")
+    check_weights(path, weights, seq2seq_weight_shapes(config))
+    with torch.device("meta"):
+        model = RFASeq2Seq(config)
+    model = model.to_empty(device=map_location)
+    model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()}, strict=True)
+    if config.shared_vocab:
+        model.tgt_embed = model.src_embed
+    if config.tie_embeddings:
+        model.lm_head.weight = model.tgt_embed.weight
+    return model.eval()
+
+
+def checkpoint_kind(path: Union[str, Path]) -> str:
+    """"lm" or "seq2seq" for a readable rfa-export checkpoint (CheckpointError otherwise)."""
+    return "lm" if read_checkpoint(path)["format"] == FORMAT_NAME else "seq2seq"
 
 
 def check_weights(path, weights: Dict[str, torch.Tensor], expected: Dict[str, tuple]) -> None:
