@@ -92,7 +92,7 @@ class SoftmaxStep(torch.nn.Module):
         self.pe = sinusoidal_positions(torch.full((rows, 1), position, device="cuda"), CONFIG.d_model).to(torch.bfloat16)
 
     def forward(self, token):
-        rows, d = token.shape[0], CONFIG.d_model
+        d = CONFIG.d_model
         x = self.m.tgt_embed(token[:, None]) * math.sqrt(d) + self.pe
         norms = [block.ln_self for block in self.m.decoder] + [self.m.ln_f]
         _, h = residual_norm(x, None, norms[0])
