@@ -8,7 +8,7 @@ Both models: d_model 512, 8 heads (head dim 64), 6 encoder + 6 decoder layers, F
 (the fused CUDA decode step) and cross attention reading one state per source and layer, F = 128 random
 features. Softmax: a static bf16 KV cache for self-attention filled to the target position, and the encoder's
 cached keys and values for cross attention (SDPA); like RFA's cross states they are one per source, read by
-its beams (queries grouped per source, no copy). One decoder step (all layers, the LM head and the argmax
+its beams (queries grouped per source, no copy). Both compute the sinusoidal position of the step. One decoder step (all layers, the LM head and the argmax
 that picks the next token) is captured as a CUDA graph and replayed; its median latency over 50 replays is
 measured at target position T/2 (the softmax step grows with the position, RFA's does not), so decode
 tokens/s = decoder rows (batch x beams) / latency is the rate over a whole target of length T. Source length
@@ -89,11 +89,12 @@ class SoftmaxStep(torch.nn.Module):
         self.v = [torch.randn(rows, h, position + 1, dh, **bf) for _ in model.decoder]
         self.cross = [(torch.randn(batch, h, source, dh, **bf), torch.randn(batch, h, source, dh, **bf))
                       for _ in model.decoder]
-        self.pe = sinusoidal_positions(torch.full((rows, 1), position, device="cuda"), CONFIG.d_model).to(torch.bfloat16)
+        self.position = torch.full((rows, 1), position, device="cuda")  # computed per step, as RFA's decoder does
 
     def forward(self, token):
         d = CONFIG.d_model
-        x = self.m.tgt_embed(token[:, None]) * math.sqrt(d) + self.pe
+        x = self.m.tgt_embed(token[:, None]) * math.sqrt(d)
+        x = x + sinusoidal_positions(self.position, d).to(x.dtype)
         norms = [block.ln_self for block in self.m.decoder] + [self.m.ln_f]
         _, h = residual_norm(x, None, norms[0])
         for i, block in enumerate(self.m.decoder):

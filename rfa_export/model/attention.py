@@ -5,7 +5,8 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..ops.causal_gated_scan import DEFAULT_EPS, bounded_readout, causal_gated_scan, causal_gated_scan_
+from ..ops.causal_gated_scan import DEFAULT_EPS, causal_gated_scan, causal_gated_scan_
+from ..ops.cross_read import cross_read
 from ..ops.decode_attention import decode_attention_step_
 from ..ops.dispatch import native_inference
 from .feature_maps import RandomFeatureMap
@@ -164,13 +165,9 @@ class RFAAttention(_RFAHeads):
         """x [B, T, d_model] queries, state [B_mem, H, F, Dv + 1] with B a multiple of B_mem: the rows of x
         are grouped by memory row, B / B_mem contiguous rows each (beams of one source share its state,
         which is never copied per row) -> [B, T, d_model]."""
-        B, T, _ = x.shape
-        Bm, H, F, Dv1 = state.shape
-        q_feat = self.phi(self.heads_of(self.q_proj, x)).to(state.dtype)  # [B, T, H, F]
-        q = q_feat.reshape(Bm, -1, H, F).transpose(1, 2)  # [B_mem, H, (B / B_mem) T, F]
-        o = torch.matmul(q, state)  # [B_mem, H, J, Dv + 1]
-        out = bounded_readout(o[..., : Dv1 - 1], o[..., Dv1 - 1], self.eps)
-        return self.merge(out.transpose(1, 2).reshape(B, T, H, Dv1 - 1).to(x.dtype), partial_sums)
+        phi = self.phi
+        out = cross_read(self.heads_of(self.q_proj, x), phi.sigma, phi.w_tilde, phi.kind, state, self.eps)
+        return self.merge(out, partial_sums)
 
     def forward(self, x: torch.Tensor, memory: Optional[torch.Tensor] = None,
                 memory_mask: Optional[torch.Tensor] = None, partial_sums: bool = False) -> Union[torch.Tensor, PartialSums]:
