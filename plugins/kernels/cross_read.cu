@@ -1,7 +1,8 @@
-// Fused cross-attention read (cross_read.h). One block per (row, head): the block normalises q, projects it
-// on W~[h] diag(sigma) (one thread per projection) and maps the features into shared memory, then one thread
-// per state column sums phi_f S[f, j] down the source's fp32 state (consecutive threads, consecutive
-// columns: coalesced), and the block applies the bounded readout.
+// Fused cross-attention read (cross_read.h). One block per (row, head), eight warps. The block stages
+// W~[h] in shared memory (coalesced), normalises q, projects it (one thread per projection) and maps the
+// features; then warp w sums phi_f S[f, j] over its eighth of the features for every column j (lanes on
+// consecutive columns: coalesced, and eight independent chains rather than one of F dependent loads), the
+// warps' partial sums are added in shared memory and the block applies the bounded readout.
 #include "cross_read.h"
 #include "feature_map.cuh"
 #include "scan_common.cuh"
@@ -13,58 +14,64 @@ namespace rfa
 namespace
 {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
 constexpr int kMaxDim = 128;
+
+size_t crossReadSharedBytes(int dh, int D)
+{
+    return sizeof(float) * (size_t(dh) * (D + 1) + dh + 2 * D + size_t(kWarps) * (dh + 1) + kWarps);
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) crossReadKernel(rfa_cross_read_args_t a)
 {
-    __shared__ float xs[kMaxDim];     // x_hat ⊙ sigma
-    __shared__ float phi[2 * kMaxDim]; // the features, as rounded to T
-    __shared__ float red[kThreads / 32];
+    extern __shared__ float smem[];
     int const row = blockIdx.x, h = blockIdx.y;
     int const dh = a.dh, D = a.D, H = a.H;
     bool const gaussian = a.kind == RFA_FEATURES_GAUSSIAN;
     int const F = gaussian ? 2 * D : D;
     int const cols = dh + 1;
+    float* ws = smem;                  // [dh][D + 1]: W~[h] transposed
+    float* xs = ws + dh * (D + 1);     // [dh]: x_hat ⊙ sigma
+    float* phi = xs + dh;              // [F]: the features, rounded to T as the composed path rounds them
+    float* partial = phi + 2 * D;      // [kWarps][cols]
+    float* red = partial + kWarps * cols; // [kWarps]
     T const* q = static_cast<T const*>(a.q) + (size_t(row) * H + h) * dh;
     T const* sigma = static_cast<T const*>(a.sigma) + size_t(h) * dh;
+    T const* w = static_cast<T const*>(a.w_tilde) + size_t(h) * D * dh;
     int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-    float sq = 0.f;
-    for (int j = threadIdx.x; j < dh; j += kThreads)
+    for (int i = threadIdx.x; i < D * dh; i += kThreads)
     {
-        float const v = toFloat(q[j]);
-        sq = fmaf(v, v, sq);
+        int const d = i / dh, j = i % dh;
+        ws[j * (D + 1) + d] = toFloat(w[i]);
     }
-    sq = warpSum(sq);
-    if (lane == 0)
+    if (warp == 0)
     {
-        red[warp] = sq;
-    }
-    __syncthreads();
-    float total = 0.f;
-    for (int w = 0; w < kThreads / 32; ++w)
-    {
-        total += red[w];
-    }
-    float const inv = inverseNorm(total);
-    for (int j = threadIdx.x; j < dh; j += kThreads)
-    {
-        xs[j] = toFloat(q[j]) * inv * toFloat(sigma[j]);
+        float sq = 0.f;
+        for (int j = lane; j < dh; j += 32)
+        {
+            float const v = toFloat(q[j]);
+            sq = fmaf(v, v, sq);
+        }
+        float const inv = inverseNorm(warpSum(sq));
+        for (int j = lane; j < dh; j += 32)
+        {
+            xs[j] = toFloat(q[j]) * inv * toFloat(sigma[j]);
+        }
     }
     __syncthreads();
     float const scale = featureScale(gaussian, D);
-    T const* w = static_cast<T const*>(a.w_tilde) + size_t(h) * D * dh;
     for (int d = threadIdx.x; d < D; d += kThreads)
     {
         float p = 0.f;
         for (int j = 0; j < dh; ++j)
         {
-            p = fmaf(xs[j], toFloat(w[size_t(d) * dh + j]), p);
+            p = fmaf(xs[j], ws[j * (D + 1) + d], p);
         }
         float2 const f = featurePair(gaussian, p, scale);
-        phi[d] = toFloat(fromFloat<T>(f.x)); // rounded as the composed path's feature tensor is
+        phi[d] = toFloat(fromFloat<T>(f.x));
         if (gaussian)
         {
             phi[D + d] = toFloat(fromFloat<T>(f.y));
@@ -72,67 +79,67 @@ __global__ void __launch_bounds__(kThreads) crossReadKernel(rfa_cross_read_args_
     }
     __syncthreads();
 
-    size_t const source = size_t(row / a.rows_per_source);
-    float const* S = a.state + (source * H + h) * size_t(F) * cols;
-    float num[2] = {0.f, 0.f}; // columns threadIdx.x and threadIdx.x + kThreads (dh <= 128: at most 129 columns)
-    for (int f = 0; f < F; ++f)
+    float const* S = a.state + (size_t(row / a.rows_per_source) * H + h) * size_t(F) * cols;
+    int const per = (F + kWarps - 1) / kWarps;
+    int const f0 = warp * per, f1 = min(F, f0 + per);
+    for (int j = lane; j < cols; j += 32)
     {
-        float const p = phi[f];
-        for (int k = 0; k < 2; ++k)
+        float acc = 0.f;
+#pragma unroll 8
+        for (int f = f0; f < f1; ++f)
         {
-            int const j = threadIdx.x + k * kThreads;
-            if (j < cols)
-            {
-                num[k] = fmaf(p, S[size_t(f) * cols + j], num[k]);
-            }
+            acc = fmaf(phi[f], __ldg(S + size_t(f) * cols + j), acc);
+        }
+        partial[warp * cols + j] = acc;
+    }
+    __syncthreads();
+    float num = 0.f; // column threadIdx.x (cols <= 129 < kThreads)
+    if (threadIdx.x < cols)
+    {
+        for (int w2 = 0; w2 < kWarps; ++w2)
+        {
+            num += partial[w2 * cols + threadIdx.x];
         }
     }
-    float m = 0.f;
-    for (int k = 0; k < 2; ++k)
-    {
-        int const j = threadIdx.x + k * kThreads;
-        if (j < dh)
-        {
-            m = fmaxf(m, fabsf(num[k]));
-        }
-    }
-    __shared__ float den;
-    if (threadIdx.x + kThreads == dh)
-    {
-        den = num[1];
-    }
-    else if (threadIdx.x == dh)
-    {
-        den = num[0];
-    }
-    m = warpMax(m);
-    __syncthreads(); // the partial sums of red were read above; den is written
+    float const m = warpMax(threadIdx.x < dh ? fabsf(num) : 0.f);
     if (lane == 0)
     {
         red[warp] = m;
     }
-    __syncthreads();
+    __syncthreads(); // the partial sums are read; red and the den column are ready below
+    if (threadIdx.x == dh)
+    {
+        partial[0] = num; // den, where every warp can read it
+    }
     float maxAbs = 0.f;
-    for (int w2 = 0; w2 < kThreads / 32; ++w2)
+    for (int w2 = 0; w2 < kWarps; ++w2)
     {
         maxAbs = fmaxf(maxAbs, red[w2]);
     }
-    float const s = readoutScale(den, maxAbs, a.eps);
-    T* out = static_cast<T*>(a.out) + (size_t(row) * H + h) * dh;
-    for (int k = 0; k < 2; ++k)
+    __syncthreads();
+    float const s = readoutScale(partial[0], maxAbs, a.eps);
+    if (threadIdx.x < dh)
     {
-        int const j = threadIdx.x + k * kThreads;
-        if (j < dh)
-        {
-            out[j] = fromFloat<T>(num[k] * s);
-        }
+        T* out = static_cast<T*>(a.out) + (size_t(row) * H + h) * dh;
+        out[threadIdx.x] = fromFloat<T>(num * s);
     }
 }
 
 template <typename T>
 cudaError_t launchCrossRead(rfa_cross_read_args_t const& a, cudaStream_t stream)
 {
-    crossReadKernel<T><<<dim3(a.N, a.H), kThreads, 0, stream>>>(a);
+    size_t const bytes = crossReadSharedBytes(a.dh, a.D);
+    static int optedIn = 48 * 1024; // per instantiation: the largest size already allowed
+    if (int(bytes) > optedIn)
+    {
+        cudaError_t const e = cudaFuncSetAttribute(crossReadKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+        if (e != cudaSuccess)
+        {
+            return e;
+        }
+        optedIn = int(bytes);
+    }
+    crossReadKernel<T><<<dim3(a.N, a.H), kThreads, bytes, stream>>>(a);
     return cudaGetLastError();
 }
 

@@ -5,6 +5,7 @@ import torch
 
 from helpers import rel_err
 from rfa_export.ops.cross_read import cross_read_kernel_supports, cuda_cross_read, naive_cross_read
+from rfa_export.ops.random_features import naive_random_features
 
 pytestmark = pytest.mark.gpu
 
@@ -14,9 +15,12 @@ def inputs(N, T, H, dh, D, Bs, kind, dtype, seed=0):
     q = torch.randn(N, T, H, dh, device="cuda", generator=g).to(dtype)
     sigma = (torch.rand(H, dh, device="cuda", generator=g) + 0.5).to(dtype)
     w = torch.randn(H, D, dh, device="cuda", generator=g).to(dtype)
-    F = 2 * D if kind == "gaussian" else D
-    state = torch.randn(Bs, H, F, dh + 1, device="cuda", generator=g) * 0.3
-    state[..., dh] = state[..., dh].abs() + 0.5  # a plausible normaliser column
+    # the state of real keys and values over 11 source positions, as RFAAttention.memory_state builds it
+    k = torch.randn(Bs, 11, H, dh, device="cuda", generator=g, dtype=torch.float64)
+    v = torch.randn(Bs, 11, H, dh, device="cuda", generator=g, dtype=torch.float64)
+    phi = naive_random_features(k, sigma.double(), w.double(), kind)
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], -1)
+    state = torch.einsum("bshf,bshd->bhfd", phi, v1).float().contiguous()
     return q, sigma, w, state
 
 
