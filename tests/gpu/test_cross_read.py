@@ -44,7 +44,9 @@ def test_kernel_matches_the_float64_reference(kind, dtype, tol, N, T, Bs, dh, D)
 
 def test_unsupported_inputs_are_refused():
     q, sigma, w, state = inputs(8, 1, 4, 64, 64, 2, "gaussian", torch.bfloat16)
-    assert not cross_read_kernel_supports(q, sigma, w, "gaussian", state[:3], 1e-3)  # 3 does not divide 8
+    three = torch.cat([state, state[:1]]).contiguous()
+    assert cross_read_kernel_supports(q[:6], sigma, w, "gaussian", three, 1e-3)
+    assert not cross_read_kernel_supports(q, sigma, w, "gaussian", three, 1e-3)  # 3 sources do not divide 8 rows
     assert not cross_read_kernel_supports(q, sigma, w, "arccos", state, 1e-3)  # F = 64 for arccos, state has 128
     assert not cross_read_kernel_supports(q, sigma.float(), w, "gaussian", state, 1e-3)
     assert not cross_read_kernel_supports(q, sigma, w, "gaussian", state.double(), 1e-3)
