@@ -5,7 +5,7 @@ the same way as the baseline. Held-out numbers (one in ten, by a fixed hash) are
     python examples/train_seq2seq.py [--steps 1500] [--out examples]
 
 Writes examples/number_words_rfa.pt (the bundled model) and examples/number_words.json (the report: held-out
-exact match and chrF of both models, greedy and beam 4, and the training times).
+exact match and chrF of both models, greedy, and the training times).
 """
 
 import argparse

@@ -6,10 +6,10 @@ import sys
 from typing import List, Optional
 
 from .. import __version__
-from . import doctor_cmd, export_cmd, generate_cmd, inspect_cmd, translate_cmd, verify_cmd
+from . import doctor_cmd, export_cmd, generate_cmd, inspect_cmd, serve_cmd, translate_cmd, triton_cmd, verify_cmd
 
 COMMANDS = {"export": export_cmd, "verify": verify_cmd, "inspect": inspect_cmd, "generate": generate_cmd,
-            "translate": translate_cmd, "doctor": doctor_cmd}
+            "translate": translate_cmd, "serve": serve_cmd, "triton": triton_cmd, "doctor": doctor_cmd}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "  rfa-export inspect OUT_DIR\n"
                     "  rfa-export generate OUT_DIR --prompt TEXT [--backend onnxruntime|torch|tensorrt]\n"
                     "  rfa-export translate OUT_DIR --source TEXT [--beams 4]   (encoder-decoder exports)\n"
+                    "  rfa-export serve OUT_DIR [--port 8000]  an OpenAI-compatible server\n"
+                    "  rfa-export triton OUT_DIR -o REPO     a Triton model repository (implicit state)\n"
                     "  rfa-export doctor                     what this install has",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Sequence, Union
 
 from .metadata import DATA_FILE, METADATA_FILE, MODEL_FILE
 
@@ -91,18 +91,27 @@ def _can_swap(out: Path) -> bool:
     return out.stat().st_dev == out.parent.stat().st_dev and out != cwd and out not in cwd.parents
 
 
-def _publish_files(staging: Path, out: Path) -> None:
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _publish_files(staging: Path, out: Path, owned: Sequence[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     new = set(os.listdir(staging))
-    for name in EXPORT_FILES:
+    for name in owned:
         if name in new:
+            if (out / name).is_dir():
+                _remove(out / name)
             os.replace(staging / name, out / name)
-    for name in EXPORT_FILES:  # files of the previous export that this one does not have
-        if name not in new and (out / name).exists():
-            (out / name).unlink()
+    for name in owned:  # files of the previous export that this one does not have
+        if name not in new:
+            _remove(out / name)
 
 
-def _publish_swap(staging: Path, out: Path) -> bool:
+def _publish_swap(staging: Path, out: Path, owned: Sequence[str]) -> bool:
     mode = out.stat().st_mode if out.exists() else 0o777 & ~_umask()
     os.chmod(staging, mode & 0o7777)
     if not out.exists():
@@ -114,7 +123,7 @@ def _publish_swap(staging: Path, out: Path) -> bool:
     if out.is_dir() and not os.listdir(out):
         os.rename(staging, out)  # over an empty directory: atomic
         return True
-    carried = [n for n in os.listdir(out) if n not in EXPORT_FILES and not n.startswith(STAGING_PREFIX)]
+    carried = [n for n in os.listdir(out) if n not in owned and not n.startswith(STAGING_PREFIX)]
     for name in carried:
         os.rename(out / name, staging / name)
     try:
@@ -139,9 +148,10 @@ def _umask() -> int:
 
 
 @contextmanager
-def staged_export(out_dir: Union[str, Path]) -> Iterator[Path]:
+def staged_export(out_dir: Union[str, Path], owned: Sequence[str] = EXPORT_FILES) -> Iterator[Path]:
     """Yield an empty folder to write an export into; on leaving the block without an error it becomes
-    OUT_DIR in one atomic step, on an error it is removed and OUT_DIR is untouched."""
+    OUT_DIR in one atomic step, on an error it is removed and OUT_DIR is untouched. `owned`: the entries an
+    export writes (in publishing order); OUT_DIR's other entries are carried over."""
     out = Path(os.path.realpath(out_dir))
     if out.exists() and not out.is_dir():
         raise OSError(f"output directory {out_dir} exists and is not a directory")
@@ -159,8 +169,8 @@ def staged_export(out_dir: Union[str, Path]) -> Iterator[Path]:
         staging, fd = _locked_staging(out, out.name)
     try:
         yield staging
-        if not (swap and _publish_swap(staging, out)):
-            _publish_files(staging, out)
+        if not (swap and _publish_swap(staging, out, owned)):
+            _publish_files(staging, out, owned)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after a swap: the previous export
         os.close(fd)
