@@ -224,3 +224,38 @@ def test_stop_trimmer_holds_back_a_possible_stop():
     assert "".join(t.feed(p) for p in ["ab", "cE", "x"]) + t.finish("length") == "abcEx"
     t = StopTrimmer([])
     assert t.feed("anything") == "anything"
+
+
+def test_the_serve_command_runs_without_torch(bundled_export, reference):
+    """`rfa-export serve` on onnxruntime, as a user starts it: serves the same text, and never imports torch
+    (nor onnx, onnxscript): python -X importtime."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "rfa_export", "serve", str(bundled_export),
+                             "--port", str(port), "--max-batch", "8", "--model-name", "tiny"],
+                            stderr=subprocess.PIPE, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, "the server did not start"
+            time.sleep(0.2)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        resp = client.completions.create(model="tiny", prompt="Exceptions", max_tokens=12, temperature=0)
+        assert resp.choices[0].text == reference.generate(["Exceptions"], 12)[0].text
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", err, re.M))
+    assert "rfa_export.serving.engine" in imported and "fastapi" in imported
+    assert not imported & {"torch", "onnx", "onnxscript"}, sorted(imported & {"torch", "onnx", "onnxscript"})

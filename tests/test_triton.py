@@ -41,7 +41,8 @@ def test_config_parses_with_tritons_own_model_config(repo):
     assert [s.output_name for s in states] == [f"present.{i}.recurrent_state" for i in range(4)]
     for s in states:
         assert s.data_type == model_config_pb2.TYPE_FP32 and list(s.dims) == [4, 64, 33]
-        assert s.initial_state.zero_data and list(s.initial_state.dims) == [4, 64, 33]
+        (initial,) = s.initial_state
+        assert initial.zero_data and list(initial.dims) == [4, 64, 33] and initial.data_type == model_config_pb2.TYPE_FP32
     names = [s.input_name for s in states] + [s.output_name for s in states]
     assert not [(a, b) for a in names for b in names if a != b and b.startswith(a)]  # Triton server issue 8586
     assert {i.name for i in config.input} == {"input_ids", "attention_mask"}  # the states are implicit

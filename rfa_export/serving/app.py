@@ -270,9 +270,26 @@ class StopTrimmer:
         return min(hits) if hits else None
 
 
+_PROCESS_API: Optional[CompletionsAPI] = None
+
+
+def set_process_api(api: CompletionsAPI) -> None:
+    """The API of this process, for apps that carry none in their state: a Ray Serve replica serves its own
+    copy of the app object, unpickled apart from the one its constructor can reach."""
+    global _PROCESS_API
+    _PROCESS_API = api
+
+
+def _api(request) -> CompletionsAPI:
+    api = getattr(request.app.state, "api", None) or _PROCESS_API
+    if api is None:
+        raise RequestError(503, "the server is starting", kind="server_error")
+    return api
+
+
 def make_app(lifespan=None):
-    """The FastAPI app with every route; each request finds its CompletionsAPI in app.state.api (one per
-    process: a server, or a Ray Serve replica)."""
+    """The FastAPI app with every route; a request finds its CompletionsAPI in app.state.api, or the one
+    set for the process (set_process_api)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
@@ -284,7 +301,7 @@ def make_app(lifespan=None):
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        api: CompletionsAPI = request.app.state.api
+        api = _api(request)
         parsed = api.parse(await request.body())
         handles = api.submit(parsed)
         if parsed.stream:
@@ -301,18 +318,18 @@ def make_app(lifespan=None):
 
     @app.get("/v1/models")
     async def models(request: Request):
-        api: CompletionsAPI = request.app.state.api
+        api = _api(request)
         return {"object": "list", "data": [{"id": api.model_name, "object": "model", "created": api.created,
                                             "owned_by": "rfa-export"}]}
 
     @app.get("/health")
     async def health(request: Request):
-        api: CompletionsAPI = request.app.state.api
+        api = _api(request)
         return {"status": "ok", "model": api.model_name, "fingerprint": api.fingerprint}
 
     @app.get("/metrics")
     async def metrics(request: Request):
-        m = request.app.state.api.engine.metrics()
+        m = _api(request).engine.metrics()
         lines = []
         for name, kind, help_text in METRICS:
             lines += [f"# HELP rfa_{name} {help_text}", f"# TYPE rfa_{name} {kind}", f"rfa_{name} {m[name]}"]

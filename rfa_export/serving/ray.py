@@ -20,15 +20,14 @@ def deployment(options: dict, replicas: int):
     class RFACompletions:
         def __init__(self, options: dict):
             from ..cli.serve_cmd import build_api
+            from .app import set_process_api
 
-            api = build_api(options, fingerprint=f"rfa-export-replica-{os.getpid()}")
-            api.engine.start()
-            app.state.api = api  # this replica's copy of the app
+            self.api = build_api(options, fingerprint=f"rfa-export-replica-{os.getpid()}")
+            self.api.engine.start()
+            set_process_api(self.api)
 
         def __del__(self):
-            api = getattr(app.state, "api", None)
-            if api is not None:
-                api.engine.stop()
+            self.api.engine.stop()
 
     return RFACompletions.bind(options)
 
