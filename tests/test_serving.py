@@ -16,8 +16,8 @@ pytest.importorskip("fastapi", reason="FastAPI not installed")
 uvicorn = pytest.importorskip("uvicorn", reason="uvicorn not installed")
 
 from rfa_export.runtime import Decoder, OnnxRuntimeBackend, SamplingParams  # noqa: E402
-from rfa_export.serving.app import Limits, StopTrimmer, create_app  # noqa: E402
-from rfa_export.serving.engine import Engine  # noqa: E402
+from rfa_export.serving.app import Limits, StopTrimmer, _coalesce, create_app  # noqa: E402
+from rfa_export.serving.engine import Engine, GenerationRequest  # noqa: E402
 
 PROMPTS = ["The import statement", "A class definition", "Assignment statements are used to", "Exceptions",
            "def f(x):\n    return", "Comparisons", "the with statement", "Lambda expressions"]
@@ -213,6 +213,39 @@ def test_1000_requests_at_once(server, client):
     assert all(len(r.json()["choices"][0]["text"]) >= 1 for r in responses if r.status_code == 200)
     ok = client.completions.create(model=MODEL, prompt="The import statement", max_tokens=5, temperature=0)
     assert ok.choices[0].finish_reason == "length"
+
+
+def test_requests_admitted_together_are_prefilled_together(bundled_export, reference):
+    """Requests that arrive in one scheduler round join in padded prefills grouped by prompt length; each gets
+    the tokens it gets alone, and an invalid one fails alone."""
+    engine = Engine(Decoder(OnnxRuntimeBackend(bundled_export)), max_batch=8, max_queue=16)
+    prompts = ["x", "The import statement", "A" * 60, "Exceptions", [1, 999], "def f(x):\n    return"]
+    greedy = SamplingParams()
+
+    async def run():
+        handles = [engine.submit(GenerationRequest(p, 12, greedy)) for p in prompts]
+        handles[3].cancel()
+        engine.start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(h.done.wait() for h in handles)), 120)
+        finally:
+            engine.stop()
+        return [h.outcome for h in handles]
+
+    outcomes = asyncio.run(run())
+    for i in (0, 1, 2, 5):
+        want = reference.generate([prompts[i]], 12)[0]
+        assert (outcomes[i].tokens, outcomes[i].finish_reason) == (want.tokens, "length")
+        assert outcomes[i].prompt_tokens == len(reference.encode(prompts[i]))
+    assert outcomes[3].finish_reason == "cancelled" and outcomes[3].tokens == []
+    assert outcomes[4].finish_reason == "error" and "token id 999 is out of range" in outcomes[4].error
+    assert engine.counters["failed"] == 1 and engine.counters["finished"] == 4
+
+
+def test_stream_coalesces_what_piled_up():
+    items = [(0, "a", None, None), (1, "x", None, None), (0, "b", None, None), (0, "c", "length", None),
+             (0, "late", None, None), (1, "y", "stop_string", None)]
+    assert _coalesce(items) == [(0, "abc", "length", None), (1, "xy", "stop_string", None), (0, "late", None, None)]
 
 
 def test_stop_trimmer_holds_back_a_possible_stop():

@@ -21,6 +21,19 @@ class _Request:
     text_of: object  # IncrementalText, or None
 
 
+@dataclass(frozen=True)
+class RequestSpec:
+    """One request for ContinuousBatch.add_requests. seed: its random stream's seed (an int or a sequence of
+    ints, as numpy's default_rng takes); None draws fresh entropy. Greedy requests use no stream."""
+
+    prompt: Prompt
+    max_new_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    stop_tokens: Sequence[int] = ()
+    stop_strings: Sequence[str] = ()
+    seed: Optional[object] = None
+
+
 @dataclass
 class _Draw:
     """One row's outcome of a step, not yet committed."""
@@ -63,32 +76,34 @@ class ContinuousBatch:
     def add_many(self, prompts: Sequence[Prompt], max_new_tokens: int, sampling: SamplingParams = SamplingParams(),
                  stop_tokens: Sequence[int] = (), stop_strings: Sequence[str] = (),
                  seeds: Optional[Sequence[int]] = None) -> List[int]:
-        check_max_new(max_new_tokens)
-        if not isinstance(sampling, SamplingParams):
-            raise InputError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        """Prefill prompts with the same settings together and join the batch; returns their request ids. The
+        random stream of prompt i is seeded by seeds[i], else by (sampling.seed, i) when sampling.seed is set."""
         if seeds is not None:
             if len(seeds) != len(prompts):
                 raise InputError(f"{len(seeds)} seeds for {len(prompts)} prompts")
             seeds = [check_int("seed", s, 0, 2**63 - 1) for s in seeds]
-        if isinstance(stop_strings, str) or not all(isinstance(s, str) for s in stop_strings):
-            raise InputError("stop_strings must be a list of strings")
-        stops = frozenset(self.decoder.check_tokens(list(stop_tokens), "stop_tokens").tolist())
-        state, logits = self.decoder.prefill(prompts)
+        elif isinstance(sampling, SamplingParams) and sampling.seed is not None:
+            seeds = [[sampling.seed, i] for i in range(len(prompts))]
+        return self.add_requests([RequestSpec(p, max_new_tokens, sampling, stop_tokens, stop_strings,
+                                              None if seeds is None else seeds[i]) for i, p in enumerate(prompts)])
+
+    def add_requests(self, specs: Sequence["RequestSpec"]) -> List[int]:
+        """Prefill requests with settings of their own in one padded prefill and join the batch; returns their
+        request ids. Any invalid request raises InputError and none joins."""
+        checked = [self._check(spec) for spec in specs]
+        state, logits = self.decoder.prefill([spec.prompt for spec in specs])
         ids = []
-        for i in range(len(prompts)):
+        tok = self.decoder.tokenizer
+        for spec, stops in zip(specs, checked):
             rid = self._next_id
             self._next_id += 1
-            if sampling.greedy:
+            if spec.sampling.greedy:
                 rng = None
-            elif seeds is not None:
-                rng = np.random.default_rng(seeds[i])
-            elif sampling.seed is not None:
-                rng = np.random.default_rng([sampling.seed, i])
             else:
-                rng = np.random.default_rng()
-            tok = self.decoder.tokenizer
-            self.requests[rid] = _Request(GenerationResult(rid), max_new_tokens, sampling, stops, tuple(stop_strings),
-                                          rng, tok.incremental_decoder() if tok is not None else None)
+                rng = np.random.default_rng(spec.seed)  # None: fresh entropy
+            self.requests[rid] = _Request(GenerationResult(rid), spec.max_new_tokens, spec.sampling, stops,
+                                          tuple(spec.stop_strings), rng,
+                                          tok.incremental_decoder() if tok is not None else None)
             ids.append(rid)
         if self.state is None or not self.rows:
             self.state, self.logits = state, logits
@@ -99,6 +114,16 @@ class ContinuousBatch:
             self.logits = np.concatenate([self.logits, logits], axis=0)
         self.rows += ids
         return ids
+
+    def _check(self, spec: "RequestSpec") -> frozenset:
+        """Validates a request's settings; returns its stop tokens."""
+        check_max_new(spec.max_new_tokens)
+        if not isinstance(spec.sampling, SamplingParams):
+            raise InputError(f"sampling must be a SamplingParams, got {type(spec.sampling).__name__}")
+        stop_strings = spec.stop_strings
+        if isinstance(stop_strings, str) or not all(isinstance(s, str) for s in stop_strings):
+            raise InputError("stop_strings must be a list of strings")
+        return frozenset(self.decoder.check_tokens(list(spec.stop_tokens), "stop_tokens").tolist())
 
     def remove(self, request_id: int) -> GenerationResult:
         """Take a request out of the batch now (its tokens so far are its result)."""

@@ -214,19 +214,21 @@ class CompletionsAPI:
         try:
             remaining = len(tasks)
             while remaining:
-                item = await queue.get()
-                if item is None:
-                    remaining -= 1
-                    continue
-                index, piece, finished, error = item
-                if finished == "error":
-                    failure = RequestError(400, error or "generation failed")
-                    yield f"data: {json.dumps(failure.body())}\n\n"
-                    continue
-                reason = FINISH_REASONS.get(finished, finished) if finished else None
-                chunk = {**self._envelope(completion_id),
-                         "choices": [{"index": index, "text": piece, "logprobs": None, "finish_reason": reason}]}
-                yield f"data: {json.dumps(chunk)}\n\n"
+                # what has piled up since the last write goes out in one write, a choice's pieces as one chunk
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                remaining -= sum(item is None for item in items)
+                events = []
+                for index, piece, finished, error in _coalesce([item for item in items if item is not None]):
+                    if finished == "error":
+                        events.append(json.dumps(RequestError(400, error or "generation failed").body()))
+                        continue
+                    reason = FINISH_REASONS.get(finished, finished) if finished else None
+                    events.append(json.dumps({**self._envelope(completion_id), "choices": [
+                        {"index": index, "text": piece, "logprobs": None, "finish_reason": reason}]}))
+                if events:
+                    yield "".join(f"data: {e}\n\n" for e in events)
             if parsed.include_usage:
                 yield f"data: {json.dumps({**self._envelope(completion_id), 'choices': [], 'usage': self._usage(handles, parsed.n)})}\n\n"
             yield "data: [DONE]\n\n"
@@ -235,6 +237,22 @@ class CompletionsAPI:
                 h.cancel()
             for t in tasks:
                 t.cancel()
+
+
+def _coalesce(items):
+    """(index, piece, finished, error) items in order -> the same with each choice's consecutive pieces joined;
+    a choice's finish (or error) closes its run."""
+    merged, open_run = [], {}
+    for index, piece, finished, error in items:
+        if index in open_run:
+            at = open_run[index]
+            merged[at] = (index, merged[at][1] + piece, finished, error)
+        else:
+            merged.append((index, piece, finished, error))
+            open_run[index] = len(merged) - 1
+        if finished is not None:
+            del open_run[index]
+    return merged
 
 
 class StopTrimmer:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..runtime.backend import InputError, NonFiniteError
-from ..runtime.batch import ContinuousBatch
+from ..runtime.batch import ContinuousBatch, RequestSpec
 from ..runtime.decoder import Decoder, TokenEvent
 from ..runtime.sampling import SamplingParams
 
@@ -55,12 +55,11 @@ class RequestHandle:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def _push(self, event: Optional[TokenEvent]) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-
-    def _finish(self) -> None:
-        self._push(None)
-        self.loop.call_soon_threadsafe(self.done.set)
+    def _receive(self, event: Optional[TokenEvent]) -> None:
+        """In the handle's loop: one event, or None when the request has ended."""
+        self.queue.put_nowait(event)
+        if event is None:
+            self.done.set()
 
     async def events(self):
         while True:
@@ -84,6 +83,7 @@ class Engine:
         self._stop = False
         self.counters = collections.Counter()
         self._token_times: Deque[Tuple[float, int]] = collections.deque()
+        self._outbox: List[Tuple[RequestHandle, Optional[TokenEvent]]] = []
 
     # --- the caller's side (any thread) ------------------------------------------------------------------------
 
@@ -137,37 +137,85 @@ class Engine:
                 admit = []
                 while self._pending and len(self._active) + len(admit) < self.max_batch:
                     admit.append(self._pending.popleft())
-            for handle in admit:
-                self._admit(handle)
+            if admit:
+                self._admit(admit)
             for rid, handle in list(self._active.items()):
                 if handle.cancelled:
                     self.batch.remove(rid)
                     self._end(rid, "cancelled")
             if self._active:
                 self._step()
+            self._deliver()
         for rid in list(self._active):
             self._end(rid, "cancelled")
         while self._pending:
             handle = self._pending.popleft()
             handle.outcome.finish_reason = "cancelled"
-            handle._finish()
+            self._outbox.append((handle, None))
+        self._deliver()
 
-    def _admit(self, handle: RequestHandle) -> None:
-        if handle.cancelled:
-            handle.outcome.finish_reason = "cancelled"
-            self.counters["cancelled"] += 1
-            handle._finish()
-            return
-        r = handle.request
+    def _deliver(self) -> None:
+        """Hands a step's events to their handles: one wake-up per event loop, not one per token (at 32 streams
+        per step the per-token wake-ups cost more than the model's step on a small CPU)."""
+        by_loop: Dict[asyncio.AbstractEventLoop, list] = {}
+        for handle, event in self._outbox:
+            by_loop.setdefault(handle.loop, []).append((handle, event))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_receive_all, items)
+            except RuntimeError:  # that loop has closed: its clients are gone
+                pass
+
+    def _admit(self, handles: List[RequestHandle]) -> None:
+        """Prefills the newly admitted requests together, in groups of similar prompt lengths (a group's
+        prompts are padded to its longest); a group with an invalid request is retried one by one, so that
+        only the invalid one fails."""
+        going = []
+        for handle in handles:
+            if handle.cancelled:
+                handle.outcome.finish_reason = "cancelled"
+                self.counters["cancelled"] += 1
+                self._outbox.append((handle, None))
+                continue
+            try:
+                handle.outcome.prompt_tokens = len(self.decoder.encode(handle.request.prompt))
+            except InputError as e:
+                self._fail(handle, str(e))
+                continue
+            going.append(handle)
+        going.sort(key=lambda h: h.outcome.prompt_tokens)
+        group: List[RequestHandle] = []
+        for handle in going:
+            if group and handle.outcome.prompt_tokens > 2 * group[0].outcome.prompt_tokens + 16:
+                self._join(group)
+                group = []
+            group.append(handle)
+        if group:
+            self._join(group)
+
+    def _join(self, handles: List[RequestHandle]) -> None:
         try:
-            rid = self.batch.add(r.prompt, r.max_tokens, r.sampling, r.stop_tokens, r.stop_strings)
+            rids = self.batch.add_requests([self._spec(h.request) for h in handles])
         except (InputError, NonFiniteError) as e:
-            handle.outcome.finish_reason, handle.outcome.error = "error", str(e)
-            self.counters["failed"] += 1
-            handle._finish()
+            if len(handles) == 1:
+                self._fail(handles[0], str(e))
+            else:
+                for handle in handles:
+                    self._join([handle])
             return
-        handle.outcome.prompt_tokens = len(self.decoder.encode(r.prompt))
-        self._active[rid] = handle
+        for rid, handle in zip(rids, handles):
+            self._active[rid] = handle
+
+    @staticmethod
+    def _spec(r: GenerationRequest) -> RequestSpec:
+        seed = None if r.sampling.seed is None else [r.sampling.seed, 0]
+        return RequestSpec(r.prompt, r.max_tokens, r.sampling, r.stop_tokens, r.stop_strings, seed)
+
+    def _fail(self, handle: RequestHandle, error: str) -> None:
+        handle.outcome.finish_reason, handle.outcome.error = "error", error
+        self.counters["failed"] += 1
+        self._outbox.append((handle, None))
 
     def _step(self) -> None:
         try:
@@ -186,7 +234,7 @@ class Engine:
                 produced += 1
                 handle.outcome.tokens.append(event.token)
                 handle.outcome.text += event.text
-            handle._push(event)
+            self._outbox.append((handle, event))
             if event.finished is not None:
                 self._end(event.index, event.finished, event.error)
         self.counters["tokens"] += produced
@@ -199,4 +247,9 @@ class Engine:
         self.batch.results.pop(rid, None)  # a server runs for long: keep no finished results
         handle.outcome.finish_reason, handle.outcome.error = reason, error
         self.counters["failed" if reason == "error" else "cancelled" if reason == "cancelled" else "finished"] += 1
-        handle._finish()
+        self._outbox.append((handle, None))
+
+
+def _receive_all(items) -> None:
+    for handle, event in items:
+        handle._receive(event)
