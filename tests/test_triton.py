@@ -91,4 +91,7 @@ def test_bad_exports_are_refused(tmp_path, bundled_export, capsys):
     assert code == 1 and "rfa_export.json" in err and len(err.strip().splitlines()) == 1
     code = main(["triton", str(bundled_export), "-o", str(tmp_path / "repo"), "--plugin-library", "/x.so", "--name", "a"])
     assert code == 0  # the bundled export has the plugin lowering
-    assert 'op_library_filename: [ "/x.so" ]' in (tmp_path / "repo" / "a" / "config.pbtxt").read_text()
+    config = parse(tmp_path / "repo" / "a" / "config.pbtxt")
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"trt_extra_plugin_lib_paths": "/x.so"}
+    assert not config.model_operations.op_library_filename  # that would load it as an onnxruntime custom-op library

@@ -9,7 +9,7 @@ with one implicit `state` per layer, fp32, zero initial state, max_sequence_idle
 says how to launch tritonserver on it.
 
   rfa-export triton out/ -o models/ [--name rfa] [--max-batch 64] [--cpu]
-  rfa-export triton out_plugin/ -o models/ --plugin-library /opt/rfa/librfa_trt_plugin.so   (TensorRT accelerator)
+  rfa-export triton out_plugin/ -o models/ --plugin-library /opt/rfa/librfa_trt_plugin_autoreg.so   (TensorRT accelerator)
 """
 
 
@@ -33,7 +33,8 @@ def add_parser(sub):
     p.add_argument("--idle-us", type=_positive, default=60_000_000,
                    help="max_sequence_idle_microseconds: a sequence idle this long is dropped (default 60 s)")
     p.add_argument("--cpu", action="store_true", help="instance_group KIND_CPU (default KIND_GPU)")
-    p.add_argument("--plugin-library", help="path of librfa_trt_plugin.so on the server: run with TensorRT as accelerator")
+    p.add_argument("--plugin-library", help="path on the server of librfa_trt_plugin_autoreg.so (the self-registering build: onnxruntime's TensorRT "
+                        "provider only loads it): run with TensorRT as onnxruntime's accelerator")
     p.set_defaults(run=run)
     return p
 

@@ -120,9 +120,10 @@ def triton_config(meta, name: str, max_batch: int = 64, idle_microseconds: int =
         f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: 1 }} ]",
     ]
     if plugin_library:
-        # TensorRT (as onnxruntime's accelerator) resolves rfa::CausalGatedScan through our plugin library
-        lines += [f'model_operations {{ op_library_filename: [ "{plugin_library}" ] }}',
-                  "optimization { execution_accelerators { gpu_execution_accelerator: [ { name: \"tensorrt\" } ] } }"]
+        # onnxruntime's TensorRT execution provider dlopens the library (trt_extra_plugin_lib_paths), so it must be
+        # the self-registering build; model_operations would hand it to onnxruntime as a custom-op library
+        lines += ["optimization { execution_accelerators { gpu_execution_accelerator: [ { name: \"tensorrt\" "
+                  f'parameters {{ key: "trt_extra_plugin_lib_paths" value: "{plugin_library}" }} }} ] }} }}']
     return "\n".join(lines) + "\n"
 
 
