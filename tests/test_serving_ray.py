@@ -56,3 +56,11 @@ def test_two_replicas_share_the_load_and_agree(ray_server, bundled_export):
     replicas = {fingerprint for fingerprint, _, _ in seen}
     assert len(replicas) == 2 and all(f.startswith("rfa-export-replica-") for f in replicas)
     assert all(text == want[prompt] for _, prompt, text in seen)
+
+
+def test_cuda_replicas_ask_ray_for_a_gpu_each():
+    """A replica that asks for no GPU gets CUDA_VISIBLE_DEVICES="" from Ray and could not use one."""
+    cuda = deployment({"device": "cuda"}, replicas=3)._bound_deployment
+    cpu = deployment({"device": "cpu"}, replicas=3)._bound_deployment
+    assert cuda.num_replicas == 3 and cuda.ray_actor_options.get("num_gpus") == 1
+    assert not cpu.ray_actor_options.get("num_gpus")

@@ -39,6 +39,12 @@ def test_runtime_never_imports_export():
     assert not {f: m for f, m in offenders.items() if m}
 
 
+def test_serving_sits_on_runtime_and_format_only():
+    allowed = ("rfa_export.serving", "rfa_export.runtime", "rfa_export.format")
+    offenders = {f: [m for m in mods if not m.startswith(allowed)] for f, mods in layer_imports("serving").items()}
+    assert not {f: m for f, m in offenders.items() if m}
+
+
 def test_format_imports_only_format():
     offenders = {f: [m for m in mods if not m.startswith("rfa_export.format")] for f, mods in layer_imports("format").items()}
     assert not {f: m for f, m in offenders.items() if m}

@@ -65,33 +65,6 @@ def server_options(args) -> dict:
             "max_queue": args.max_queue, "max_tokens": args.max_tokens_limit, "max_prompt_tokens": args.max_prompt_tokens}
 
 
-def build_api(options: dict, fingerprint=None):
-    """The CompletionsAPI (engine not started) of one server or Ray replica, from server_options."""
-    from ..runtime import Decoder, open_backend
-    from ..serving.app import CompletionsAPI, Limits
-    from ..serving.engine import Engine
-
-    extra = {}
-    if options["backend"] == "torch":
-        if options.get("tokenizer"):
-            extra["tokenizer"] = options["tokenizer"]
-    elif options.get("threads"):
-        extra["threads"] = options["threads"]
-    backend = open_backend(options["backend"], options["out_dir"], checkpoint=options["checkpoint"],
-                           device=options["device"], **extra)
-    engine = Engine(Decoder(backend), options["max_batch"], options["max_queue"])
-    limits = Limits(max_tokens=options["max_tokens"], max_prompt_tokens=options["max_prompt_tokens"])
-    return CompletionsAPI(engine, options["model_name"], limits, fingerprint)
-
-
-def build_app(options: dict, fingerprint=None):
-    """The FastAPI app of one server from server_options."""
-    from ..serving.app import create_app
-
-    api = build_api(options, fingerprint)
-    return create_app(api.engine, api.model_name, api.limits, api.fingerprint)
-
-
 def run(args) -> int:
     options = server_options(args)
     if args.ray:
@@ -102,7 +75,9 @@ def run(args) -> int:
         import uvicorn
     except ImportError:
         raise RuntimeError("rfa-export serve needs FastAPI and uvicorn: pip install 'rfa-export[serve]'") from None
-    app = build_app(options)
+    from ..serving.app import app_from_options
+
+    app = app_from_options(options)
     print(f"rfa-export: serving {options['model_name']!r} ({options['backend']} {options['device']}) on "
           f"http://{args.host}:{args.port}/v1/completions", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -381,3 +381,27 @@ def create_app(engine: Engine, model_name: str, limits: Limits = Limits(), finge
     app = make_app(lifespan)
     app.state.api = CompletionsAPI(engine, model_name, limits, fingerprint)
     return app
+
+
+def api_from_options(options: dict, fingerprint: Optional[str] = None) -> CompletionsAPI:
+    """The CompletionsAPI (engine not started) of one server or Ray replica, from the options that
+    rfa_export.cli.serve_cmd.server_options builds from the command line."""
+    from ..runtime import Decoder, open_backend
+
+    extra = {}
+    if options["backend"] == "torch":
+        if options.get("tokenizer"):
+            extra["tokenizer"] = options["tokenizer"]
+    elif options.get("threads"):
+        extra["threads"] = options["threads"]
+    backend = open_backend(options["backend"], options["out_dir"], checkpoint=options["checkpoint"],
+                           device=options["device"], **extra)
+    engine = Engine(Decoder(backend), options["max_batch"], options["max_queue"])
+    limits = Limits(max_tokens=options["max_tokens"], max_prompt_tokens=options["max_prompt_tokens"])
+    return CompletionsAPI(engine, options["model_name"], limits, fingerprint)
+
+
+def app_from_options(options: dict, fingerprint: Optional[str] = None):
+    """The FastAPI app of one server, its engine started and stopped with it."""
+    api = api_from_options(options, fingerprint)
+    return create_app(api.engine, api.model_name, api.limits, api.fingerprint)

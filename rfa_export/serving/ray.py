@@ -15,14 +15,16 @@ def deployment(options: dict, replicas: int):
 
     app = make_app()
 
-    @serve.deployment(num_replicas=replicas, max_ongoing_requests=1024)
+    # a replica that asks for no GPU gets CUDA_VISIBLE_DEVICES="" from Ray: one GPU each on cuda
+    gpus = {"ray_actor_options": {"num_gpus": 1}} if options.get("device") == "cuda" else {}
+
+    @serve.deployment(num_replicas=replicas, max_ongoing_requests=1024, **gpus)
     @serve.ingress(app)
     class RFACompletions:
         def __init__(self, options: dict):
-            from ..cli.serve_cmd import build_api
-            from .app import set_process_api
+            from .app import api_from_options, set_process_api
 
-            self.api = build_api(options, fingerprint=f"rfa-export-replica-{os.getpid()}")
+            self.api = api_from_options(options, fingerprint=f"rfa-export-replica-{os.getpid()}")
             self.api.engine.start()
             set_process_api(self.api)
 
