@@ -61,14 +61,20 @@ async def run(url, clients, max_tokens, repeat):
     """The median (by tokens/s) of `repeat` sequential and of `repeat` concurrent runs of c requests."""
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(clients)]
     runs = {"sequential": [], "concurrent": []}
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as client:
-        await one(client, url, "warm up", 4)
-        for _ in range(repeat):
+
+    def client():  # one per phase: a connection left idle past uvicorn's keep-alive (5 s) may be closed under us
+        return httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4))
+
+    async with client() as c:
+        await one(c, url, "warm up", 4)
+    for _ in range(repeat):
+        async with client() as c:
             start = time.perf_counter()
-            rows = [await one(client, url, p, max_tokens) for p in prompts]
+            rows = [await one(c, url, p, max_tokens) for p in prompts]
             runs["sequential"].append((rows, time.perf_counter() - start))
+        async with client() as c:
             start = time.perf_counter()
-            rows = await asyncio.gather(*(one(client, url, p, max_tokens) for p in prompts))
+            rows = await asyncio.gather(*(one(c, url, p, max_tokens) for p in prompts))
             runs["concurrent"].append((rows, time.perf_counter() - start))
     result = {"clients": clients}
     for name, measured in runs.items():
