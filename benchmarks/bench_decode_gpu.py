@@ -3,8 +3,9 @@
     python benchmarks/bench_decode_gpu.py [--out DIR] [--contexts 1024,...] [--batches 1,64]
 
 Both models: d_model 1024, 16 heads (head dim 64), 8 layers, FFN 4096, vocab 32000, bf16 weights and
-activations. RFA: gated, F = 128 random features, fp32 state, one step = RFALanguageModel.step through the
-op's CUDA step kernel. Softmax (baseline): the same blocks with softmax attention, a static bf16 KV cache
+activations. RFA: gated, F = 128 random features, fp32 state, one step = RFALanguageModel.step with greedy
+decoding: at batch 1 one persistent kernel for the whole step (ops/lm_decode_step; the layer-by-layer path
+is measured beside it), at larger batches one or more kernels per layer. Softmax (baseline): the same blocks with softmax attention, a static bf16 KV cache
 filled to the context length, SDPA over it. Both run their residual adds and layer norms through the same
 fused kernel (rfa_export/model/residual_norm.py) and their linear layers through the same decode-sized
 Triton kernel (rfa_export/model/linear_layers.py), launched as programmatic dependent launches on Hopper,
@@ -17,6 +18,7 @@ Writes decode.json and decode.png (latency and memory against context) to --out.
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -56,14 +58,19 @@ def time_graph(step, warmup=3, reps=50):
 
 
 @torch.no_grad()
-def rfa_step_ms(model, batch):
+def rfa_step_ms(model, batch, layer_by_layer=False):
+    """model.step with greedy decoding (at batch 1 one kernel for the whole step, ops/lm_decode_step);
+    layer_by_layer: the model's forward instead, one or more kernels per layer (the path of larger batches)."""
     states = [torch.rand(batch, *CONFIG.state_shape, device="cuda") * 0.01 for _ in range(CONFIG.n_layers)]
     token = torch.randint(0, CONFIG.vocab_size, (batch,), device="cuda")
     pos = torch.zeros(batch, dtype=torch.long, device="cuda")
 
     def step():
-        logits, _ = model.step(token, states, pos, inplace_state=True)  # the kernels update the state in place
-        token.copy_(logits.argmax(-1))
+        if layer_by_layer:
+            logits, _ = model(token[:, None], states, pos[:, None], inplace_state=True)
+            token.copy_(logits[:, 0].argmax(-1))
+        else:  # the kernels update the state in place, the argmax lands in token
+            model.step(token, states, pos, inplace_state=True, next_token=token)
 
     return time_graph(step)
 
@@ -109,6 +116,44 @@ def softmax_step_ms(model, batch, context):
     return time_graph(step)
 
 
+STAGES = ["A: LayerNorm + q/k/v/gate", "B: features + scan step", "C: readout + output projection",
+          "D: LayerNorm + FFN1 + GELU", "E: FFN2"]
+
+
+@torch.no_grad()
+def timeline_b1(model, steps=20):
+    """Where block 0 of the one-kernel B1 step spends its time (ops/lm_decode_step, lm_decode_step.h), µs
+    averaged over `steps` eager steps: per stage (averaged over layers) its own work and its wait at the
+    grid barrier after it, then the LM head; clock64 converted to time by the global timer's span."""
+    from rfa_export.ops.lm_decode_step import cuda_lm_decode_step_
+
+    L = CONFIG.n_layers
+    states = [torch.rand(1, *CONFIG.state_shape, device="cuda") * 0.01 for _ in range(L)]
+    token = torch.randint(0, CONFIG.vocab_size, (1,), device="cuda")
+    pos = torch.zeros(1, dtype=torch.long, device="cuda")
+    stamps = torch.zeros(4 + 10 * L, dtype=torch.int64, device="cuda")
+    weights = model.step_weights()
+    work = torch.zeros(5)
+    wait = torch.zeros(5)
+    head = total = 0.0
+    for i in range(steps + 3):
+        cuda_lm_decode_step_(weights, token, pos, states, token, stamps)
+        t = stamps.cpu().double()
+        if i < 3:
+            continue
+        ns_per_clock = (t[1] - t[0]) / (t[3 + 10 * L] - t[2])
+        leave = t[2]
+        for k in range(5 * L):
+            arrive, left = t[3 + 2 * k], t[4 + 2 * k]
+            work[k % 5] += float((arrive - leave) * ns_per_clock) / 1e3 / (L * steps)
+            wait[k % 5] += float((left - arrive) * ns_per_clock) / 1e3 / (L * steps)
+            leave = left
+        head += float((t[3 + 10 * L] - leave) * ns_per_clock) / 1e3 / steps
+        total += float(t[1] - t[0]) / 1e3 / steps
+    rows = [{"stage": name, "work_us": float(work[i]), "barrier_us": float(wait[i])} for i, name in enumerate(STAGES)]
+    return {"per_layer": rows, "lm_head_us": head, "kernel_us": total}
+
+
 def measure(fn, *args):
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
@@ -125,7 +170,9 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
     ap.add_argument("--batches", default="1,64")
+    ap.add_argument("--timeline", action="store_true", help="also record where the B1 one-kernel step spends its time")
     args = ap.parse_args()
+    os.environ["RFA_LM_STEP_KERNEL"] = "1"  # the one-kernel B1 step (opt-in, ops/lm_decode_step/op.py)
     contexts = [int(c) for c in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
@@ -134,17 +181,28 @@ def main():
     rows = []
     for batch in batches:
         rfa_ms, rfa_gb = measure(rfa_step_ms, rfa, batch)  # the state does not grow with the context
+        layers_ms = measure(rfa_step_ms, rfa, batch, True)[0] if batch == 1 else rfa_ms
+        if batch == 1:
+            print(f"B=1 RFA one-kernel step {rfa_ms * 1e3:.1f} µs, layer by layer {layers_ms * 1e3:.1f} µs", flush=True)
         for context in contexts:
             soft_ms, soft_gb = measure(softmax_step_ms, soft, batch, context)
-            rows.append({"batch": batch, "context": context, "rfa_ms": rfa_ms, "rfa_peak_gib": rfa_gb,
+            rows.append({"batch": batch, "context": context, "rfa_ms": rfa_ms, "rfa_layer_by_layer_ms": layers_ms,
+                         "rfa_peak_gib": rfa_gb,
                          "softmax_ms": soft_ms, "softmax_peak_gib": soft_gb, "speedup": soft_ms / rfa_ms})
             r = rows[-1]
             print(f"B={batch:3d} context={context:6d}  RFA {r['rfa_ms'] * 1e3:8.1f} µs ({batch / r['rfa_ms'] * 1e3:9.0f} tok/s, "
                   f"{rfa_gb:5.2f} GiB)  softmax {soft_ms * 1e3:8.1f} µs ({batch / soft_ms * 1e3:9.0f} tok/s, {soft_gb:6.2f} GiB)  "
                   f"x{r['speedup']:.2f}", flush=True)
+    result = {"gpu": torch.cuda.get_device_name(), "config": CONFIG.to_dict(), "rows": rows}
+    if args.timeline:
+        result["b1_timeline"] = timeline_b1(rfa)
+        tl = result["b1_timeline"]
+        print(f"B1 one-kernel step, block 0 (kernel {tl['kernel_us']:.1f} µs; per layer, µs of work / waiting at the barrier after it):")
+        for r in tl["per_layer"]:
+            print(f"  {r['stage']:34s} {r['work_us']:6.2f} / {r['barrier_us']:6.2f}")
+        print(f"  LM head (after the last barrier)   {tl['lm_head_us']:6.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "decode.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "config": CONFIG.to_dict(),
-                                                      "rows": rows}, indent=2))
+    (args.out / "decode.json").write_text(json.dumps(result, indent=2))
     try:
         import matplotlib
 

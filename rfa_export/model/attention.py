@@ -101,19 +101,24 @@ class CausalRFASelfAttention(_RFAHeads):
 
     def _fused_projection(self, x: torch.Tensor, feature_projections: bool = False):
         """q, k, v and the gate logits through one GEMM (inference on CUDA: decoding is launch-bound):
-        [B, T, d_model] -> ([B, T, 3 d_model (+ H)], proj). The concatenated weight is cached and rebuilt
-        whenever a source parameter changes (its storage or version counter). feature_projections: the GEMM
+        [B, T, d_model] -> ([B, T, 3 d_model (+ H)], proj), through fused_projection_params. feature_projections: the GEMM
         may also project q and k for the decode step kernel (linear_projecting_features); proj is None
         otherwise."""
-        linears = self._projections()
+        weight, bias = self.fused_projection_params()
+        if feature_projections:
+            return linear_projecting_features(x, weight, bias, self.phi.sigma, self.phi.w_tilde)
+        return linear(x, weight, bias), None
+
+    def fused_projection_params(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The q, k, v (and gate) projections as one weight [3 d_model (+ H), d_model] and bias, cached and
+        rebuilt whenever a source parameter changes (its storage or version counter)."""
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in self._projection_params())
         if getattr(self, "_fused_key", None) != key:
-            self._fused_weight = torch.cat([lin.weight for lin in linears])
-            self._fused_bias = torch.cat([lin.bias for lin in linears])
+            linears = self._projections()
+            self._fused_weight = torch.cat([lin.weight for lin in linears]).detach()
+            self._fused_bias = torch.cat([lin.bias for lin in linears]).detach()
             self._fused_key = key
-        if feature_projections:
-            return linear_projecting_features(x, self._fused_weight, self._fused_bias, self.phi.sigma, self.phi.w_tilde)
-        return linear(x, self._fused_weight, self._fused_bias), None
+        return self._fused_weight, self._fused_bias
 
     def _split_projection(self, y: torch.Tensor):
         """[B, T, 3 d_model (+ H)] -> qk [2, B, T, H, dh], v [B, T, H, dh], gate logits [B, T, H] or None (views)."""

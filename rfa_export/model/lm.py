@@ -6,6 +6,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from ..ops.lm_decode_step import LayerWeights, LMStepWeights, lm_decode_step_
+from ..ops.positions import sinusoidal_positions
 from .attention import CausalRFASelfAttention
 from .config import RFAConfig
 from .linear_layers import feed_forward, linear
@@ -33,17 +35,6 @@ def language_model_weight_shapes(config: RFAConfig) -> Dict[str, Tuple[int, ...]
     return shapes
 
 
-def sinusoidal_positions(position_ids: torch.Tensor, d_model: int) -> torch.Tensor:
-    """[B, T] int positions -> [B, T, d_model] float32, defined for any position."""
-    half = d_model // 2
-    freq = torch.exp(torch.arange(half, device=position_ids.device, dtype=torch.float32) * (-math.log(10000.0) / half))
-    angle = position_ids.to(torch.float32).unsqueeze(-1) * freq
-    pe = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1).flatten(-2)
-    if d_model % 2:
-        pe = torch.nn.functional.pad(pe, (0, 1))
-    return pe
-
-
 class RFABlock(nn.Module):
     """Pre-LN block: x + attn(LN(x)), then x + FFN(LN(x))."""
 
@@ -63,6 +54,15 @@ class RFABlock(nn.Module):
     def forward(self, x, state=None, attention_mask=None, inplace_state=False):
         x, _, state = self.forward_normed(x, self.ln_attn(x), state, attention_mask, inplace_state, None)
         return x, state
+
+    def step_weights(self) -> LayerWeights:
+        attn = self.attn
+        qkvg_weight, qkvg_bias = attn.fused_projection_params()
+        fc1, fc2 = self.ffn[0], self.ffn[2]
+        return LayerWeights(*(t.detach() for t in (
+            self.ln_attn.weight, self.ln_attn.bias, qkvg_weight, qkvg_bias, attn.phi.sigma, attn.phi.w_tilde,
+            attn.o_proj.weight, attn.o_proj.bias, self.ln_ffn.weight, self.ln_ffn.bias, fc1.weight, fc1.bias,
+            fc2.weight, fc2.bias)))
 
     def forward_normed(self, x, h, state, attention_mask, inplace_state, next_norm):
         """The block with each residual add done together with the LayerNorm that follows it.
@@ -131,8 +131,39 @@ class RFALanguageModel(nn.Module):
             new_state.append(s)
         return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
 
-    def step(self, token_ids: torch.Tensor, state: State, positions: torch.Tensor,
-             inplace_state: bool = False) -> Tuple[torch.Tensor, State]:
-        """One decoding step. token_ids: [B]; positions: [B] -> logits [B, vocab], new state."""
+    def step(self, token_ids: torch.Tensor, state: State, positions: torch.Tensor, inplace_state: bool = False,
+             next_token: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, State]:
+        """One decoding step. token_ids: [B]; positions: [B] -> logits [B, vocab], new state.
+
+        next_token: an int64 [B] tensor (it may be token_ids) that receives the logits' argmax. At batch 1
+        on CUDA with inplace_state, the whole step is one kernel (ops/lm_decode_step) where it supports the
+        model; a token outside the vocabulary then gives NaN logits, next token -1 and an unchanged state."""
+        if inplace_state and state is not None and token_ids.shape[0] == 1 and token_ids.is_cuda:
+            weights = self.step_weights()
+            logits = None if weights is None else lm_decode_step_(weights, token_ids, positions, state, next_token)
+            if logits is not None:
+                return logits, state
         logits, state = self.forward(token_ids[:, None], state, positions[:, None], inplace_state=inplace_state)
-        return logits[:, 0], state
+        logits = logits[:, 0]
+        if next_token is not None:
+            next_token.copy_(logits.argmax(-1))
+        return logits, state
+
+    def step_weights(self) -> Optional[LMStepWeights]:
+        """The parameters as the fused decode step takes them (cached while no parameter changes), or None
+        where that step does not apply (training with dropout)."""
+        if self.training and self.config.dropout > 0:
+            return None
+        tensors = list(self.parameters()) + list(self.buffers())
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if getattr(self, "_step_key", None) != key:
+            self._step_weights = LMStepWeights(
+                n_heads=self.config.n_heads, feature_map=self.config.feature_map, gated=self.config.gated,
+                sinusoidal=self.config.positional == "sinusoidal", layer_norm_eps=self.config.layer_norm_eps,
+                eps=self.config.normaliser_eps, embed_scale=math.sqrt(self.config.d_model),
+                embed=self.embed.weight.detach(), layers=[block.step_weights() for block in self.blocks],
+                ln_f_weight=self.ln_f.weight.detach(), ln_f_bias=self.ln_f.bias.detach(),
+                lm_head_weight=self.lm_head.weight.detach(),
+                lm_head_bias=None if self.lm_head.bias is None else self.lm_head.bias.detach())
+            self._step_key = key
+        return self._step_weights

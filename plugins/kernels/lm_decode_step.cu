@@ -1,0 +1,1054 @@
+// The batch-1 decode step of a whole RFA language model in one persistent kernel (lm_decode_step.h).
+//
+// One block of 16 warps per multiprocessor (at most d_model and d_ffn blocks). Each block owns a slice of
+// rows of every weight matrix, and block h the state of head h; thread 0 streams them into a ring of
+// shared-memory slots by bulk copies, in the order they are used, refilling a slot as soon as it is
+// released: weights do not depend on the data, so the copies run ahead across stages and layers. Per
+// layer five stages: (A) LayerNorm + the q/k/v/gate rows, (B) head h's features, scan step and bounded
+// readout, (C) output projection + residual, (D) LayerNorm + FFN1 + GELU, (E) FFN2 + residual; then
+// LayerNorm + LM head + argmax (the last block to finish reduces the blocks' maxima). Values crossing
+// blocks carry the flag of the step and stage that wrote them, so blocks wait for data, not at barriers.
+#include "lm_decode_step.h"
+
+#include "random_features.h"
+#include "tma.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstdint>
+
+namespace rfa
+{
+namespace lmstep
+{
+
+constexpr int kConsumerWarps = 16;
+constexpr int kConsumers = kConsumerWarps * 32;
+constexpr int kThreads = kConsumers;
+constexpr int kSlotBytes = 32768;
+constexpr int kSlots = 5;
+constexpr int kMaxModel = 4096;
+constexpr int kMaxFfn = 8192;
+constexpr int kMaxPart = 64; // rows x segments of one tile: K = 256 gives 64 rows of one segment
+
+// A row of K elements is cut into S segments of CH 16-byte chunks per lane (K = 256 S CH): each warp keeps
+// its segment of the input vector in registers.
+struct Split
+{
+    int S, CH;
+};
+
+__host__ __device__ inline Split splitOf(int K)
+{
+    for (int S = 1; S <= kConsumerWarps; ++S)
+    {
+        if (K % (256 * S) == 0 && K / (256 * S) <= 4)
+        {
+            return {S, K / (256 * S)};
+        }
+    }
+    return {0, 0};
+}
+
+struct Geometry
+{
+    int G, L, d, H, dh, D, F, f, V, qkvN, SR; // SR: state rows per ring tile
+    int gated, gaussian, sinusoidal;
+    float lnEps, eps, embedScale;
+    // shared memory (bytes from the dynamic base) and workspace (8-byte words) offsets
+    int smXin, smXres, smPart, smRed, smPhi, smHead, smBars, smBytes;
+    int wsX, wsY, wsA, wsU, wsBest, wsWords;
+};
+
+__host__ __device__ inline int roundUp(int x, int m)
+{
+    return (x + m - 1) / m * m;
+}
+
+// G: the multiprocessors. The grid is at most one block each, and no more blocks than d_model or d_ffn rows:
+// every block then owns rows of every GEMV stage and so waits for all blocks of the stage before it, which
+// keeps any block within one stage of every other and lets each value crossing blocks use one buffer.
+inline bool makeGeometry(rfa_lm_step_args_t const& a, int G, Geometry& g)
+{
+    G = G < a.d_model ? G : a.d_model;
+    G = G < a.d_ffn ? G : a.d_ffn;
+    g.G = G;
+    g.L = a.n_layers;
+    g.d = a.d_model;
+    g.H = a.n_heads;
+    if (g.H < 1 || g.d % g.H != 0)
+    {
+        return false;
+    }
+    g.dh = g.d / g.H;
+    g.D = a.num_features;
+    g.gaussian = a.kind == RFA_FEATURES_GAUSSIAN;
+    g.F = g.gaussian ? 2 * g.D : g.D;
+    g.f = a.d_ffn;
+    g.V = a.vocab_size;
+    g.gated = a.gated ? 1 : 0;
+    g.sinusoidal = a.sinusoidal ? 1 : 0;
+    g.qkvN = 3 * g.d + (g.gated ? g.H : 0);
+    g.lnEps = a.layer_norm_eps;
+    g.eps = a.eps;
+    g.embedScale = a.embed_scale;
+    if (g.L < 1 || g.L > RFA_LM_STEP_MAX_LAYERS || g.V < 1 || (g.dh != 32 && g.dh != 64 && g.dh != 128) || g.D < 1 || g.D > 128 || g.d > kMaxModel
+        || g.f > kMaxFfn || splitOf(g.d).S == 0 || splitOf(g.f).S == 0)
+    {
+        return false;
+    }
+    if (g.H > G)
+    {
+        return false;
+    }
+    g.SR = (kSlotBytes / ((g.dh + 1) * 4)) / 4 * 4; // whole rows, a multiple of 16 bytes
+    g.SR = g.SR < g.F ? g.SR : g.F;
+    if ((g.SR * (g.dh + 1) * 4) % 16 != 0)
+    {
+        return false;
+    }
+    int const widest = g.f > g.d ? g.f : g.d;
+    int const xin = roundUp(widest > kConsumerWarps * (g.dh + 1) ? widest : kConsumerWarps * (g.dh + 1), 32) * 4;
+    g.smXin = kSlots * kSlotBytes;
+    g.smXres = g.smXin + xin;
+    g.smPart = g.smXres + roundUp(g.d, 32) * 4;
+    g.smRed = g.smPart + kMaxPart * 4;
+    g.smPhi = g.smRed + 2 * kConsumerWarps * 4;
+    g.smHead = g.smPhi + roundUp(2 * g.F, 32) * 4;
+    g.smBars = g.smHead + roundUp(4 * g.dh + 8, 32) * 4;
+    g.smBytes = g.smBars + kSlots * 8;
+    g.wsX = 32; // the first 256 bytes: counters (ticket, generation)
+    g.wsY = g.wsX + roundUp(g.d, 32);
+    g.wsA = g.wsY + roundUp(g.qkvN, 32);
+    g.wsU = g.wsA + roundUp(g.d, 32);
+    g.wsBest = g.wsU + roundUp(g.f, 32);
+    g.wsWords = g.wsBest + roundUp(G, 32);
+    return true;
+}
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+
+__device__ __forceinline__ void consumerSync()
+{
+    asm volatile("bar.sync 1, %0;\n" ::"r"(kConsumers) : "memory");
+}
+
+__device__ __forceinline__ void bulkLoad(void* dst, void const* src, uint32_t bytes, uint64_t* bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     smemAddr(dst)),
+                 "l"(src), "r"(bytes), "r"(smemAddr(bar))
+                 : "memory");
+}
+
+__device__ __forceinline__ float warpSum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2)
+    {
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    }
+    return v;
+}
+
+__device__ __forceinline__ float warpMax(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2)
+    {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    }
+    return v;
+}
+
+// Values that cross blocks travel with the flag of the stage that wrote them, in one 8-byte word (written
+// and read whole), so a reader waits for exactly the words it needs and no grid barrier is needed. A
+// block can run at most one stage ahead of any other (every stage reads what all blocks of the stage
+// before wrote), so one buffer per value suffices.
+__device__ __forceinline__ void storeFlagged(uint64_t* p, float v, unsigned flag)
+{
+    uint64_t const w = (static_cast<uint64_t>(flag) << 32) | __float_as_uint(v);
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;\n" ::"l"(p), "l"(w) : "memory");
+}
+
+__device__ __forceinline__ uint64_t loadWord(uint64_t const* p)
+{
+    uint64_t w;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];\n" : "=l"(w) : "l"(p) : "memory");
+    return w;
+}
+
+__device__ __forceinline__ float waitFlagged(uint64_t const* p, uint64_t w, unsigned flag)
+{
+    while (static_cast<unsigned>(w >> 32) != flag)
+    {
+        w = loadWord(p);
+    }
+    return __uint_as_float(static_cast<unsigned>(w));
+}
+
+constexpr int kWordsAtOnce = 8;
+
+// dst[0, n) = the values of src written with `flag`; the loads of up to 8 words a thread are issued before
+// the first wait
+__device__ void loadFlagged(float* dst, uint64_t const* src, int n, unsigned flag, int tid)
+{
+    for (int base = 0; base < n; base += kWordsAtOnce * kConsumers)
+    {
+        uint64_t w[kWordsAtOnce];
+#pragma unroll
+        for (int m = 0; m < kWordsAtOnce; ++m)
+        {
+            int const i = base + tid + m * kConsumers;
+            if (i < n)
+            {
+                w[m] = loadWord(src + i);
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < kWordsAtOnce; ++m)
+        {
+            int const i = base + tid + m * kConsumers;
+            if (i < n)
+            {
+                dst[i] = waitFlagged(src + i, w[m], flag);
+            }
+        }
+    }
+    consumerSync();
+}
+
+__device__ __forceinline__ float toFloat(__nv_bfloat16 x)
+{
+    return __bfloat162float(x);
+}
+
+__device__ __forceinline__ float toFloat(__half x)
+{
+    return __half2float(x);
+}
+
+template <typename T>
+__device__ __forceinline__ T fromFloat(float x);
+
+template <>
+__device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(float x)
+{
+    return __float2bfloat16(x);
+}
+
+template <>
+__device__ __forceinline__ __half fromFloat<__half>(float x)
+{
+    return __float2half(x);
+}
+
+template <typename T>
+__device__ __forceinline__ float load(void const* p, int64_t i)
+{
+    return toFloat(static_cast<T const*>(p)[i]);
+}
+
+// eight 16-bit weights (one 16-byte chunk) . eight fp32 inputs
+template <typename T>
+__device__ __forceinline__ float dot8(uint4 w, float const (&x)[8])
+{
+    T const* e = reinterpret_cast<T const*>(&w);
+    float acc = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+    {
+        acc = fmaf(toFloat(e[i]), x[i], acc);
+    }
+    return acc;
+}
+
+// torch.argmax's order: NaN above everything, then the larger value, then the smaller index
+__device__ __forceinline__ bool better(float a, int ia, float b, int ib)
+{
+    bool const na = a != a, nb = b != b;
+    if (na != nb)
+    {
+        return na;
+    }
+    if (!na && a != b)
+    {
+        return a > b;
+    }
+    return ia < ib;
+}
+
+__device__ __forceinline__ int rowBegin(int N, int b, int G)
+{
+    return static_cast<int>(static_cast<int64_t>(N) * b / G);
+}
+
+__device__ __forceinline__ int tilesOfRows(int N, int K, int b, int G)
+{
+    int const perTile = kSlotBytes / (2 * K);
+    return (rowBegin(N, b + 1, G) - rowBegin(N, b, G) + perTile - 1) / perTile;
+}
+
+// The order in which block b reads its tiles: per layer its rows of the q/k/v/gate weight, its head's state
+// (blocks b < H), its rows of the output projection, FFN1 and FFN2; then its rows of the LM head.
+struct Schedule
+{
+    int tA, tB, tC, tD, tE, perLayer, total;
+
+    __device__ void init(Geometry const& g, int b)
+    {
+        tA = tilesOfRows(g.qkvN, g.d, b, g.G);
+        tB = b < g.H ? (g.F + g.SR - 1) / g.SR : 0;
+        tC = tilesOfRows(g.d, g.d, b, g.G);
+        tD = tilesOfRows(g.f, g.d, b, g.G);
+        tE = tilesOfRows(g.d, g.f, b, g.G);
+        perLayer = tA + tB + tC + tD + tE;
+        total = g.L * perLayer + tilesOfRows(g.V, g.d, b, g.G);
+    }
+
+    template <typename T>
+    __device__ static void rows(void const* w, int N, int K, int b, int G, int j, void const*& src, uint32_t& bytes)
+    {
+        int const perTile = kSlotBytes / (2 * K);
+        int const row = rowBegin(N, b, G) + j * perTile;
+        int const n = min(perTile, rowBegin(N, b + 1, G) - row);
+        src = static_cast<T const*>(w) + static_cast<int64_t>(row) * K;
+        bytes = static_cast<uint32_t>(n * K * 2);
+    }
+
+    template <typename T>
+    __device__ void tile(Geometry const& g, rfa_lm_step_args_t const& a, int b, int i, void const*& src,
+        uint32_t& bytes) const
+    {
+        int const l = i / perLayer;
+        if (l >= g.L)
+        {
+            rows<T>(a.lm_head_weight, g.V, g.d, b, g.G, i - g.L * perLayer, src, bytes);
+            return;
+        }
+        rfa_lm_step_layer_t const& p = a.layers[l];
+        int j = i - l * perLayer;
+        if (j < tA)
+        {
+            rows<T>(p.qkvg_weight, g.qkvN, g.d, b, g.G, j, src, bytes);
+            return;
+        }
+        j -= tA;
+        if (j < tB)
+        {
+            int const r = j * g.SR, n = min(g.SR, g.F - r);
+            src = a.states[l] + (static_cast<int64_t>(b) * g.F + r) * (g.dh + 1);
+            bytes = static_cast<uint32_t>(n * (g.dh + 1) * 4);
+            return;
+        }
+        j -= tB;
+        if (j < tC)
+        {
+            rows<T>(p.o_weight, g.d, g.d, b, g.G, j, src, bytes);
+            return;
+        }
+        j -= tC;
+        if (j < tD)
+        {
+            rows<T>(p.ffn1_weight, g.f, g.d, b, g.G, j, src, bytes);
+            return;
+        }
+        rows<T>(p.ffn2_weight, g.d, g.f, b, g.G, j - tD, src, bytes);
+    }
+};
+
+// The ring of shared-memory slots: tile t goes to slot t % kSlots. Thread 0 issues the bulk copy of tile
+// t + kSlots as soon as the consumers have released tile t's slot; weights and the state do not depend on
+// the step's data, so the copies run ahead across stages and layers.
+struct Ring
+{
+    char* slots;
+    uint64_t* full;
+    int t;
+    Schedule schedule;
+
+    template <typename T>
+    __device__ void issue(Geometry const& g, rfa_lm_step_args_t const& a, int b, int i)
+    {
+        void const* src = nullptr;
+        uint32_t bytes = 0;
+        schedule.tile<T>(g, a, b, i, src, bytes);
+        int const s = i % kSlots;
+        tmaExpectTx(&full[s], bytes);
+        bulkLoad(slots + s * kSlotBytes, src, bytes, &full[s]);
+    }
+
+    __device__ char const* waitFull()
+    {
+        int const s = t % kSlots;
+        mbarrierWait(&full[s], (t / kSlots) & 1);
+        return slots + s * kSlotBytes;
+    }
+
+    // after a consumerSync that follows the last read of tile t's slot
+    template <typename T>
+    __device__ void release(Geometry const& g, rfa_lm_step_args_t const& a, int b, int tid)
+    {
+        if (tid == 0 && t + kSlots < schedule.total)
+        {
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // the reads above, before the copy
+            issue<T>(g, a, b, t + kSlots);
+        }
+        ++t;
+    }
+};
+
+__device__ __forceinline__ unsigned long long globalTimer()
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ float blockSum(float v, float* red, int tid)
+{
+    v = warpSum(v);
+    if ((tid & 31) == 0)
+    {
+        red[tid / 32] = v;
+    }
+    consumerSync();
+    float total = 0.f;
+#pragma unroll
+    for (int i = 0; i < kConsumerWarps; ++i)
+    {
+        total += red[i];
+    }
+    consumerSync();
+    return total;
+}
+
+// xin = LayerNorm(xres) (biased variance, as torch)
+template <typename T>
+__device__ void layerNorm(Geometry const& g, float const* xres, float* xin, void const* w, void const* bias, float* red,
+    int tid)
+{
+    float s = 0.f;
+    for (int i = tid; i < g.d; i += kConsumers)
+    {
+        s += xres[i];
+    }
+    float const mean = blockSum(s, red, tid) / g.d;
+    float v = 0.f;
+    for (int i = tid; i < g.d; i += kConsumers)
+    {
+        float const c = xres[i] - mean;
+        v += c * c;
+    }
+    float const rstd = rsqrtf(blockSum(v, red, tid) / g.d + g.lnEps);
+    for (int i = tid; i < g.d; i += kConsumers)
+    {
+        xin[i] = (xres[i] - mean) * rstd * load<T>(w, i) + load<T>(bias, i);
+    }
+    consumerSync();
+}
+
+// rows [r0, r1) of the stage's weight (this block's share, streamed through the ring) . xin -> epi(row, sum)
+template <typename T, int CH, typename Epilogue>
+__device__ void gemvRows(Geometry const& g, rfa_lm_step_args_t const& a, int b, float const* xin, int K, int S, int r0,
+    int r1, Ring& ring, float* part, int tid,
+    Epilogue const& epi)
+{
+    int const warp = tid / 32, lane = tid & 31;
+    int const rowsAtOnce = kConsumerWarps / S;
+    bool const active = warp < rowsAtOnce * S;
+    int const seg = warp % S, segK = K / S;
+    float x[CH][8];
+#pragma unroll
+    for (int c = 0; c < CH; ++c)
+    {
+        float4 const* src = reinterpret_cast<float4 const*>(xin + seg * segK + (c * 32 + lane) * 8);
+        float4 const lo = src[0], hi = src[1];
+        x[c][0] = lo.x, x[c][1] = lo.y, x[c][2] = lo.z, x[c][3] = lo.w;
+        x[c][4] = hi.x, x[c][5] = hi.y, x[c][6] = hi.z, x[c][7] = hi.w;
+    }
+    int const perTile = kSlotBytes / (2 * K);
+    for (int row0 = r0; row0 < r1; row0 += perTile)
+    {
+        int const n = min(perTile, r1 - row0);
+        T const* tile = reinterpret_cast<T const*>(ring.waitFull());
+        if (active)
+        {
+            for (int r = warp / S; r < n; r += rowsAtOnce)
+            {
+                uint4 const* w = reinterpret_cast<uint4 const*>(tile + r * K + seg * segK);
+                float acc = 0.f;
+#pragma unroll
+                for (int c = 0; c < CH; ++c)
+                {
+                    acc += dot8<T>(w[c * 32 + lane], x[c]);
+                }
+                acc = warpSum(acc);
+                if (lane == 0)
+                {
+                    part[r * S + seg] = acc;
+                }
+            }
+        }
+        consumerSync();
+        ring.release<T>(g, a, b, tid);
+        if (tid < n)
+        {
+            float v = 0.f;
+            for (int s = 0; s < S; ++s)
+            {
+                v += part[tid * S + s];
+            }
+            epi(row0 + tid, v);
+        }
+        consumerSync();
+    }
+}
+
+template <typename T, typename Epilogue>
+__device__ void gemv(Geometry const& g, rfa_lm_step_args_t const& a, float const* xin, int N, int K, int b, int G,
+    Ring& ring, float* part, int tid, Epilogue const& epi)
+{
+    Split const sp = splitOf(K);
+    int const r0 = rowBegin(N, b, G), r1 = rowBegin(N, b + 1, G);
+    switch (sp.CH)
+    {
+    case 1: gemvRows<T, 1>(g, a, b, xin, K, sp.S, r0, r1, ring, part, tid, epi); break;
+    case 2: gemvRows<T, 2>(g, a, b, xin, K, sp.S, r0, r1, ring, part, tid, epi); break;
+    case 3: gemvRows<T, 3>(g, a, b, xin, K, sp.S, r0, r1, ring, part, tid, epi); break;
+    default: gemvRows<T, 4>(g, a, b, xin, K, sp.S, r0, r1, ring, part, tid, epi); break;
+    }
+}
+
+// Stage B for block h < H: the features of q and k, the gated update of head h's state (in place, its rows
+// streamed through the ring), and the readout out = num / max(den, eps max|num|) (docs/op_contract.md; 0
+// where that bound is not positive) into the workspace.
+template <typename T>
+__device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rfa_lm_step_layer_t const& p, float* state, uint64_t const* y,
+    uint64_t* out, unsigned flagIn, unsigned flagOut, Ring& ring, float* head, float* phi, float* red, int h, int tid,
+    bool writeState, unsigned long long* stamp)
+{
+    int const warp = tid / 32, lane = tid & 31, dh = g.dh, width = dh + 1;
+    float* q = head;
+    float* k = head + dh;
+    float* v = head + 2 * dh;
+    float* num = head + 3 * dh + 4;
+    if (tid < dh)
+    {
+        uint64_t const wq = loadWord(y + h * dh + tid), wk = loadWord(y + g.d + h * dh + tid);
+        uint64_t const wv = loadWord(y + 2 * g.d + h * dh + tid);
+        q[tid] = waitFlagged(y + h * dh + tid, wq, flagIn);
+        k[tid] = waitFlagged(y + g.d + h * dh + tid, wk, flagIn);
+        v[tid] = waitFlagged(y + 2 * g.d + h * dh + tid, wv, flagIn);
+    }
+    else if (tid == dh)
+    {
+        float gate = 1.f;
+        if (g.gated)
+        {
+            uint64_t const* src = y + 3 * g.d + h;
+            gate = 1.f / (1.f + expf(-waitFlagged(src, loadWord(src), flagIn)));
+        }
+        head[3 * dh] = gate;
+    }
+    consumerSync();
+    if (stamp != nullptr && tid == 0)
+    {
+        *stamp = clock64();
+    }
+    if (warp < 2) // |q|^2 and |k|^2
+    {
+        float const* x = warp == 0 ? q : k;
+        float s = 0.f;
+        for (int i = lane; i < dh; i += 32)
+        {
+            s += x[i] * x[i];
+        }
+        s = warpSum(s);
+        if (lane == 0)
+        {
+            head[3 * dh + 1 + warp] = 1.f / fmaxf(sqrtf(s), 1e-6f);
+        }
+    }
+    consumerSync();
+    float const invQ = head[3 * dh + 1], invK = head[3 * dh + 2];
+    float const scale = g.gaussian ? rsqrtf(float(g.D)) : sqrtf(2.f / float(g.D));
+    // one projection per row of W~: both features of the gaussian map at once
+    for (int row = warp; row < g.D; row += kConsumerWarps)
+    {
+        float pq = 0.f, pk = 0.f;
+        for (int i = lane; i < dh; i += 32)
+        {
+            float const w = load<T>(p.w_tilde, (h * g.D + row) * dh + i) * load<T>(p.sigma, h * dh + i);
+            pq = fmaf(w, q[i], pq);
+            pk = fmaf(w, k[i], pk);
+        }
+        pq = warpSum(pq) * invQ;
+        pk = warpSum(pk) * invK;
+        if (lane == 0)
+        {
+            if (g.gaussian)
+            {
+                float sq, cq, sk, ck;
+                sincosf(pq, &sq, &cq);
+                sincosf(pk, &sk, &ck);
+                phi[row] = sq * scale;
+                phi[g.D + row] = cq * scale;
+                phi[g.F + row] = sk * scale;
+                phi[g.F + g.D + row] = ck * scale;
+            }
+            else
+            {
+                phi[row] = fmaxf(pq, 0.f) * scale;
+                phi[g.F + row] = fmaxf(pk, 0.f) * scale;
+            }
+        }
+    }
+    consumerSync();
+    float const gate = head[3 * dh];
+    float* S = state + static_cast<int64_t>(h) * g.F * width;
+    constexpr int kMaxCols = 5; // dh + 1 <= 129 columns over 32 lanes
+    float acc[kMaxCols] = {0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int r0 = 0; r0 < g.F; r0 += g.SR)
+    {
+        int const n = min(g.SR, g.F - r0);
+        float const* tile = reinterpret_cast<float const*>(ring.waitFull());
+        for (int r = warp; r < n; r += kConsumerWarps)
+        {
+            float const pq = phi[r0 + r], pk = phi[g.F + r0 + r];
+#pragma unroll
+            for (int m = 0; m < kMaxCols; ++m)
+            {
+                int const c = lane + 32 * m;
+                if (c < width)
+                {
+                    float const kv = c < dh ? pk * v[c] : pk;
+                    float const s = tile[r * width + c];
+                    float const s1 = g.gated ? fmaf(gate, s, (1.f - gate) * kv) : s + kv;
+                    if (writeState)
+                    {
+                        S[(r0 + r) * width + c] = s1;
+                    }
+                    acc[m] = fmaf(pq, s1, acc[m]);
+                }
+            }
+        }
+        consumerSync(); // every read of the slot is done
+        ring.release<T>(g, a, h, tid);
+    }
+    // red: [kConsumerWarps][width], the warps' parts of [phi_q^T S | phi_q . z], summed in warp order
+#pragma unroll
+    for (int m = 0; m < kMaxCols; ++m)
+    {
+        int const c = lane + 32 * m;
+        if (c < width)
+        {
+            red[warp * width + c] = acc[m];
+        }
+    }
+    consumerSync();
+    if (tid < width)
+    {
+        float s = 0.f;
+        for (int w = 0; w < kConsumerWarps; ++w)
+        {
+            s += red[w * width + tid];
+        }
+        num[tid] = s;
+    }
+    consumerSync();
+    if (warp == 0)
+    {
+        float maxAbs = 0.f;
+        for (int c = lane; c < dh; c += 32)
+        {
+            maxAbs = fmaxf(maxAbs, fabsf(num[c]));
+        }
+        float const bound = fmaxf(num[dh], g.eps * warpMax(maxAbs));
+        for (int c = lane; c < dh; c += 32)
+        {
+            storeFlagged(out + h * dh + c, bound > 0.f ? num[c] / bound : 0.f, flagOut);
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const g, rfa_lm_step_args_t const a)
+{
+    extern __shared__ __align__(128) char smem[];
+    int const tid = threadIdx.x, b = blockIdx.x;
+    Ring ring{smem, reinterpret_cast<uint64_t*>(smem + g.smBars), 0, {}};
+    ring.schedule.init(g, b);
+    if (tid == 0)
+    {
+        for (int s = 0; s < kSlots; ++s)
+        {
+            mbarrierInit(&ring.full[s], 1);
+        }
+        fenceMbarrierInit();
+        for (int i = 0; i < kSlots && i < ring.schedule.total; ++i)
+        {
+            ring.issue<T>(g, a, b, i);
+        }
+    }
+    consumerSync();
+
+    uint64_t* ws = static_cast<uint64_t*>(a.workspace);
+    unsigned* counters = static_cast<unsigned*>(a.workspace); // [0] ticket, [1] generation
+    float* xin = reinterpret_cast<float*>(smem + g.smXin);
+    float* xres = reinterpret_cast<float*>(smem + g.smXres);
+    float* part = reinterpret_cast<float*>(smem + g.smPart);
+    float* red = reinterpret_cast<float*>(smem + g.smRed);
+    float* phi = reinterpret_cast<float*>(smem + g.smPhi);
+    float* head = reinterpret_cast<float*>(smem + g.smHead);
+    uint64_t* wsX = ws + g.wsX;
+    uint64_t* wsY = ws + g.wsY;
+    uint64_t* wsA = ws + g.wsA;
+    uint64_t* wsU = ws + g.wsU;
+    // the flag of what stage s (5 per layer) of this step writes: new in every step (the generation moves on)
+    unsigned const generation = counters[1];
+    auto flag = [&](int s) { return generation * static_cast<unsigned>(5 * g.L + 1) + static_cast<unsigned>(s) + 1u; };
+    unsigned long long* const timeline = b == 0 ? a.timeline : nullptr;
+    auto stamp = [&](int i) {
+        if (timeline != nullptr && tid == 0)
+        {
+            timeline[i] = clock64();
+        }
+    };
+    if (timeline != nullptr && tid == 0)
+    {
+        timeline[0] = globalTimer();
+        timeline[2] = clock64();
+    }
+
+    // the embedding (+ position), computed by every block. A token outside the vocabulary leaves the state as
+    // it was and gives NaN logits and next token -1.
+    bool bad = false;
+    {
+        int64_t const token = a.token[0];
+        bad = token < 0 || token >= g.V;
+        float const position = static_cast<float>(a.position[0]);
+        int const half = g.d / 2;
+        float const step = -logf(10000.f) / static_cast<float>(half);
+        for (int i = tid; i < g.d; i += kConsumers)
+        {
+            float x = bad ? 0.f : load<T>(a.embed, token * g.d + i) * g.embedScale;
+            if (g.sinusoidal && i < 2 * half)
+            {
+                float const angle = position * expf(static_cast<float>(i / 2) * step);
+                x += (i & 1) ? cosf(angle) : sinf(angle);
+            }
+            xres[i] = x;
+        }
+        consumerSync();
+    }
+
+    for (int l = 0; l < g.L; ++l)
+    {
+        rfa_lm_step_layer_t const& p = a.layers[l];
+        int const s0 = 5 * l;
+        // (A) q, k, v and gate logits
+        if (l > 0)
+        {
+            loadFlagged(xres, wsX, g.d, flag(s0 - 1), tid);
+            stamp(4 + 2 * (s0 - 1));
+        }
+        layerNorm<T>(g, xres, xin, p.ln_attn_weight, p.ln_attn_bias, red, tid);
+        unsigned const fA = flag(s0);
+        gemv<T>(g, a, xin, g.qkvN, g.d, b, g.G, ring, part, tid,
+            [&](int row, float v) { storeFlagged(wsY + row, v + load<T>(p.qkvg_bias, row), fA); });
+        stamp(3 + 2 * s0);
+        // (B) features, scan step and readout of head b
+        if (b < g.H)
+        {
+            attentionHead<T>(g, a, p, a.states[l], wsY, wsA, fA, flag(s0 + 1), ring, head, phi, xin, b, tid, !bad,
+                timeline == nullptr ? nullptr : timeline + 4 + 2 * s0);
+        }
+        stamp(3 + 2 * (s0 + 1));
+        // (C) output projection, residual
+        loadFlagged(xin, wsA, g.d, flag(s0 + 1), tid);
+        stamp(4 + 2 * (s0 + 1));
+        unsigned const fC = flag(s0 + 2);
+        gemv<T>(g, a, xin, g.d, g.d, b, g.G, ring, part, tid,
+            [&](int row, float v) { storeFlagged(wsX + row, xres[row] + v + load<T>(p.o_bias, row), fC); });
+        stamp(3 + 2 * (s0 + 2));
+        // (D) LayerNorm, FFN1 and exact GELU
+        loadFlagged(xres, wsX, g.d, fC, tid);
+        stamp(4 + 2 * (s0 + 2));
+        layerNorm<T>(g, xres, xin, p.ln_ffn_weight, p.ln_ffn_bias, red, tid);
+        unsigned const fD = flag(s0 + 3);
+        gemv<T>(g, a, xin, g.f, g.d, b, g.G, ring, part, tid, [&](int row, float v) {
+            float const u = v + load<T>(p.ffn1_bias, row);
+            storeFlagged(wsU + row, 0.5f * u * (1.f + erff(u * 0.70710678118654752f)), fD);
+        });
+        stamp(3 + 2 * (s0 + 3));
+        // (E) FFN2 and residual
+        loadFlagged(xin, wsU, g.f, fD, tid);
+        stamp(4 + 2 * (s0 + 3));
+        unsigned const fE = flag(s0 + 4);
+        gemv<T>(g, a, xin, g.d, g.f, b, g.G, ring, part, tid,
+            [&](int row, float v) { storeFlagged(wsX + row, xres[row] + v + load<T>(p.ffn2_bias, row), fE); });
+        stamp(3 + 2 * (s0 + 4));
+    }
+
+    // final LayerNorm, LM head, argmax over the logits as rounded to T
+    loadFlagged(xres, wsX, g.d, flag(5 * g.L - 1), tid);
+    stamp(4 + 2 * (5 * g.L - 1));
+    layerNorm<T>(g, xres, xin, a.ln_f_weight, a.ln_f_bias, red, tid);
+    float bestVal = -INFINITY;
+    int bestIdx = 0x7fffffff;
+    T* logits = static_cast<T*>(a.logits);
+    gemv<T>(g, a, xin, g.V, g.d, b, g.G, ring, part, tid, [&](int row, float v) {
+        if (a.lm_head_bias != nullptr)
+        {
+            v += load<T>(a.lm_head_bias, row);
+        }
+        if (bad)
+        {
+            v = NAN;
+        }
+        T const rounded = fromFloat<T>(v);
+        logits[row] = rounded;
+        float const r = toFloat(rounded);
+        if (better(r, row, bestVal, bestIdx))
+        {
+            bestVal = r;
+            bestIdx = row;
+        }
+    });
+    if (timeline != nullptr && tid == 0)
+    {
+        timeline[3 + 10 * g.L] = clock64();
+        timeline[1] = globalTimer();
+    }
+    int const warp = tid / 32, lane = tid & 31;
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2)
+    {
+        float const ov = __shfl_xor_sync(0xffffffffu, bestVal, o);
+        int const oi = __shfl_xor_sync(0xffffffffu, bestIdx, o);
+        if (better(ov, oi, bestVal, bestIdx))
+        {
+            bestVal = ov;
+            bestIdx = oi;
+        }
+    }
+    int* redIdx = reinterpret_cast<int*>(red + kConsumerWarps);
+    if (lane == 0)
+    {
+        red[warp] = bestVal;
+        redIdx[warp] = bestIdx;
+    }
+    consumerSync();
+    if (warp == 0)
+    {
+        bestVal = lane < kConsumerWarps ? red[lane] : -INFINITY;
+        bestIdx = lane < kConsumerWarps ? redIdx[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o /= 2)
+        {
+            float const ov = __shfl_xor_sync(0xffffffffu, bestVal, o);
+            int const oi = __shfl_xor_sync(0xffffffffu, bestIdx, o);
+            if (better(ov, oi, bestVal, bestIdx))
+            {
+                bestVal = ov;
+                bestIdx = oi;
+            }
+        }
+        unsigned ticket = 0;
+        if (lane == 0)
+        {
+            // the block's best as (index, value bits): a plain 8-byte word
+            ws[g.wsBest + b] = (static_cast<uint64_t>(static_cast<unsigned>(bestIdx)) << 32) | __float_as_uint(bestVal);
+            __threadfence();
+            ticket = atomicAdd(&counters[0], 1u);
+        }
+        ticket = __shfl_sync(0xffffffffu, ticket, 0);
+        if (ticket == static_cast<unsigned>(g.G) - 1) // the last block: every other one has finished its reads
+        {
+            __threadfence();
+            bestVal = -INFINITY;
+            bestIdx = 0x7fffffff;
+            for (int i = lane; i < g.G; i += 32)
+            {
+                uint64_t const w = __ldcg(reinterpret_cast<unsigned long long const*>(ws + g.wsBest + i));
+                float const v = __uint_as_float(static_cast<unsigned>(w));
+                int const k = static_cast<int>(w >> 32);
+                if (better(v, k, bestVal, bestIdx))
+                {
+                    bestVal = v;
+                    bestIdx = k;
+                }
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o /= 2)
+            {
+                float const ov = __shfl_xor_sync(0xffffffffu, bestVal, o);
+                int const oi = __shfl_xor_sync(0xffffffffu, bestIdx, o);
+                if (better(ov, oi, bestVal, bestIdx))
+                {
+                    bestVal = ov;
+                    bestIdx = oi;
+                }
+            }
+            if (lane == 0)
+            {
+                if (a.next_token != nullptr)
+                {
+                    a.next_token[0] = bad ? -1 : bestIdx;
+                }
+                counters[0] = 0u;
+                counters[1] = generation + 1u;
+            }
+        }
+    }
+}
+
+#else // kernels of compute capability 9.0 only; rfa_lm_step_check refuses older devices
+
+template <typename T>
+__global__ void lmDecodeStepKernel(Geometry const, rfa_lm_step_args_t const)
+{
+}
+
+#endif
+
+inline int multiprocessors()
+{
+    int device = 0, count = 0;
+    if (cudaGetDevice(&device) != cudaSuccess
+        || cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    {
+        cudaGetLastError();
+        return 0;
+    }
+    return count;
+}
+
+template <typename T>
+bool fitsOneBlockPerMultiprocessor(int smBytes)
+{
+    static int checked = 0; // the largest size known to fit (the attribute only grows)
+    if (smBytes <= checked)
+    {
+        return true;
+    }
+    if (cudaFuncSetAttribute(lmDecodeStepKernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smBytes) != cudaSuccess)
+    {
+        cudaGetLastError();
+        return false;
+    }
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, lmDecodeStepKernel<T>, kThreads, smBytes) != cudaSuccess)
+    {
+        cudaGetLastError();
+        return false;
+    }
+    if (blocks >= 1)
+    {
+        checked = smBytes;
+    }
+    return blocks >= 1;
+}
+
+} // namespace lmstep
+} // namespace rfa
+
+using rfa::lmstep::Geometry;
+
+namespace
+{
+
+int checkArgs(rfa_lm_step_args_t const* a, Geometry* out)
+{
+    if (a == nullptr)
+    {
+        return RFA_ERR_NULL;
+    }
+    for (int l = 0; l < a->n_layers && l < RFA_LM_STEP_MAX_LAYERS; ++l)
+    {
+        if (a->states[l] == nullptr)
+        {
+            return RFA_ERR_NULL;
+        }
+    }
+    if (!a->layers || !a->embed || !a->ln_f_weight || !a->ln_f_bias || !a->lm_head_weight || !a->token
+        || !a->position || !a->logits || !a->workspace)
+    {
+        return RFA_ERR_NULL;
+    }
+    if (a->dtype != RFA_FLOAT16 && a->dtype != RFA_BFLOAT16)
+    {
+        return RFA_ERR_DTYPE;
+    }
+    if ((a->kind != RFA_FEATURES_GAUSSIAN && a->kind != RFA_FEATURES_ARCCOS) || !(a->eps > 0.f) || !std::isfinite(a->eps)
+        || !(a->layer_norm_eps >= 0.f) || !std::isfinite(a->layer_norm_eps) || !std::isfinite(a->embed_scale))
+    {
+        return RFA_ERR_SHAPE;
+    }
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess
+        || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess || major != 9)
+    {
+        cudaGetLastError();
+        return RFA_ERR_ARCH;
+    }
+    Geometry g{};
+    if (!rfa::lmstep::makeGeometry(*a, rfa::lmstep::multiprocessors(), g))
+    {
+        return RFA_ERR_SHAPE;
+    }
+    bool const fits = a->dtype == RFA_BFLOAT16 ? rfa::lmstep::fitsOneBlockPerMultiprocessor<__nv_bfloat16>(g.smBytes)
+                                               : rfa::lmstep::fitsOneBlockPerMultiprocessor<__half>(g.smBytes);
+    if (!fits)
+    {
+        return RFA_ERR_ARCH;
+    }
+    if (out != nullptr)
+    {
+        *out = g;
+    }
+    return RFA_OK;
+}
+
+} // namespace
+
+extern "C" {
+
+int rfa_lm_step_check(rfa_lm_step_args_t const* a)
+{
+    return checkArgs(a, nullptr);
+}
+
+size_t rfa_lm_step_workspace_size(rfa_lm_step_args_t const* a)
+{
+    Geometry g{};
+    if (a == nullptr || !rfa::lmstep::makeGeometry(*a, rfa::lmstep::multiprocessors(), g))
+    {
+        return 0;
+    }
+    return static_cast<size_t>(g.wsWords) * 8;
+}
+
+int rfa_lm_step(rfa_lm_step_args_t const* a, cudaStream_t stream)
+{
+    Geometry g{};
+    int const status = checkArgs(a, &g);
+    if (status != RFA_OK)
+    {
+        return status;
+    }
+    if (a->dtype == RFA_BFLOAT16)
+    {
+        rfa::lmstep::lmDecodeStepKernel<__nv_bfloat16><<<g.G, rfa::lmstep::kThreads, g.smBytes, stream>>>(g, *a);
+    }
+    else
+    {
+        rfa::lmstep::lmDecodeStepKernel<__half><<<g.G, rfa::lmstep::kThreads, g.smBytes, stream>>>(g, *a);
+    }
+    return cudaGetLastError() == cudaSuccess ? RFA_OK : RFA_ERR_LAUNCH;
+}
+
+} // extern "C"
