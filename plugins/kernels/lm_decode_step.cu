@@ -359,6 +359,22 @@ struct Schedule
     }
 };
 
+// the warp's best (value, index) in every lane
+__device__ __forceinline__ void warpBest(float& bestVal, int& bestIdx)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2)
+    {
+        float const ov = __shfl_xor_sync(0xffffffffu, bestVal, o);
+        int const oi = __shfl_xor_sync(0xffffffffu, bestIdx, o);
+        if (better(ov, oi, bestVal, bestIdx))
+        {
+            bestVal = ov;
+            bestIdx = oi;
+        }
+    }
+}
+
 // The ring of shared-memory slots: tile t goes to slot t % kSlots. Thread 0 issues the bulk copy of tile
 // t + kSlots as soon as the consumers have released tile t's slot; weights and the state do not depend on
 // the step's data, so the copies run ahead across stages and layers.
@@ -824,17 +840,7 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const
         timeline[1] = globalTimer();
     }
     int const warp = tid / 32, lane = tid & 31;
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2)
-    {
-        float const ov = __shfl_xor_sync(0xffffffffu, bestVal, o);
-        int const oi = __shfl_xor_sync(0xffffffffu, bestIdx, o);
-        if (better(ov, oi, bestVal, bestIdx))
-        {
-            bestVal = ov;
-            bestIdx = oi;
-        }
-    }
+    warpBest(bestVal, bestIdx);
     int* redIdx = reinterpret_cast<int*>(red + kConsumerWarps);
     if (lane == 0)
     {
@@ -846,17 +852,7 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const
     {
         bestVal = lane < kConsumerWarps ? red[lane] : -INFINITY;
         bestIdx = lane < kConsumerWarps ? redIdx[lane] : 0x7fffffff;
-#pragma unroll
-        for (int o = 16; o > 0; o /= 2)
-        {
-            float const ov = __shfl_xor_sync(0xffffffffu, bestVal, o);
-            int const oi = __shfl_xor_sync(0xffffffffu, bestIdx, o);
-            if (better(ov, oi, bestVal, bestIdx))
-            {
-                bestVal = ov;
-                bestIdx = oi;
-            }
-        }
+        warpBest(bestVal, bestIdx);
         unsigned ticket = 0;
         if (lane == 0)
         {
@@ -882,17 +878,7 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const
                     bestIdx = k;
                 }
             }
-#pragma unroll
-            for (int o = 16; o > 0; o /= 2)
-            {
-                float const ov = __shfl_xor_sync(0xffffffffu, bestVal, o);
-                int const oi = __shfl_xor_sync(0xffffffffu, bestIdx, o);
-                if (better(ov, oi, bestVal, bestIdx))
-                {
-                    bestVal = ov;
-                    bestIdx = oi;
-                }
-            }
+            warpBest(bestVal, bestIdx);
             if (lane == 0)
             {
                 if (a.next_token != nullptr)
