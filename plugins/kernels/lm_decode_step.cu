@@ -220,35 +220,10 @@ __device__ void loadFlagged(float* dst, uint64_t const* src, int n, unsigned fla
     consumerSync();
 }
 
-__device__ __forceinline__ float toFloat(__nv_bfloat16 x)
-{
-    return __bfloat162float(x);
-}
-
-__device__ __forceinline__ float toFloat(__half x)
-{
-    return __half2float(x);
-}
-
-template <typename T>
-__device__ __forceinline__ T fromFloat(float x);
-
-template <>
-__device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(float x)
-{
-    return __float2bfloat16(x);
-}
-
-template <>
-__device__ __forceinline__ __half fromFloat<__half>(float x)
-{
-    return __float2half(x);
-}
-
 template <typename T>
 __device__ __forceinline__ float load(void const* p, int64_t i)
 {
-    return toFloat(static_cast<T const*>(p)[i]);
+    return toFloat<T>(static_cast<T const*>(p)[i]);
 }
 
 // eight 16-bit weights (one 16-byte chunk) . eight fp32 inputs
@@ -260,7 +235,7 @@ __device__ __forceinline__ float dot8(uint4 w, float const (&x)[8])
 #pragma unroll
     for (int i = 0; i < 8; ++i)
     {
-        acc = fmaf(toFloat(e[i]), x[i], acc);
+        acc = fmaf(toFloat<T>(e[i]), x[i], acc);
     }
     return acc;
 }
@@ -827,7 +802,7 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const
         }
         T const rounded = fromFloat<T>(v);
         logits[row] = rounded;
-        float const r = toFloat(rounded);
+        float const r = toFloat<T>(rounded);
         if (better(r, row, bestVal, bestIdx))
         {
             bestVal = r;
