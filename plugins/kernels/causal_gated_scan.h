@@ -27,7 +27,7 @@ typedef enum
 typedef enum
 {
     RFA_OK = 0,
-    RFA_ERR_DTYPE = 1,        // dtype not one of fp32/fp16/bf16
+    RFA_ERR_DTYPE = 1,        // dtype not one of fp32/fp16/bf16, or state_dtype not fp32/bf16
     RFA_ERR_SHAPE = 2,        // B, T or H < 1
     RFA_ERR_FEATURES = 3,     // F not a multiple of 16 in [16, 256]
     RFA_ERR_VALUES = 4,       // Dv not a multiple of 16 in [16, 256]
@@ -43,8 +43,10 @@ typedef enum
 
 // Tensors are dense, sequence-major, as the contract says:
 //   q, k [B, T, H, F], v [B, T, H, Dv], g [B, T, H] (null = ungated), all of `dtype`;
-//   initial_state [B, H, F, Dv + 1] fp32 (null = zeros); out [B, T, H, Dv] of `dtype`;
-//   final_state [B, H, F, Dv + 1] fp32, which may be the same pointer as initial_state (in place).
+//   initial_state [B, H, F, Dv + 1] of `state_dtype` (null = zeros); out [B, T, H, Dv] of `dtype`;
+//   final_state [B, H, F, Dv + 1] of `state_dtype`, which may be the same pointer as initial_state (in place).
+//   state_dtype: RFA_FLOAT32 (the default of a zeroed struct) or RFA_BFLOAT16 storage, widened on load and
+//   rounded to nearest once on store; the scan accumulates in fp32 either way.
 typedef struct
 {
     int B, T, H, F, Dv;
@@ -54,9 +56,10 @@ typedef struct
     const void* k;
     const void* v;
     const void* g;
-    const float* initial_state;
+    const void* initial_state;
     void* out;
-    float* final_state;
+    void* final_state;
+    rfa_dtype_t state_dtype;
 } rfa_scan_args_t;
 
 // 0 (RFA_OK) when the kernels support these sizes; otherwise the status naming what does not fit.

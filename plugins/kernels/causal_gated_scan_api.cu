@@ -22,6 +22,10 @@ int checkArgs(rfa_scan_args_t const* a)
     {
         return status;
     }
+    if (a->state_dtype != RFA_FLOAT32 && a->state_dtype != RFA_BFLOAT16)
+    {
+        return RFA_ERR_DTYPE;
+    }
     if (!a->q || !a->k || !a->v || !a->out || !a->final_state)
     {
         return RFA_ERR_NULL;
@@ -41,7 +45,7 @@ int checkArgs(rfa_scan_args_t const* a)
     return RFA_OK;
 }
 
-rfa::StepParams stepParams(rfa_scan_args_t const* a, int t, float const* stateIn)
+rfa::StepParams stepParams(rfa_scan_args_t const* a, int t, void const* stateIn)
 {
     rfa::StepParams p{};
     p.B = a->B;
@@ -58,6 +62,7 @@ rfa::StepParams stepParams(rfa_scan_args_t const* a, int t, float const* stateIn
     p.out = static_cast<char*>(a->out) + t * vStep * elem;
     p.stateIn = stateIn;
     p.stateOut = a->final_state;
+    p.stateBf16 = a->state_dtype == RFA_BFLOAT16;
     p.qkBatchStride = size_t(a->T) * qkStep;
     p.vBatchStride = size_t(a->T) * vStep;
     p.gBatchStride = size_t(a->T) * a->H;
@@ -131,9 +136,10 @@ int runScan(rfa_scan_args_t const* args, int path, void* workspace, size_t works
     p.k = args->k;
     p.v = args->v;
     p.g = args->g;
-    p.stateIn = args->initial_state;
+    bool const bf16State = args->state_dtype == RFA_BFLOAT16;
+    p.stateIn = {args->initial_state, bf16State};
     p.out = args->out;
-    p.stateOut = args->final_state;
+    p.stateOut = {args->final_state, bf16State};
     p.mmaSyncOnly = path == 2;
     p.workspace = workspace;
     p.workspaceBytes = workspaceBytes;
@@ -205,7 +211,7 @@ char const* rfa_status_string(int status)
     switch (status)
     {
     case RFA_OK: return "ok";
-    case RFA_ERR_DTYPE: return "dtype must be fp32, fp16 or bf16";
+    case RFA_ERR_DTYPE: return "dtype must be fp32, fp16 or bf16, and the state fp32 or bf16";
     case RFA_ERR_SHAPE: return "B, T and H must be >= 1";
     case RFA_ERR_FEATURES: return "F must be a multiple of 16 in [16, 256]";
     case RFA_ERR_VALUES: return "Dv must be a multiple of 16 in [16, 256]";

@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(kThreadsMma, 1) scanChunkMmaKernel(ChunkParams
     float sAcc[kStateTiles][4];
     float zAcc[4] = {0.f, 0.f, 0.f, 0.f};
     {
-        float const* const s0 = p.stateIn + stateBase;
+        StateIn const s0 = p.stateIn + stateBase;
 #pragma unroll
         for (int j = 0; j < kStateTiles; ++j)
         {
@@ -502,7 +502,7 @@ __global__ void __launch_bounds__(kThreadsMma, 1) scanChunkMmaKernel(ChunkParams
     __syncthreads();
     storeOut(chunks - 1);
     {
-        float* const s1 = p.stateOut + stateBase;
+        StateOut const s1 = p.stateOut + stateBase;
 #pragma unroll
         for (int j = 0; j < kStateTiles; ++j)
         {

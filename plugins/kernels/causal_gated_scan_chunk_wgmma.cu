@@ -200,13 +200,16 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
     int const cols = kDvw + 1;
     size_t const slab = (size_t(b) * p.H + h) * kFw * cols;
     size_t const segStride = size_t(p.B) * p.H * kFw * cols;
-    float const* const stateIn = plan.pass == 0 ? p.stateIn : (plan.pass == 1 ? nullptr : plan.starts + seg * segStride);
-    float* const stateOut = plan.pass == 0 ? p.stateOut
-        : (plan.pass == 1 ? plan.starts + (seg + 1) * segStride : (seg + 1 == int(gridDim.z) ? p.stateOut : nullptr));
+    // the split's segment starts (plan.starts) are fp32 workspace; only the op's own state may be bf16
+    StateIn const stateIn = plan.pass == 0 ? p.stateIn
+        : StateIn{plan.pass == 1 ? nullptr : plan.starts + seg * segStride, false};
+    StateOut const stateOut = plan.pass == 0 ? p.stateOut
+        : (plan.pass == 1 ? StateOut{plan.starts + (seg + 1) * segStride, false}
+                          : (seg + 1 == int(gridDim.z) ? p.stateOut : StateOut{nullptr, false}));
     float sAcc[36]; // [S, z]: z in column 64 (sAcc[32] row r0, sAcc[34] row r1, where tig == 0)
     sAcc[32] = sAcc[33] = sAcc[34] = sAcc[35] = 0.f;
     {
-        float const* const s0 = stateIn + slab;
+        StateIn const s0 = stateIn + slab;
 #pragma unroll
         for (int j = 0; j < 8; ++j)
         {
@@ -471,9 +474,9 @@ __global__ void __launch_bounds__(kThreadsW, 1) scanChunkWgmmaKernel(ChunkParams
         fenceProxyAsync();
     }
     __syncthreads(); // the last output tile is complete (the producer stores it)
-    if (stateOut != nullptr)
+    if (stateOut)
     {
-        float* const s1 = stateOut + slab;
+        StateOut const s1 = stateOut + slab;
 #pragma unroll
         for (int j = 0; j < 8; ++j)
         {
@@ -524,10 +527,10 @@ __global__ void __launch_bounds__(256) combineSegmentStarts(ChunkParams p, Segme
     __syncthreads();
     size_t const per = size_t(kFw) * (kDvw + 1), segStride = size_t(p.B) * p.H * per;
     float* const starts = plan.starts + size_t(bh) * per;
-    float const* const initial = p.stateIn != nullptr ? p.stateIn + size_t(bh) * per : nullptr;
+    StateIn const initial = p.stateIn + size_t(bh) * per;
     for (size_t e = threadIdx.x; e < per; e += blockDim.x)
     {
-        float x = initial != nullptr ? initial[e] : 0.f;
+        float x = initial ? initial[e] : 0.f;
         starts[e] = x;
         for (int s = 0; s + 1 < segments; ++s)
         {

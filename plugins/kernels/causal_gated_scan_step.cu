@@ -16,6 +16,7 @@
 #include "tma.cuh"
 
 #include <cstdint>
+#include <type_traits>
 
 namespace rfa
 {
@@ -235,9 +236,44 @@ __device__ __forceinline__ void staggerFirstWave(unsigned sms)
 // slowed the in-place step: BENCHMARKS.md); 512 for Dv <= 112, 1024 beyond.
 // kMapFeatures: the decode prologue of rfa_decode_attention_step (raw q, k and gate logits in, features and
 // gate made here while the state loads are in flight), otherwise the op's inputs as they are.
-template <typename T, int kMaxThreads, int kMinBlocks, bool kStaged, bool kMapFeatures>
+// Four consecutive state elements as stored: a float4 (fp32 state) or four bf16 in 8 bytes.
+template <bool kBf16State>
+using StateQuad = std::conditional_t<kBf16State, uint2, float4>;
+
+__device__ __forceinline__ float4 widenQuad(float4 x)
+{
+    return x;
+}
+
+__device__ __forceinline__ float4 widenQuad(uint2 x)
+{
+    __nv_bfloat162 const lo = *reinterpret_cast<__nv_bfloat162 const*>(&x.x);
+    __nv_bfloat162 const hi = *reinterpret_cast<__nv_bfloat162 const*>(&x.y);
+    float2 const a = __bfloat1622float2(lo), b = __bfloat1622float2(hi);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
+template <bool kBf16State>
+__device__ __forceinline__ StateQuad<kBf16State> narrowQuad(float4 x)
+{
+    if constexpr (kBf16State)
+    {
+        __nv_bfloat162 const lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
+        return make_uint2(*reinterpret_cast<unsigned const*>(&lo), *reinterpret_cast<unsigned const*>(&hi));
+    }
+    else
+    {
+        return x;
+    }
+}
+
+// kBf16State: the state is bf16 storage (never staged: the shared-memory slab and its bulk copies are fp32).
+template <typename T, int kMaxThreads, int kMinBlocks, bool kStaged, bool kMapFeatures, bool kBf16State = false>
 __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepParams p)
 {
+    static_assert(!(kStaged && kBf16State), "a bf16 state takes the register path");
+    using Quad = StateQuad<kBf16State>;
+    using Elem = std::conditional_t<kBf16State, __nv_bfloat16, float>;
     // Not in the decode prologue's kernel: its blocks launch early, beside the q/k/v GEMM before them, and
     // there the prefetch and the bulk store made the model's step slower (BENCHMARKS.md).
     constexpr bool kBulk = kStaged && kBulkSlabCopies && !kMapFeatures;
@@ -266,8 +302,8 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     // stripeRows = 4 * passThreads / (Dv + 1) rows, so each of the thread's four lanes stays in one column
     // for the whole walk and its q^T S_old partial sum needs no exchange until the end.
     size_t const stateOffset = (size_t) bh * F * cols;
-    float4 const* sIn = p.stateIn ? reinterpret_cast<float4 const*>(p.stateIn + stateOffset) : nullptr;
-    float4* sOut = reinterpret_cast<float4*>(p.stateOut + stateOffset);
+    Quad const* sIn = p.stateIn ? reinterpret_cast<Quad const*>(static_cast<Elem const*>(p.stateIn) + stateOffset) : nullptr;
+    Quad* sOut = reinterpret_cast<Quad*>(static_cast<Elem*>(p.stateOut) + stateOffset);
     int const stripeRows = p.stripeRows;
     int const passThreads = stripeRows * cols / 4; // float4s per pass; the block may have up to 31 more threads
     int const passes = threadIdx.x < passThreads ? F / stripeRows : 0;
@@ -281,7 +317,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         {
             if (base + u < passes)
             {
-                s[u] = sIn ? sIn[(size_t) (base + u) * passThreads + t] : make_float4(0.f, 0.f, 0.f, 0.f);
+                s[u] = sIn ? widenQuad(sIn[(size_t) (base + u) * passThreads + t]) : make_float4(0.f, 0.f, 0.f, 0.f);
             }
         }
     };
@@ -343,7 +379,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             int const ahead = bh + (int) (sms + sms / 4);
             if (threadIdx.x == 0 && sIn && ahead < (int) gridDim.x)
             {
-                prefetchL2(p.stateIn + (size_t) ahead * F * cols, F * cols * sizeof(float));
+                prefetchL2(static_cast<float const*>(p.stateIn) + (size_t) ahead * F * cols, F * cols * sizeof(float));
             }
         }
     }
@@ -441,7 +477,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         }
         else
         {
-            sOut[(size_t) pass * passThreads + t] = result;
+            sOut[(size_t) pass * passThreads + t] = narrowQuad<kBf16State>(result);
         }
     };
     if constexpr (kStaged)
@@ -567,7 +603,7 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
 {
     p.stripeRows = stepStripeRows(p.Dv);
     int const threads = (p.stripeRows * (p.Dv + 1) / 4 + 31) / 32 * 32;
-    bool const staged = threads <= kStagedMaxThreads;
+    bool const staged = threads <= kStagedMaxThreads && !p.stateBf16;
     size_t const bytes
         = stepSharedBytes(staged, p.stripeRows, p.F, p.Dv, p.D, sizeof(T), kMapFeatures, kMapFeatures && !p.proj);
     // Above the 48 KB default (F = 256 staged: 67 KB; a large W~ in the decode prologue) opt in: a cheap
@@ -588,9 +624,12 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
         kernel<<<p.B * p.H, threads, bytes, stream>>>(p);
         return cudaSuccess;
     };
-    cudaError_t const e = staged ? launch(scanStepKernel<T, kStagedMaxThreads, 5, true, kMapFeatures>)
-        : threads <= 512         ? launch(scanStepKernel<T, 512, 1, false, kMapFeatures>)
-                                 : launch(scanStepKernel<T, 1024, 1, false, kMapFeatures>);
+    cudaError_t const e = p.stateBf16
+        ? (threads <= 512 ? launch(scanStepKernel<T, 512, 1, false, kMapFeatures, true>)
+                          : launch(scanStepKernel<T, 1024, 1, false, kMapFeatures, true>))
+        : staged         ? launch(scanStepKernel<T, kStagedMaxThreads, 5, true, kMapFeatures>)
+        : threads <= 512 ? launch(scanStepKernel<T, 512, 1, false, kMapFeatures>)
+                         : launch(scanStepKernel<T, 1024, 1, false, kMapFeatures>);
     if (e != cudaSuccess)
     {
         return e;

@@ -26,6 +26,10 @@ int rfa_decode_attention_step_check(rfa_decode_args_t const* a)
     {
         return status;
     }
+    if (a->state_dtype != RFA_FLOAT32 && a->state_dtype != RFA_BFLOAT16)
+    {
+        return RFA_ERR_DTYPE;
+    }
     if (a->row_stride < (long long) a->H * a->dh)
     {
         return RFA_ERR_SHAPE;
@@ -65,6 +69,7 @@ int rfa_decode_attention_step(rfa_decode_args_t const* a, cudaStream_t stream)
     p.keepMask = a->keep;
     p.stateIn = a->state;
     p.stateOut = a->state;
+    p.stateBf16 = a->state_dtype == RFA_BFLOAT16;
     p.out = a->out;
     p.overlapStateLoad = a->overlap_state_load != 0;
     p.proj = a->proj;

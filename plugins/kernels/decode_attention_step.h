@@ -38,15 +38,16 @@ typedef struct
     const void* sigma;
     const void* w_tilde;
     const long long* keep;
-    float* state;
+    void* state; // of state_dtype
     void* out;
     int overlap_state_load;
     const float* proj;
     int proj_parts;
+    rfa_dtype_t state_dtype; // RFA_FLOAT32 (a zeroed struct) or RFA_BFLOAT16 (docs/op_contract.md, "State dtype")
 } rfa_decode_args_t;
 
 // 0 when supported: B, H >= 1; dh and D in [1, 128] with F and dh multiples of 16 in [16, 256] (the step
-// kernel's sizes); kind and dtype valid; required pointers set; state 16-byte aligned; row_stride >= H * dh;
+// kernel's sizes); kind, dtype and state_dtype valid; required pointers set; state 16-byte aligned; row_stride >= H * dh;
 // proj null or proj_parts in [1, 4] dividing dh.
 RFA_API int rfa_decode_attention_step_check(const rfa_decode_args_t* args);
 RFA_API int rfa_decode_attention_step(const rfa_decode_args_t* args, cudaStream_t stream);

@@ -52,6 +52,65 @@ __device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(float x)
     return __float2bfloat16_rn(x);
 }
 
+// A state tensor [.., F, Dv + 1] as the kernels read it: fp32, or bf16 storage widened on load
+// (docs/op_contract.md, "State dtype"). Null reads as absent (zeros).
+struct StateIn
+{
+    void const* ptr;
+    bool bf16;
+
+    __host__ __device__ explicit operator bool() const
+    {
+        return ptr != nullptr;
+    }
+    __host__ __device__ StateIn operator+(size_t offset) const
+    {
+        return {ptr ? static_cast<char const*>(ptr) + offset * (bf16 ? 2 : 4) : nullptr, bf16};
+    }
+    __device__ __forceinline__ float operator[](size_t i) const
+    {
+        return bf16 ? __bfloat162float(static_cast<__nv_bfloat16 const*>(ptr)[i]) : static_cast<float const*>(ptr)[i];
+    }
+};
+
+// The written counterpart: fp32, or bf16 storage rounded to nearest (even) on store.
+struct StateOut
+{
+    void* ptr;
+    bool bf16;
+
+    struct Element
+    {
+        void* ptr;
+        size_t i;
+        bool bf16;
+        __device__ __forceinline__ void operator=(float x) const
+        {
+            if (bf16)
+            {
+                static_cast<__nv_bfloat16*>(ptr)[i] = __float2bfloat16_rn(x);
+            }
+            else
+            {
+                static_cast<float*>(ptr)[i] = x;
+            }
+        }
+    };
+
+    __host__ __device__ explicit operator bool() const
+    {
+        return ptr != nullptr;
+    }
+    __host__ __device__ StateOut operator+(size_t offset) const
+    {
+        return {ptr ? static_cast<char*>(ptr) + offset * (bf16 ? 2 : 4) : nullptr, bf16};
+    }
+    __device__ __forceinline__ Element operator[](size_t i) const
+    {
+        return {ptr, i, bf16};
+    }
+};
+
 // A gate of exactly 0 would make log g = -inf; beyond -1e4 the decay is 0 in any precision anyway, and a
 // finite floor keeps differences of prefix sums (done in fp64) exact.
 constexpr float kMinLogGate = -1.0e4f;

@@ -1,6 +1,8 @@
 // Internal launch interface of the CausalGatedScan kernels (the public ABI is causal_gated_scan.h).
 #pragma once
 
+#include "scan_common.cuh"
+
 #include <cuda_runtime.h>
 #include <stddef.h>
 
@@ -17,9 +19,10 @@ struct StepParams
     void const* k;
     void const* v;
     void const* g;
-    float const* stateIn; // may be null (zeros) or equal to stateOut
+    void const* stateIn; // may be null (zeros) or equal to stateOut
     void* out;
-    float* stateOut;
+    void* stateOut;
+    bool stateBf16; // the state is stored as bf16 (else fp32): docs/op_contract.md, "State dtype"
     size_t qkBatchStride, vBatchStride, gBatchStride, outBatchStride;
     int stripeRows; // state rows per pass of the block; set by the launcher
     // Decode prologue (rfa_decode_attention_step) when wTilde is set: q and k are raw head vectors of dh
@@ -48,9 +51,9 @@ struct ChunkParams
     void const* k;
     void const* v;
     void const* g;
-    float const* stateIn;
+    StateIn stateIn;
     void* out;
-    float* stateOut;
+    StateOut stateOut;
     int tileWidth;     // value columns per block; blocks of one (b, h) form a cluster
     bool mmaSyncOnly;  // tests and benchmarks: the mma.sync prefill even where the wgmma one runs
     // Optional workspace (rfa_causal_gated_scan's): lets the Hopper prefill split long sequences of few (b, h)

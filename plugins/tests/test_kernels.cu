@@ -90,7 +90,7 @@ bool runCase(Case const& c, int path, uint64_t seed)
         CUDA_CHECK(cudaMemset(dstate, 0xFF, stateCount * sizeof(float)));
     }
     rfa_scan_args_t a{c.B, c.T, c.H, c.F, c.Dv, DtypeOf<T>::value, float(eps), dq, dk, dv, dg,
-        (c.initialState || c.inPlace) ? ds0 : nullptr, dout, dstate};
+        (c.initialState || c.inPlace) ? ds0 : nullptr, dout, dstate, RFA_FLOAT32};
     // the dispatcher gets the workspace it asks for (with it the Hopper prefill may split the sequence)
     size_t const workspaceBytes = c.workspaceSlabs > 0 ? size_t(c.workspaceSlabs) * c.F * (c.Dv + 1) * sizeof(float)
                                                        : rfa_scan_workspace_size(c.B, c.T, c.H, c.F, c.Dv, DtypeOf<T>::value);

@@ -51,7 +51,7 @@ def export_arguments(meta: ExportMetadata):
         if name == "position_ids":
             return torch.arange(dims[1]).expand(*dims).contiguous()
         fill = torch.ones if name == "attention_mask" else torch.zeros
-        return fill(dims, dtype=torch.int64 if dtype == "int64" else torch.float32)
+        return fill(dims, dtype=getattr(torch, dtype))
 
     def axes_of(shape):
         return {i: d for i, d in enumerate(shape) if isinstance(d, str)}

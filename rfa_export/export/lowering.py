@@ -79,12 +79,14 @@ def _static_dim(shapes: Dict[str, list], name: str, axis: int) -> int:
 
 
 def _value_shapes(model: onnx.ModelProto) -> Dict[str, list]:
+    """name -> dims, and name + ":type" -> element type, of every value shape inference knows."""
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
         t = vi.type.tensor_type
         if t.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+        shapes[vi.name + ":type"] = t.elem_type
     return shapes
 
 
@@ -132,7 +134,10 @@ def _linear_attention_nodes(node, index: int, shapes, eps, lowering: str) -> Lis
     q3 = w.op("Reshape", qf, w.ints(0, 0, H * F))
     k3 = w.op("Reshape", kf, w.ints(0, 0, H * F))
     v3 = w.op("Reshape", vf, w.ints(0, 0, H * (Dv + 1)))
-    inputs = [q3, k3, v3, s0 or "", decay if g is not None else ""]
+    # a reduced-precision (bf16) state is widened for LinearAttention and rounded back below
+    reduced_state = bool(s0) and shapes.get(s0 + ":type", f32) != f32
+    past = w.op("Cast", s0, to=f32) if reduced_state else (s0 or "")
+    inputs = [q3, k3, v3, past, decay if g is not None else ""]
     attrs = dict(q_num_heads=H, kv_num_heads=H, scale=1.0, update_rule="gated" if g is not None else "linear")
     domain = "com.microsoft" if lowering == "ort" else ""
     o3, present = w.op("LinearAttention", *inputs, outputs=2, domain=domain, **attrs)
@@ -142,5 +147,8 @@ def _linear_attention_nodes(node, index: int, shapes, eps, lowering: str) -> Lis
     eps_c = w.const(DEFAULT_EPS if eps is None else eps, np.float32, "eps")
     out = bounded_readout_nodes(w, num, den, eps_c)
     w.nodes.append(helper.make_node("CastLike", [out, v], [out_name], name=f"scan{index}/out"))
-    w.nodes.append(helper.make_node("Identity", [present], [state_name], name=f"scan{index}/state"))
+    if reduced_state:
+        w.nodes.append(helper.make_node("CastLike", [present, s0], [state_name], name=f"scan{index}/state"))
+    else:
+        w.nodes.append(helper.make_node("Identity", [present], [state_name], name=f"scan{index}/state"))
     return w.nodes

@@ -108,7 +108,9 @@ def causal_gated_scan_function(gated: bool, opset: int, chunk: int = DEFAULT_CHU
     out = bounded_readout_nodes(w, num, den, eps)
     out = w.op("Transpose", w.op("Reshape", out, concat_ints(w, [B, H, T, Dv])), perm=[0, 2, 1, 3])
     w.nodes.append(helper.make_node("CastLike", [out, "v"], ["out"], name="n_out"))
-    w.nodes.append(helper.make_node("Reshape", [s_final, concat_ints(w, [B, H, F, Dv1])], ["final_state"], name="n_state"))
+    s_final = w.op("Reshape", s_final, concat_ints(w, [B, H, F, Dv1]))
+    # the state is stored in initial_state's dtype (fp32 or bf16), rounded once here
+    w.nodes.append(helper.make_node("CastLike", [s_final, "initial_state"], ["final_state"], name="n_state"))
 
     fn = helper.make_function(
         DOMAIN, OP_TYPE, INPUTS, OUTPUTS, w.nodes, [helper.make_opsetid("", opset)],

@@ -9,6 +9,7 @@ from ..ops.causal_gated_scan import DEFAULT_EPS
 from ..format.scan_op import DOMAIN, OP_TYPE, OP_VERSION, PLUGIN_ATTRIBUTES
 
 _ACTIVATIONS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+_STATES = ["tensor(float)", "tensor(bfloat16)"]
 
 
 def register_scan_schema() -> None:
@@ -32,7 +33,7 @@ def register_scan_schema() -> None:
             param("initial_state", "S", param_option=optional),
         ],
         outputs=[param("out", "A"), param("final_state", "S")],
-        type_constraints=[("A", _ACTIVATIONS, "activations"), ("S", ["tensor(float)"], "state")],
+        type_constraints=[("A", _ACTIVATIONS, "activations"), ("S", _STATES, "state: fp32, or bf16 storage")],
         attributes=attributes,
     )
     onnx.defs.register_schema(schema)

@@ -14,6 +14,8 @@ from .feature_maps import FEATURE_MAPS
 
 DEFAULT_EPS = 1e-3  # the op's normaliser constant (docs/op_contract.md)
 POSITIONAL_SCHEMES = ("sinusoidal", "none")
+# dtypes the recurrent state may be kept in between calls (docs/op_contract.md, "State dtype")
+STATE_DTYPES = ("float32", "bfloat16")
 # TensorRT's largest tensor volume and the kernels' int32 element offsets; also int32 token ids (genai, TensorRT)
 MAX_TENSOR_ELEMENTS = 2**31 - 1
 
@@ -95,9 +97,15 @@ class RFAConfig:
     dropout: float = 0.0
     normaliser_eps: float = DEFAULT_EPS
     layer_norm_eps: float = 1e-5
+    state_dtype: str = "float32"  # what the state is stored in between calls; accumulation stays float32
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        if self.state_dtype not in STATE_DTYPES:
+            raise ConfigError(f"config field state_dtype must be one of {', '.join(STATE_DTYPES)}, got {self.state_dtype!r}")
+        if self.state_dtype != "float32" and not self.gated:
+            raise ConfigError(f"config field state_dtype {self.state_dtype!r} needs a gated model: an ungated state sums "
+                              "without forgetting, and bf16 storage loses the small updates (BENCHMARKS.md, State dtype)")
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ffn", "num_features", "dropout",
                      "normaliser_eps", "layer_norm_eps"):
             check_range("config", name, getattr(self, name))

@@ -169,7 +169,7 @@ def input_names(config: RFAConfig) -> List[str]:
 
 
 def describe_state(config: RFAConfig) -> List[StateSpec]:
-    return [StateSpec(i, STATE_IN.format(i), STATE_OUT.format(i), ["batch", *config.state_shape])
+    return [StateSpec(i, STATE_IN.format(i), STATE_OUT.format(i), ["batch", *config.state_shape], config.state_dtype)
             for i in range(config.n_layers)]
 
 

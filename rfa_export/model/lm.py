@@ -88,9 +88,15 @@ class RFALanguageModel(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """What the state is stored in between calls (config.state_dtype); the scan accumulates in fp32."""
+        return getattr(torch, self.config.state_dtype)
+
     def initial_state(self, batch_size: int, device=None) -> State:
-        """Zeros, one fp32 tensor [B, H, F, dh + 1] per layer."""
-        return [torch.zeros((batch_size, *self.config.state_shape), device=device) for _ in self.blocks]
+        """Zeros, one tensor [B, H, F, dh + 1] of state_dtype per layer."""
+        return [torch.zeros((batch_size, *self.config.state_shape), device=device, dtype=self.state_dtype)
+                for _ in self.blocks]
 
     @torch.no_grad()
     def resample_features(self, generator: Optional[torch.Generator] = None) -> None:
@@ -108,7 +114,7 @@ class RFALanguageModel(nn.Module):
         """
         Args:
             input_ids: [B, T] int64.
-            state: per-layer [B, H, F, dh + 1] fp32, or None for an empty context.
+            state: per-layer [B, H, F, dh + 1] of state_dtype, or None for an empty context.
             position_ids: [B, T] int64 absolute positions (default 0..T-1).
             attention_mask: [B, T], 0 on padding positions (which leave the state unchanged).
             inplace_state: overwrite the given state tensors instead of returning new ones (decoding loops).
@@ -128,6 +134,8 @@ class RFALanguageModel(nn.Module):
         for i, block in enumerate(self.blocks):
             x, h, s = block.forward_normed(x, h, None if state is None else state[i], attention_mask, inplace_state,
                                            norms[i + 1])
+            if state is None and self.config.state_dtype != "float32":
+                s = s.to(self.state_dtype)  # from an empty context the scan returns its accumulation dtype
             new_state.append(s)
         return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
 

@@ -79,11 +79,13 @@ class DecoderBackend(abc.ABC):
 
     @abc.abstractmethod
     def to_host(self, state: State) -> List[np.ndarray]:
-        """The state as numpy arrays, in spec.state order (the portable form)."""
+        """The state as float32 numpy arrays, in spec.state order (the portable form, whatever the state's
+        storage dtype: bfloat16 widens exactly)."""
 
     @abc.abstractmethod
     def from_host(self, arrays: Sequence[np.ndarray]) -> State:
-        """Backend-native state from numpy arrays in spec.state order."""
+        """Backend-native state from float32 numpy arrays in spec.state order (rounded to a reduced storage
+        dtype)."""
 
     def state_shapes(self, state: State) -> List[Tuple[Tuple[int, ...], str]]:
         """(shape, numpy dtype name) of each state tensor, without moving it (device backends override)."""
@@ -117,8 +119,10 @@ class DecoderBackend(abc.ABC):
     def vocab_size(self) -> int:
         return self.spec.vocab_size
 
-    def check_state_shapes(self, shapes: Sequence[Tuple[Tuple[int, ...], str]], batch: Optional[int] = None) -> None:
-        """Raise InputError unless the state matches spec.state in count, shape and dtype (and batch)."""
+    def check_state_shapes(self, shapes: Sequence[Tuple[Tuple[int, ...], str]], batch: Optional[int] = None,
+                           host: bool = False) -> None:
+        """Raise InputError unless the state matches spec.state in count, shape and dtype (and batch). host:
+        the portable form, float32 whatever the state is stored in (exact for a bfloat16 state)."""
         if len(shapes) != len(self.spec.state):
             raise InputError(f"state has {len(shapes)} tensors, the model has {len(self.spec.state)}")
         for (got, dtype), s in zip(shapes, self.spec.state):
@@ -126,12 +130,13 @@ class DecoderBackend(abc.ABC):
             if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
                 raise InputError(f"state {s.input} has shape {list(got)}, expected {s.shape}"
                                  + (f" with batch {batch}" if batch else ""))
-            if dtype != s.dtype:
-                raise InputError(f"state {s.input} has dtype {dtype}, expected {s.dtype}")
+            expected = "float32" if host else s.dtype
+            if dtype != expected:
+                raise InputError(f"state {s.input} has dtype {dtype}, expected {expected}")
 
     def check_state(self, arrays: Sequence[np.ndarray], batch: Optional[int] = None) -> None:
-        """check_state_shapes for host arrays, and every value finite."""
-        self.check_state_shapes([(tuple(np.shape(a)), str(np.asarray(a).dtype)) for a in arrays], batch)
+        """check_state_shapes for host arrays (float32, the portable form), and every value finite."""
+        self.check_state_shapes([(tuple(np.shape(a)), str(np.asarray(a).dtype)) for a in arrays], batch, host=True)
         for a, s in zip(arrays, self.spec.state):
             if not np.isfinite(a).all():
                 raise InputError(f"state {s.input} contains NaN or infinity")

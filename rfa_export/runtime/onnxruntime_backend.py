@@ -16,7 +16,17 @@ from ..format.export_dir import open_export
 from .backend import DecoderBackend, InputError
 
 _NUMPY = {"float32": np.float32, "int64": np.int64}
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+              "tensor(bfloat16)": "bfloat16"}
+
+
+def _storage_dtype(name: str):
+    """The numpy dtype a state of this dtype is kept in on the CPU (bfloat16 from ml_dtypes, which onnx brings)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return _NUMPY[name]
 
 
 class OnnxRuntimeBackend(DecoderBackend):
@@ -51,6 +61,10 @@ class OnnxRuntimeBackend(DecoderBackend):
         self.session = ort.InferenceSession(str(model_path), self._options, providers=self._providers)
         self._inputs = {i.name for i in self.session.get_inputs()}
         self._state_outputs = [s.output for s in self.spec.state]
+        self._reduced_state = any(s.dtype != "float32" for s in self.spec.state)
+        if self._reduced_state and device == "cuda":
+            raise ValueError(f"the onnxruntime backend takes a {self.spec.state[0].dtype} state on the CPU only; "
+                             "on CUDA use the torch backend or export with state_dtype float32")
         self._free: Dict[Tuple[int, ...], List] = {}  # device buffers ready for reuse, by shape
         self._device_ops = None
         self._graphs: Dict[int, "_GraphedStep"] = {}
@@ -71,6 +85,8 @@ class OnnxRuntimeBackend(DecoderBackend):
     def _run(self, input_ids, attention_mask, position_ids, state):
         feeds = self._host_feeds(input_ids, attention_mask, position_ids)
         if self.device == "cpu":
+            if self._reduced_state:
+                return self._run_host_bound(feeds, state)
             for spec, value in zip(self.spec.state, state):
                 feeds[spec.input] = value
             outs = self.session.run(["logits"] + self._state_outputs, feeds)
@@ -98,6 +114,26 @@ class OnnxRuntimeBackend(DecoderBackend):
             self._free.setdefault(tuple(value.shape()), []).append(value)
         return logits, outputs
 
+    def _run_host_bound(self, feeds, state):
+        """CPU with a bfloat16 state: onnxruntime's Python API has no numpy bfloat16, so the state arrays are
+        bound by address with their ONNX element type."""
+        from onnx import TensorProto
+
+        io = self.session.io_binding()
+        for name, array in feeds.items():
+            io.bind_cpu_input(name, array)
+        io.bind_output("logits", "cpu")
+        outputs = []
+        for spec, value in zip(self.spec.state, state):
+            value = np.ascontiguousarray(value)
+            kind = getattr(TensorProto, spec.dtype.upper())
+            io.bind_input(spec.input, "cpu", 0, kind, list(value.shape), value.ctypes.data)
+            out = np.empty_like(value)
+            io.bind_output(spec.output, "cpu", 0, kind, list(out.shape), out.ctypes.data)
+            outputs.append(out)
+        self.session.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy(), outputs
+
     def _take_buffer(self, shape):
         pool = self._free.get(tuple(shape))
         if pool:
@@ -107,12 +143,14 @@ class OnnxRuntimeBackend(DecoderBackend):
     # --- state ----------------------------------------------------------------------------------------
 
     def to_host(self, state) -> List[np.ndarray]:
-        return [np.asarray(s) if self.device == "cpu" else s.numpy() for s in state]
+        if self.device == "cpu":
+            return [np.asarray(s).astype(np.float32, copy=False) for s in state]
+        return [s.numpy() for s in state]
 
     def from_host(self, arrays: Sequence[np.ndarray]):
-        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
         if self.device == "cpu":
-            return arrays
+            return [np.ascontiguousarray(a, dtype=_storage_dtype(s.dtype)) for a, s in zip(arrays, self.spec.state)]
+        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
         return [self._ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for a in arrays]
 
     def state_shapes(self, state):

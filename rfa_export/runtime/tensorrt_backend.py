@@ -180,13 +180,18 @@ class TensorRTBackend(DecoderBackend):
 
     def _take(self, shape):
         pool = self._free.get(shape)
-        return pool.pop() if pool else self.torch.empty(shape, dtype=self.torch.float32, device=self.device)
+        return pool.pop() if pool else self.torch.empty(shape, dtype=self._state_dtype, device=self.device)
+
+    @property
+    def _state_dtype(self):
+        return getattr(self.torch, self.spec.state[0].dtype)  # config.state_dtype: float32 or bfloat16
 
     def to_host(self, state) -> List[np.ndarray]:
-        return [s.detach().cpu().numpy() for s in state]
+        return [s.detach().to("cpu", self.torch.float32).numpy() for s in state]
 
     def from_host(self, arrays: Sequence[np.ndarray]):
-        return [self.torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32)).to(self.device) for a in arrays]
+        return [self.torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32)).to(self.device, self._state_dtype)
+                for a in arrays]
 
     def select(self, state, indices):
         idx = self.torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.device)

@@ -38,7 +38,8 @@ class TorchBackend(DecoderBackend):
         self.model = model.to(self.device, _TORCH_DTYPES[dtype]).eval()
         self.spec = describe_export(model.config, TORCH_LOWERING, dtype, {}, f"rfa-export {__version__}")
         self.tokenizer_path = None if tokenizer is None else Path(tokenizer)
-        self._state_dtype = torch.float64 if dtype == "fp64" else torch.float32
+        # the fp64 reference keeps a float64 state; otherwise the model's storage dtype (config.state_dtype)
+        self._state_dtype = torch.float64 if dtype == "fp64" else self.model.state_dtype
 
     @torch.no_grad()
     def _run(self, input_ids, attention_mask, position_ids, state):
@@ -65,13 +66,13 @@ class TorchBackend(DecoderBackend):
         return [torch.cat(parts, 0) for parts in zip(*states)]
 
     def state_shapes(self, state):
-        """Native state tensors are reported with their portable dtype (float32) when they have the
-        backend's own state dtype (float64 for the fp64 reference)."""
+        """Native state tensors are reported with the model's state dtype when they have the backend's own
+        state dtype (float64 for the fp64 reference)."""
         shapes = []
         for t in state if isinstance(state, (list, tuple)) else [None]:
             if not isinstance(t, torch.Tensor):
                 raise InputError(f"a torch state is a list of tensors, got {type(t).__name__}")
-            dtype = "float32" if t.dtype == self._state_dtype else str(t.dtype).replace("torch.", "")
+            dtype = self.model.config.state_dtype if t.dtype == self._state_dtype else str(t.dtype).replace("torch.", "")
             if t.device.type != self.device.type:
                 dtype += f" on {t.device}"
             shapes.append((tuple(t.shape), dtype))

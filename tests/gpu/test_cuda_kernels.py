@@ -115,3 +115,43 @@ def test_inplace_op_on_cuda_aliases_the_state():
     out = causal_gated_scan_(q.cuda(), k.cuda(), v.cuda(), g.cuda(), state)
     assert state.data_ptr() == ptr
     assert rel_err(out.cpu(), want) <= 1e-5 and rel_err(state.cpu(), want_state) <= 1e-5
+
+
+# One bf16 ulp relative to the largest entry: the kernel rounds its fp32 result, the reference its float64 one,
+# and the two may round to neighbouring bf16 values.
+BF16_STATE_TOL = 2.0**-8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case, path", [(c, p) for c, p in RUNS if c[6]],
+                         ids=lambda x: "B{}-T{}-H{}-F{}-Dv{}-{}-s0{}".format(*x) if isinstance(x, tuple) else f"path{x}")
+def test_bf16_state_matches_float64_reference(case, dtype, path):
+    """A bf16 state (docs/op_contract.md, "State dtype"): read widened, accumulated in fp32, rounded once at
+    the end, on every path, in place and not."""
+    B, T, H, F, Dv, gate, _ = case
+    q, k, v, g, s = scan_inputs(B, T, H, F, Dv, gate=gate, initial_state=True, seed=B * T + F + 7)
+    s16 = s.to(torch.bfloat16)
+    low = [t.to(dtype) if t is not None else None for t in (q, k, v, g)]
+    ref, ref_state = naive_causal_gated_scan(*[t.double() if t is not None else None for t in low], s16.double())
+    dev = [t.cuda() if t is not None else None for t in low]
+    for in_place in (False, True):
+        state_in = s16.cuda()
+        out_state = state_in if in_place else torch.full((B, H, F, Dv + 1), float("nan"), device="cuda", dtype=torch.bfloat16)
+        got, got_state = cuda_causal_gated_scan(*dev, state_in, path=path, out_state=out_state)
+        torch.cuda.synchronize()
+        assert got_state.dtype == torch.bfloat16 and got_state.data_ptr() == out_state.data_ptr()
+        assert torch.isfinite(got.float()).all() and torch.isfinite(got_state.float()).all()
+        assert rel_err(got.cpu(), ref) <= TOL[dtype]
+        assert rel_err(got_state.cpu(), ref_state) <= max(TOL[dtype], BF16_STATE_TOL)
+        # rounded to nearest, not truncated: on average no bias against the float64 result
+        bias = (got_state.double().cpu() - ref_state).mean() / ref_state.abs().max()
+        assert abs(float(bias)) <= 2e-4
+
+
+def test_torch_op_takes_a_bf16_state_on_cuda():
+    q, k, v, g, s = scan_inputs(2, 33, 2, 64, 32, gate="random", initial_state=True)
+    s16 = s.to(torch.bfloat16)
+    ref, ref_state = naive_causal_gated_scan(q, k, v, g, s16.double())
+    out, state = causal_gated_scan(*(t.float().cuda() for t in (q, k, v, g)), s16.cuda())
+    assert state.dtype == torch.bfloat16
+    assert rel_err(out.cpu(), ref) <= 1e-5 and rel_err(state.cpu(), ref_state) <= BF16_STATE_TOL

@@ -174,6 +174,53 @@ def test_unsupported_inputs_are_refused():
     assert not decode_attention_kernel_supports(q, k, v, logits, sigma, big, "gaussian", torch.zeros(2, 2, 400, 65, device="cuda"))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind, gated", [("gaussian", True), ("arccos", False)])
+@pytest.mark.parametrize("B, H, dh, D", [(3, 2, 64, 64), (64, 16, 64, 64), (2, 3, 128, 64)])
+def test_bf16_state_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
+    """The fused step on a bf16 state: read widened, updated in fp32, rounded to nearest once."""
+    g = torch.Generator().manual_seed(zlib.crc32(f"bf16 state {kind} {gated} {B} {H} {dh} {D}".encode()))
+    q, k, v, logits = projections(B, H, dh, gated, dtype, g)
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to("cuda", dtype)
+    w = torch.randn(H, D, dh, generator=g).to("cuda", dtype)
+    state = prefix_state(B, H, dh, kind, sigma, w, g).to("cuda", torch.bfloat16)
+    keep = (torch.arange(B) % 3 != 1).to(torch.int64).cuda()
+    assert decode_attention_kernel_supports(q, k, v, logits, sigma, w, kind, state, keep)
+    ref_out, ref_state = naive_decode_attention_step(
+        *(t.double().cpu() for t in (q, k, v)), None if logits is None else logits.double().cpu(),
+        sigma.double().cpu(), w.double().cpu(), kind, state.double().cpu(), keep=keep.cpu(), round_to=dtype)
+    before = state.clone()
+    for overlap in (False, True):
+        state.copy_(before)
+        out = cuda_decode_attention_step_(q, k, v, logits, sigma, w, kind, state, 1e-6, keep, overlap_state_load=overlap)
+        assert state.dtype == torch.bfloat16 and torch.isfinite(out).all()
+        assert rel_err(out.double().cpu(), ref_out) <= TOL[dtype]
+        assert rel_err(state.double().cpu(), ref_state) <= max(TOL[dtype], 2.0**-8)
+        assert torch.equal(state[1], before[1])
+
+
+def test_model_with_a_bf16_state_decodes_on_cuda():
+    """state_dtype bfloat16: the CUDA step (fused kernel) equals the CPU model's step, both rounding the
+    state to bf16 after every token."""
+    torch.manual_seed(0)
+    cfg = RFAConfig(vocab_size=300, d_model=128, n_heads=2, n_layers=2, d_ffn=256, num_features=64, gated=True,
+                    positional="none", state_dtype="bfloat16")
+    model = RFALanguageModel(cfg).eval()
+    ids = torch.randint(0, 300, (3, 24))
+    with torch.no_grad():
+        cpu_state = model.initial_state(3)
+        cuda = RFALanguageModel(cfg).eval()
+        cuda.load_state_dict(model.state_dict())
+        cuda = cuda.cuda()
+        state = cuda.initial_state(3, device="cuda")
+        for t in range(24):
+            ref, cpu_state = model.step(ids[:, t], cpu_state, torch.full((3,), t))
+            logits, _ = cuda.step(ids[:, t].cuda(), state, torch.full((3,), t, device="cuda"), inplace_state=True)
+            assert rel_err(logits.cpu(), ref) <= 5e-3
+    assert all(s.dtype == torch.bfloat16 for s in state)
+    assert max(rel_err(s.cpu(), r) for s, r in zip(state, cpu_state)) <= 2.0**-7
+
+
 def test_model_decodes_through_the_fused_step(monkeypatch):
     torch.manual_seed(0)
     cfg = RFAConfig(vocab_size=300, d_model=128, n_heads=2, n_layers=2, d_ffn=256, num_features=64, gated=True,

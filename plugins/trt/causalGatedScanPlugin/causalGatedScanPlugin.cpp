@@ -36,6 +36,12 @@ int rfaDtype(DataType t)
     }
 }
 
+// The state's storage types (docs/op_contract.md, "State dtype").
+bool isStateType(DataType t)
+{
+    return t == DataType::kFLOAT || t == DataType::kBF16;
+}
+
 bool sameDims(Dims const& a, std::initializer_list<int64_t> b)
 {
     if (a.nbDims != int32_t(b.size()))
@@ -177,7 +183,12 @@ int32_t CausalGatedScanPlugin::getOutputDataTypes(
         return fail("getOutputDataTypes: expects 3 to 5 inputs of fp32, fp16 or bf16 and 2 outputs");
     }
     outputTypes[0] = inputTypes[0];
-    outputTypes[1] = DataType::kFLOAT;
+    // final_state keeps initial_state's storage type (fp32 or bf16); fp32 without one. Only types are known
+    // here: a 4th input typed unlike q is the state; one typed like q is taken for the state as well (the
+    // exporter always passes one), and checkDescriptors refuses the engine if the ranks say it was the gate.
+    DataType const last = inputTypes[nbInputs - 1];
+    bool const hasState = nbInputs == 5 || (nbInputs == 4 && (last != inputTypes[0] || last == DataType::kBF16));
+    outputTypes[1] = hasState && isStateType(last) ? last : DataType::kFLOAT;
     return 0;
 }
 
@@ -226,10 +237,13 @@ bool CausalGatedScanPlugin::supportsFormatCombination(
     {
         return false;
     }
-    bool const isState = pos == l.state || pos == nbInputs + 1;
-    if (isState)
+    if (pos == l.state)
     {
-        return d.type == DataType::kFLOAT;
+        return isStateType(d.type);
+    }
+    if (pos == nbInputs + 1) // final_state: initial_state's type, fp32 without one
+    {
+        return d.type == (l.state >= 0 ? inOut[l.state].desc.type : DataType::kFLOAT);
     }
     if (pos == 0)
     {
@@ -319,15 +333,16 @@ int32_t CausalGatedScanPlugin::checkDescriptors(
     int const dtype = rfaDtype(in[0].type);
     for (int32_t i = 0; i < nbInputs; ++i)
     {
-        DataType const want = i == l.state ? DataType::kFLOAT : in[0].type;
-        if (in[i].type != want)
+        bool const ok = i == l.state ? isStateType(in[i].type) : in[i].type == in[0].type;
+        if (!ok)
         {
             return fail("input " + std::to_string(i) + " has the wrong data type");
         }
     }
-    if (out[0].type != in[0].type || out[1].type != DataType::kFLOAT)
+    DataType const stateType = l.state >= 0 ? in[l.state].type : DataType::kFLOAT;
+    if (out[0].type != in[0].type || out[1].type != stateType)
     {
-        return fail("outputs must be of q's type and fp32");
+        return fail("outputs must be of q's type and of initial_state's type (fp32 without one)");
     }
     int const status = rfa_scan_check(int(B), int(T), int(H), int(F), int(Dv), dtype);
     if (status != RFA_OK)
@@ -335,6 +350,7 @@ int32_t CausalGatedScanPlugin::checkDescriptors(
         return fail(rfa_status_string(status));
     }
     mLayout = l;
+    mStateDtype = rfaDtype(stateType);
     mB = B;
     mT = T;
     mH = H;
@@ -366,9 +382,10 @@ int32_t CausalGatedScanPlugin::enqueue(PluginTensorDesc const* inputDesc, Plugin
     args.k = inputs[1];
     args.v = inputs[2];
     args.g = mLayout.gate >= 0 ? inputs[mLayout.gate] : nullptr;
-    args.initial_state = mLayout.state >= 0 ? static_cast<float const*>(inputs[mLayout.state]) : nullptr;
+    args.initial_state = mLayout.state >= 0 ? inputs[mLayout.state] : nullptr;
     args.out = outputs[0];
-    args.final_state = static_cast<float*>(outputs[1]);
+    args.final_state = outputs[1];
+    args.state_dtype = static_cast<rfa_dtype_t>(mStateDtype);
     size_t const workspaceBytes = workspace != nullptr ? size_t(mWorkspaceBytes) : 0;
     int const status = rfa_causal_gated_scan(&args, workspace, workspaceBytes, stream);
     return status == RFA_OK ? 0 : fail(std::string("enqueue: ") + rfa_status_string(status));

@@ -4,7 +4,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .naive import accumulation_dtype
+from .naive import accumulation_dtype, final_state_dtype
 from .readout import DEFAULT_EPS, bounded_readout
 
 DEFAULT_CHUNK_SIZE = 64
@@ -48,17 +48,19 @@ def chunk_causal_gated_scan(
         q, k: [B, T, H, F]; v: [B, T, H, Dv]; g: [B, T, H] or None;
         initial_state: [B, H, F, Dv + 1] or None.
     Returns:
-        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] in the accumulation dtype.
+        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] in initial_state's dtype (the
+        accumulation dtype when None).
     """
     B, T, H, F = q.shape
     Dv = v.shape[-1]
     acc = accumulation_dtype(q.dtype)
+    state_dtype = final_state_dtype(q.dtype, initial_state)
     if initial_state is None:
         state = q.new_zeros((B, H, F, Dv + 1), dtype=acc)
     else:
         state = initial_state.to(acc)
     if T == 0:
-        return v.new_zeros((B, 0, H, Dv)), state.clone()
+        return v.new_zeros((B, 0, H, Dv)), state.to(state_dtype, copy=True)
 
     C = max(1, min(chunk_size, T))
     N = -(-T // C)
@@ -103,4 +105,4 @@ def chunk_causal_gated_scan(
 
     out = out.reshape(B, H, N * C, Dv + 1)[:, :, :T]
     out = bounded_readout(out[..., :Dv], out[..., Dv], eps)
-    return out.transpose(1, 2).to(v.dtype), state
+    return out.transpose(1, 2).to(v.dtype), state.to(state_dtype)

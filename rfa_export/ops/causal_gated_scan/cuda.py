@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..native import DTYPE_CODES, check_status, data_ptr, load_error, load_kernels, load_kernels_for, require_kernels
-from .naive import accumulation_dtype
+from .naive import final_state_dtype
 from .readout import DEFAULT_EPS
 
 
@@ -21,6 +21,7 @@ class _ScanArgs(ctypes.Structure):
         ("dtype", ctypes.c_int), ("eps", ctypes.c_float),
         ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("g", ctypes.c_void_p),
         ("initial_state", ctypes.c_void_p), ("out", ctypes.c_void_p), ("final_state", ctypes.c_void_p),
+        ("state_dtype", ctypes.c_int),
     ]
 
 
@@ -44,9 +45,14 @@ def kernels_unavailable_reason() -> Optional[str]:
     return load_error()
 
 
-def kernel_supports(q: torch.Tensor, v: torch.Tensor) -> bool:
+STATE_DTYPES = (torch.float32, torch.bfloat16)  # the kernels' state storage (docs/op_contract.md)
+
+
+def kernel_supports(q: torch.Tensor, v: torch.Tensor, state: Optional[torch.Tensor] = None) -> bool:
     lib = load_kernels_for(q, _bind)
     if lib is None or not q.is_cuda or q.dtype not in DTYPE_CODES:
+        return False
+    if state is not None and state.dtype not in STATE_DTYPES:
         return False
     B, T, H, F = q.shape
     return lib.rfa_scan_check(B, max(T, 1), H, F, v.shape[-1], DTYPE_CODES[q.dtype]) == 0
@@ -92,9 +98,13 @@ def cuda_causal_gated_scan(
     s0 = None if initial_state is None else initial_state.contiguous()
     if out is None:
         out = torch.empty((B, T, H, Dv), dtype=v.dtype, device=v.device)
-    state = out_state if out_state is not None else torch.empty((B, H, F, Dv + 1), dtype=accumulation_dtype(q.dtype), device=q.device)
+    state_dtype = final_state_dtype(q.dtype, initial_state)
+    state = out_state if out_state is not None else torch.empty((B, H, F, Dv + 1), dtype=state_dtype, device=q.device)
+    if state.dtype != state_dtype:
+        raise ValueError(f"out_state dtype {state.dtype} differs from the state's {state_dtype}")
     args = _ScanArgs(B, T, H, F, Dv, DTYPE_CODES[q.dtype], float(eps),
-                     data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(g), data_ptr(s0), data_ptr(out), data_ptr(state))
+                     data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(g), data_ptr(s0), data_ptr(out), data_ptr(state),
+                     DTYPE_CODES[state_dtype])
     stream = torch.cuda.current_stream(q.device).cuda_stream
     if path is None:
         workspace, nbytes = _workspace(lib, q, F, Dv) if T > 1 else (None, 0)

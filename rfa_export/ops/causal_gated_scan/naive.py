@@ -12,6 +12,12 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def final_state_dtype(dtype: torch.dtype, initial_state: Optional[torch.Tensor]) -> torch.dtype:
+    """The dtype of final_state: initial_state's (fp32 or a reduced-precision storage dtype), the
+    accumulation dtype when there is none."""
+    return accumulation_dtype(dtype) if initial_state is None else initial_state.dtype
+
+
 def naive_causal_gated_scan(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -30,7 +36,8 @@ def naive_causal_gated_scan(
         initial_state: [B, H, F, Dv + 1] (S in the first Dv columns, z in the last), or None (zeros).
         eps: normaliser constant.
     Returns:
-        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] in the accumulation dtype.
+        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] in initial_state's dtype (the
+        accumulation dtype when None): widened on entry, rounded once on return.
     """
     B, T, H, F = q.shape
     Dv = v.shape[-1]
@@ -57,4 +64,4 @@ def naive_causal_gated_scan(
         outs.append(bounded_readout(num, den, eps))
     out = torch.stack(outs, dim=1) if outs else v.new_zeros((B, 0, H, Dv), dtype=acc)
     final_state = torch.cat([S, z.unsqueeze(-1)], dim=-1)
-    return out.to(v.dtype), final_state
+    return out.to(v.dtype), final_state.to(final_state_dtype(q.dtype, initial_state))

@@ -6,7 +6,7 @@ import torch
 
 from .chunk import chunk_causal_gated_scan
 from .cuda import cuda_causal_gated_scan, kernel_supports
-from .naive import accumulation_dtype
+from .naive import final_state_dtype
 from .readout import DEFAULT_EPS
 from .validate import check_scan_inputs
 
@@ -24,12 +24,12 @@ def causal_gated_scan(
 
     Args:
         q: [B, T, H, F] query features; k: [B, T, H, F] key features; v: [B, T, H, Dv];
-        g: [B, T, H] gate or None; initial_state: [B, H, F, Dv + 1] fp32 or None.
+        g: [B, T, H] gate or None; initial_state: [B, H, F, Dv + 1] fp32 or bf16, or None.
     Returns:
-        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] fp32.
+        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] in initial_state's dtype (fp32 if None).
     """
     check_scan_inputs(q, k, v, g, initial_state)
-    if q.is_cuda and q.shape[1] > 0 and kernel_supports(q, v):
+    if q.is_cuda and q.shape[1] > 0 and kernel_supports(q, v, initial_state):
         return cuda_causal_gated_scan(q, k, v, g, initial_state, eps)
     out, state = chunk_causal_gated_scan(q, k, v, g, initial_state, eps)
     if initial_state is not None and state.data_ptr() == initial_state.data_ptr():
@@ -42,7 +42,7 @@ def _(q, k, v, g=None, initial_state=None, eps=DEFAULT_EPS):
     B, T, H, F = q.shape
     Dv = v.shape[-1]
     out = v.new_empty((B, T, H, Dv))
-    state = q.new_empty((B, H, F, Dv + 1), dtype=accumulation_dtype(q.dtype))
+    state = q.new_empty((B, H, F, Dv + 1), dtype=final_state_dtype(q.dtype, initial_state))
     return out, state
 
 
@@ -84,10 +84,10 @@ def causal_gated_scan_(
     state: torch.Tensor,
     eps: float = DEFAULT_EPS,
 ) -> torch.Tensor:
-    """In-place variant for decoding loops: `state` [B, H, F, Dv + 1] fp32 is read as the initial state and
-    overwritten with the final one (the CUDA kernels alias input and output; elsewhere a copy). Returns out."""
+    """In-place variant for decoding loops: `state` [B, H, F, Dv + 1] fp32 or bf16 is read as the initial state
+    and overwritten with the final one (the CUDA kernels alias input and output; elsewhere a copy). Returns out."""
     check_scan_inputs(q, k, v, g, state)
-    if q.is_cuda and q.shape[1] > 0 and kernel_supports(q, v):
+    if q.is_cuda and q.shape[1] > 0 and kernel_supports(q, v, state):
         out, _ = cuda_causal_gated_scan(q, k, v, g, state, eps, out_state=state)
         return out
     out, new = chunk_causal_gated_scan(q, k, v, g, state, eps)

@@ -5,6 +5,8 @@ from typing import Optional
 import torch
 
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# the state's storage dtypes beside the accumulation dtype (docs/op_contract.md, "State dtype")
+REDUCED_STATE_DTYPES = (torch.bfloat16,)
 
 
 def check_scan_inputs(
@@ -16,7 +18,8 @@ def check_scan_inputs(
 ) -> None:
     """Raise ValueError naming the first input that breaks docs/op_contract.md.
 
-    float64 is accepted beside fp32/fp16/bf16 for reference testing (the state is then float64).
+    float64 is accepted beside fp32/fp16/bf16 for reference testing (the state is then float64). The state
+    is fp32 (float64 for float64 activations) or bf16 storage.
     """
     if q.dim() != 4:
         raise ValueError(f"q_feat must be [B, T, H, F], got shape {tuple(q.shape)}")
@@ -39,6 +42,6 @@ def check_scan_inputs(
                 f"initial_state must be [B, H, F, Dv + 1] = [{B}, {H}, {F}, {Dv + 1}], "
                 f"got {tuple(initial_state.shape)}"
             )
-        want = torch.float64 if q.dtype == torch.float64 else torch.float32
-        if initial_state.dtype != want:
-            raise ValueError(f"initial_state dtype must be {want}, got {initial_state.dtype}")
+        want = (torch.float64 if q.dtype == torch.float64 else torch.float32,) + REDUCED_STATE_DTYPES
+        if initial_state.dtype not in want:
+            raise ValueError(f"initial_state dtype must be one of {', '.join(map(str, want))}, got {initial_state.dtype}")

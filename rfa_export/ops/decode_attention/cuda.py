@@ -17,7 +17,7 @@ class _DecodeArgs(ctypes.Structure):
         ("q", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p), ("gate_logits", ctypes.c_void_p),
         ("sigma", ctypes.c_void_p), ("w_tilde", ctypes.c_void_p), ("keep", ctypes.c_void_p),
         ("state", ctypes.c_void_p), ("out", ctypes.c_void_p), ("overlap_state_load", ctypes.c_int),
-        ("proj", ctypes.c_void_p), ("proj_parts", ctypes.c_int),
+        ("proj", ctypes.c_void_p), ("proj_parts", ctypes.c_int), ("state_dtype", ctypes.c_int),
     ]
 
 
@@ -45,12 +45,12 @@ def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr,
     return _DecodeArgs(B, H, dh, D, FEATURE_KIND_CODES[kind], DTYPE_CODES[q.dtype], float(eps), q.stride(0) if B > 1 else H * dh,
                        data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(gate_logits), data_ptr(sigma), data_ptr(w_tilde),
                        data_ptr(keep), data_ptr(state), out_ptr, int(overlap), data_ptr(proj),
-                       0 if proj is None else proj.shape[3])
+                       0 if proj is None else proj.shape[3], DTYPE_CODES[state.dtype])
 
 
 def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind, state, keep=None) -> bool:
     """True when the fused kernel takes these inputs as they are: CUDA tensors of one dtype (fp32/fp16/bf16),
-    the layout of _layout_ok, a contiguous fp32 state [B, H, F, dh + 1], keep None or int64 [B], and sizes the
+    the layout of _layout_ok, a contiguous fp32 or bf16 state [B, H, F, dh + 1], keep None or int64 [B], and sizes the
     kernel supports (dh, D <= 128; F and dh multiples of 16 in [16, 256])."""
     if not q.is_cuda or q.dtype not in DTYPE_CODES or kind not in FEATURE_KIND_CODES or q.dim() != 3:
         return False
@@ -62,7 +62,8 @@ def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind,
     F = FEATURE_MAPS[kind].feature_size(D)
     if w_tilde.shape != (H, D, dh) or sigma.shape != (H, dh) or not (sigma.is_contiguous() and w_tilde.is_contiguous()):
         return False
-    if state is None or state.dtype != torch.float32 or state.shape != (B, H, F, dh + 1) or not state.is_contiguous():
+    if (state is None or state.dtype not in (torch.float32, torch.bfloat16) or state.shape != (B, H, F, dh + 1)
+            or not state.is_contiguous()):
         return False
     if keep is not None and (keep.dtype != torch.int64 or keep.shape != (B,) or not keep.is_contiguous()):
         return False
