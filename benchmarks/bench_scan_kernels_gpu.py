@@ -7,7 +7,8 @@ Side by side in one run (triton.testing.do_bench medians, same inputs):
            ours (chunked kernel: the Hopper wgmma prefill on sm_90a builds) | ours with the mma.sync prefill |
            fla chunk_simple_gla | onnxruntime-gpu com.microsoft.LinearAttention (fp32)
   decode   one step, B256 and B1, bf16 activations, fp32 state [B, H, F, Dv + 1]:
-           ours (step kernel) | fla fused_recurrent_simple_gla | onnxruntime-gpu LinearAttention (fp32)
+           ours (step kernel) | ours with a bf16 state (state_dtype bfloat16: half the bytes) |
+           fla fused_recurrent_simple_gla | onnxruntime-gpu LinearAttention (fp32)
   graph    a single-sequence step of an 8-layer stack captured in a CUDA graph, per layer: ours
 fla and onnxruntime-gpu rows are skipped (with the reason printed) when the package is missing.
 Our op also computes the normaliser (value column of ones + readout), which fla's does not.
@@ -41,6 +42,13 @@ def ours(q, k, v, gate, s0, path=None):
     out = torch.empty(v.shape, dtype=v.dtype, device="cuda")
     state = torch.empty_like(s0)
     return lambda: cuda_causal_gated_scan(q, k, v, gate, s0, path=path, out=out, out_state=state)
+
+
+def ours_bf16_state(q, k, v, gate, s0):
+    """The same step on a bf16 state, updated in place as a decoding loop does."""
+    state = s0.to(torch.bfloat16)
+    out = torch.empty(v.shape, dtype=v.dtype, device="cuda")
+    return lambda: cuda_causal_gated_scan(q, k, v, gate, state, out=out, out_state=state)
 
 
 def ours_mma_sync(q, k, v, gate, s0):
@@ -141,6 +149,8 @@ def main():
         rows = [row("ours", ours, *x)]
         if kind == "prefill":
             rows.append(row("ours, mma.sync prefill", ours_mma_sync, *x))
+        else:
+            rows.append(row("ours, bf16 state", ours_bf16_state, *x))
         rows += [row("fla", fla, *x), row("onnxruntime-gpu LinearAttention fp32", ort_linear_attention, *x)]
         for name, ms, note in rows:
             results["rows"].append({"case": f"{kind} B{B} T{T}", "impl": name, "ms": ms, "note": note})
