@@ -93,6 +93,16 @@ class RFALanguageModel(nn.Module):
         """What the state is stored in between calls (config.state_dtype); the scan accumulates in fp32."""
         return getattr(torch, self.config.state_dtype)
 
+    def with_state_dtype(self, state_dtype: str) -> "RFALanguageModel":
+        """This model storing its state as state_dtype ("float32" or "bfloat16"; the config is checked again:
+        bf16 needs a gate). The same object when nothing changes, otherwise a copy sharing no parameters."""
+        config = RFAConfig.from_dict({**self.config.to_dict(), "state_dtype": state_dtype})
+        if config == self.config:
+            return self
+        converted = RFALanguageModel(config)
+        converted.load_state_dict(self.state_dict())
+        return converted.train(self.training)
+
     def initial_state(self, batch_size: int, device=None) -> State:
         """Zeros, one tensor [B, H, F, dh + 1] of state_dtype per layer."""
         return [torch.zeros((batch_size, *self.config.state_shape), device=device, dtype=self.state_dtype)

@@ -47,6 +47,9 @@ class TorchBackend(DecoderBackend):
         mask = torch.tensor(np.asarray(attention_mask), dtype=torch.int64, device=self.device)
         pos = None if position_ids is None else torch.tensor(np.asarray(position_ids), dtype=torch.int64, device=self.device)
         logits, new_state = self.model(ids, list(state), pos, mask[:, mask.shape[1] - ids.shape[1]:])
+        if self._state_dtype == torch.float64 and self.model.config.state_dtype != "float32":
+            # the fp64 reference of a reduced-precision state: rounded once per call, as the contract says
+            new_state = [s.to(self.model.state_dtype).double() for s in new_state]
         return logits.float().cpu().numpy(), new_state
 
     def to_host(self, state) -> List[np.ndarray]:

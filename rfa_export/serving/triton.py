@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 CONFIG_FILE = "config.pbtxt"
+TRITON_STATE_TYPES = {"float32": "TYPE_FP32", "bfloat16": "TYPE_BF16"}  # StateSpec.dtype -> Triton data_type
 
 
 def _sanitize(name: str) -> str:
@@ -46,7 +47,9 @@ def triton_model(export_dir: Union[str, Path]):
         helper.make_node("Cast", ["START"], ["triton/start_bool"], to=TensorProto.BOOL),
         helper.make_node("Constant", [], ["triton/state_axes"], value=helper.make_tensor("a", TensorProto.INT64, [2], [2, 3])),
         helper.make_node("Unsqueeze", ["triton/start_bool", "triton/state_axes"], ["triton/start4"]),
-        helper.make_node("Constant", [], ["triton/zero"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0])),
+        helper.make_node("Constant", [], ["triton/zero"],  # of the state's dtype (float32 or bfloat16)
+                         value=helper.make_tensor("z", {"float32": TensorProto.FLOAT, "bfloat16": TensorProto.BFLOAT16}[
+                             meta.state[0].dtype], [], [0.0])),
         helper.make_node("Cast", ["READY"], ["triton/ready64"], to=TensorProto.INT64),
         helper.make_node("Mul", ["attention_mask", "triton/ready64"], ["triton/attention_mask"]),
         helper.make_node("Identity", ["CORRID"], ["sequence_id"]),
@@ -88,12 +91,13 @@ def triton_config(meta, name: str, max_batch: int = 64, idle_microseconds: int =
                '  { name: "sequence_id" data_type: TYPE_UINT64 dims: [ 1 ] }']
     states = []
     for s in meta.state:
+        state_type = TRITON_STATE_TYPES[s.dtype]
         states.append(f'''    {{
       input_name: "{s.input}"
       output_name: "{s.output}"
-      data_type: TYPE_FP32
+      data_type: {state_type}
       dims: [ {state_dims} ]
-      initial_state: {{ data_type: TYPE_FP32 dims: [ {state_dims} ] zero_data: true name: "zeros" }}
+      initial_state: {{ data_type: {state_type} dims: [ {state_dims} ] zero_data: true name: "zeros" }}
     }}''')
     lines = [
         f'name: "{name}"',

@@ -117,9 +117,9 @@ def test_inplace_op_on_cuda_aliases_the_state():
     assert rel_err(out.cpu(), want) <= 1e-5 and rel_err(state.cpu(), want_state) <= 1e-5
 
 
-# One bf16 ulp relative to the largest entry: the kernel rounds its fp32 result, the reference its float64 one,
-# and the two may round to neighbouring bf16 values.
-BF16_STATE_TOL = 2.0**-8
+# The kernel's bf16 state against the unrounded float64 one: half a bf16 ulp is up to 2^-8 of an entry; 2^-7
+# leaves room for fp32's own error over long sequences and still catches truncation or a wrong widening.
+BF16_STATE_TOL = 2.0**-7
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

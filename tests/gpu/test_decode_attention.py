@@ -195,7 +195,7 @@ def test_bf16_state_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
         out = cuda_decode_attention_step_(q, k, v, logits, sigma, w, kind, state, 1e-6, keep, overlap_state_load=overlap)
         assert state.dtype == torch.bfloat16 and torch.isfinite(out).all()
         assert rel_err(out.double().cpu(), ref_out) <= TOL[dtype]
-        assert rel_err(state.double().cpu(), ref_state) <= max(TOL[dtype], 2.0**-8)
+        assert rel_err(state.double().cpu(), ref_state) <= max(TOL[dtype], 2.0**-7)
         assert torch.equal(state[1], before[1])
 
 
