@@ -16,6 +16,8 @@ DEFAULT_EPS = 1e-3  # the op's normaliser constant (docs/op_contract.md)
 POSITIONAL_SCHEMES = ("sinusoidal", "none")
 # dtypes the recurrent state may be kept in between calls (docs/op_contract.md, "State dtype")
 STATE_DTYPES = ("float32", "bfloat16")
+# their ONNX element types (onnx.TensorProto.FLOAT, BFLOAT16), for graphs and IO bindings built around a state
+STATE_ONNX_TYPES = {"float32": 1, "bfloat16": 16}
 # TensorRT's largest tensor volume and the kernels' int32 element offsets; also int32 token ids (genai, TensorRT)
 MAX_TENSOR_ELEMENTS = 2**31 - 1
 

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..format.config import STATE_ONNX_TYPES
 from ..format.export_dir import open_export
 from .backend import DecoderBackend, InputError
 
@@ -117,8 +118,6 @@ class OnnxRuntimeBackend(DecoderBackend):
     def _run_host_bound(self, feeds, state):
         """CPU with a bfloat16 state: onnxruntime's Python API has no numpy bfloat16, so the state arrays are
         bound by address with their ONNX element type."""
-        from onnx import TensorProto
-
         io = self.session.io_binding()
         for name, array in feeds.items():
             io.bind_cpu_input(name, array)
@@ -126,7 +125,7 @@ class OnnxRuntimeBackend(DecoderBackend):
         outputs = []
         for spec, value in zip(self.spec.state, state):
             value = np.ascontiguousarray(value)
-            kind = getattr(TensorProto, spec.dtype.upper())
+            kind = STATE_ONNX_TYPES[spec.dtype]
             io.bind_input(spec.input, "cpu", 0, kind, list(value.shape), value.ctypes.data)
             out = np.empty_like(value)
             io.bind_output(spec.output, "cpu", 0, kind, list(out.shape), out.ctypes.data)

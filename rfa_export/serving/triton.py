@@ -30,6 +30,7 @@ def triton_model(export_dir: Union[str, Path]):
     import onnx
     from onnx import TensorProto, helper
 
+    from ..format.config import STATE_ONNX_TYPES
     from ..format.export_dir import open_export
     from ..format.metadata import METADATA_KEY
 
@@ -48,8 +49,7 @@ def triton_model(export_dir: Union[str, Path]):
         helper.make_node("Constant", [], ["triton/state_axes"], value=helper.make_tensor("a", TensorProto.INT64, [2], [2, 3])),
         helper.make_node("Unsqueeze", ["triton/start_bool", "triton/state_axes"], ["triton/start4"]),
         helper.make_node("Constant", [], ["triton/zero"],  # of the state's dtype (float32 or bfloat16)
-                         value=helper.make_tensor("z", {"float32": TensorProto.FLOAT, "bfloat16": TensorProto.BFLOAT16}[
-                             meta.state[0].dtype], [], [0.0])),
+                         value=helper.make_tensor("z", STATE_ONNX_TYPES[meta.state[0].dtype], [], [0.0])),
         helper.make_node("Cast", ["READY"], ["triton/ready64"], to=TensorProto.INT64),
         helper.make_node("Mul", ["attention_mask", "triton/ready64"], ["triton/attention_mask"]),
         helper.make_node("Identity", ["CORRID"], ["sequence_id"]),
