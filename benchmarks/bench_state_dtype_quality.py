@@ -5,13 +5,14 @@
 1. The bundled model (examples/tiny_rfa.pt): held-out bits/byte over --bytes bytes of continuous decoding,
    one token per step, the state carried across the whole text (the held-out pydoc topics, repeated to the
    length), with the state stored as
-   - float32 (the reference), and bfloat16 through the model itself (config state_dtype = "bfloat16");
+   - float32 (the reference), and bfloat16 and int8 rows through the model itself (config state_dtype);
    - emulated on the float32 state after every step (not implemented as a storage format): bfloat16 with
-     stochastic rounding, int8 and fp8-e4m3 with one absmax scale per state row (F rows of Dv + 1).
+     stochastic rounding, fp8-e4m3 with one absmax scale per state row (F rows of Dv + 1).
 2. The op alone against float64: relative error of the output and of the state after 1k, 8k and 64k decode
    steps (one call per step, so one rounding per step: the worst case), for three gate regimes: fast gates
    (g ~ sigmoid(N(2, 0.5)) ~ 0.88), slow gates (sigmoid(N(7, 0.5)) ~ 0.999) and no gate; float32, bfloat16
-   rounded to nearest (what the kernels do), bfloat16 with stochastic rounding (emulated).
+   rounded to nearest (what the kernels do), int8 rows (the op's own storage), bfloat16 with stochastic
+   rounding (emulated).
 
 Writes state_dtype_quality.json to --out and prints both tables.
 """
@@ -28,6 +29,7 @@ from rfa_export.corpus import bytes_to_ids, pydoc_topics_split
 from rfa_export.model.checkpoint import load_checkpoint
 from rfa_export.model.lm import RFALanguageModel
 from rfa_export.ops.causal_gated_scan import bounded_readout
+from rfa_export.ops.causal_gated_scan.state_storage import narrow_state, widen_state
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKS = (1024, 8192, 65536)
@@ -49,8 +51,9 @@ def per_row(s: torch.Tensor, qmax: float, rnd) -> torch.Tensor:
     return rnd(s / scale) * scale
 
 
-def int8_rows(s):
-    return per_row(s, 127.0, torch.round)
+def int8_rows(s: torch.Tensor) -> torch.Tensor:
+    """Stored as the op stores an int8 state (power-of-two row scales), then widened back."""
+    return widen_state(narrow_state(s, torch.int8), s.shape[-1] - 1, s.dtype)
 
 
 def fp8_rows(s):
@@ -65,19 +68,20 @@ def model_bits_per_byte(n_bytes: int) -> dict:
     ids = bytes_to_ids(text[: n_bytes + 1])
     gen = torch.Generator().manual_seed(0)
     emulated = {"float32": None, "bfloat16, stochastic rounding (emulated)": lambda s: stochastic_bf16(s, gen),
-                "int8, per-row scale (emulated)": int8_rows, "fp8-e4m3, per-row scale (emulated)": fp8_rows}
+                "fp8-e4m3, per-row scale (emulated)": fp8_rows}
     names = list(emulated)
-    bf16_model = RFALanguageModel(type(model.config).from_dict({**model.config.to_dict(), "state_dtype": "bfloat16"}))
-    bf16_model.load_state_dict(model.state_dict())
-    bf16_model.eval()
+    stored = [model.with_state_dtype(d).eval() for d in ("bfloat16", "int8")]  # the model's own storage
     state = model.initial_state(len(names))
-    bf16_state = bf16_model.initial_state(1)
-    nll = torch.zeros(len(names) + 1, dtype=torch.float64)
+    stored_states = [m.initial_state(1) for m in stored]
+    nll = torch.zeros(len(names) + len(stored), dtype=torch.float64)
     marks = {}
     for t in range(n_bytes):
         logits, state = model(ids[t].expand(len(names), 1), state, torch.full((len(names), 1), t))
-        logits16, bf16_state = bf16_model(ids[t].view(1, 1), bf16_state, torch.full((1, 1), t))
-        logp = torch.log_softmax(torch.cat([logits[:, 0], logits16[:, 0]]).double(), -1)[:, ids[t + 1]]
+        rows = [logits[:, 0]]
+        for i, m in enumerate(stored):
+            out, stored_states[i] = m(ids[t].view(1, 1), stored_states[i], torch.full((1, 1), t))
+            rows.append(out[:, 0])
+        logp = torch.log_softmax(torch.cat(rows).double(), -1)[:, ids[t + 1]]
         nll -= logp
         for i, name in enumerate(names):
             if emulated[name] is not None:
@@ -85,8 +89,8 @@ def model_bits_per_byte(n_bytes: int) -> dict:
                     s[i] = emulated[name](s[i])
         if t + 1 in MARKS or t + 1 == n_bytes:
             marks[t + 1] = (nll / (t + 1) / math.log(2)).tolist()
-    columns = ["float32", "bfloat16 (state_dtype)"] + names[1:]
-    order = [0, len(names)] + list(range(1, len(names)))
+    columns = ["float32", "bfloat16 (state_dtype)", "int8 rows (state_dtype)"] + names[1:]
+    order = [0, len(names), len(names) + 1] + list(range(1, len(names)))
     return {"bytes": n_bytes, "columns": columns,
             "bits_per_byte": {str(k): [round(v[i], 5) for i in order] for k, v in marks.items()}}
 
@@ -99,7 +103,7 @@ def op_errors(steps: int, seed: int = 0) -> dict:
         gen = torch.Generator().manual_seed(seed)
         sr_gen = torch.Generator().manual_seed(seed + 1)
         ref = torch.zeros(B, H, F, Dv + 1, dtype=torch.float64)
-        kinds = {"float32": lambda s: s, "bfloat16": round_bf16,
+        kinds = {"float32": lambda s: s, "bfloat16": round_bf16, "int8 rows": int8_rows,
                  "bfloat16, stochastic rounding (emulated)": lambda s: stochastic_bf16(s, sr_gen)}
         states = {k: torch.zeros(B, H, F, Dv + 1) for k in kinds}
         errs = {k: {} for k in kinds}

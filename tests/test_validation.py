@@ -92,7 +92,7 @@ def config_cases():
                                lambda: RFASeq2SeqConfig(src_vocab_size=256))],
         "C18": [lambda: raises(ConfigError, r"max_source_length must be an integer in \[1, 1048576\], got 0",
                                lambda: RFASeq2SeqConfig(max_source_length=0))],
-        "C19": [bad(r"state_dtype must be one of float32, bfloat16, got 'float16'", state_dtype="float16"),
+        "C19": [bad(r"state_dtype must be one of float32, bfloat16, int8, got 'float16'", state_dtype="float16"),
                 bad(r"state_dtype 'bfloat16' needs a gated model", state_dtype="bfloat16", gated=False)],
         "C14": [bad(r"embed.weight of shape \(2147483647, 2\).* more than 2,147,483,647", vocab_size=2**31 - 1, d_model=2,
                     n_heads=1),

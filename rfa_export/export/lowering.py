@@ -16,9 +16,10 @@ from onnx import TensorProto, helper
 
 from ..format.config import DEFAULT_EPS
 from ..format.lowerings import LOWERINGS, lowering as registered_lowering
-from ..format.scan_op import DOMAIN, OP_TYPE, OVERLOAD
+from ..format.scan_op import DOMAIN, OP_TYPE, overload_of
 from .onnx_builder import NodeWriter, bounded_readout_nodes, concat_ints
 from .scan_function import causal_gated_scan_function
+from .state_storage_nodes import float_state_to_int8, int8_state_to_float
 
 BASE_OPSET = LOWERINGS["plugin"].opsets[""]
 LINEAR_ATTENTION_OPSET = LOWERINGS["onnx"].opsets[""]
@@ -46,16 +47,26 @@ def apply_lowering(model: onnx.ModelProto, lowering: str) -> onnx.ModelProto:
 def attach_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """plugin: the rfa nodes stay, each gets its overload, and the portable bodies are attached."""
     opset = next(o.version for o in model.opset_import if o.domain == "")
+    # the types torch.onnx recorded (no shape inference: the plugin lowering must not copy a large model)
+    shapes = {vi.name + ":type": vi.type.tensor_type.elem_type
+              for vi in list(model.graph.input) + list(model.graph.value_info)}
     used = set()
     for node in scan_nodes(model):
         gated = len(node.input) > 3 and node.input[3] != ""
-        node.overload = OVERLOAD[gated]
-        used.add(gated)
+        int8_state = _state_type(node, shapes) == TensorProto.INT8
+        node.overload = overload_of(gated, int8_state)
+        used.add((gated, int8_state))
     existing = {(f.domain, f.name, f.overload) for f in model.functions}
-    for gated in sorted(used):
-        if (DOMAIN, OP_TYPE, OVERLOAD[gated]) not in existing:
-            model.functions.append(causal_gated_scan_function(gated, opset))
+    for gated, int8_state in sorted(used):
+        if (DOMAIN, OP_TYPE, overload_of(gated, int8_state)) not in existing:
+            model.functions.append(causal_gated_scan_function(gated, opset, int8_state=int8_state))
     return model
+
+
+def _state_type(node: onnx.NodeProto, shapes: Dict[str, list]) -> int:
+    """The element type of a scan node's initial_state (float32 when it has none)."""
+    s0 = node.input[4] if len(node.input) > 4 else ""
+    return shapes.get(s0 + ":type", TensorProto.FLOAT) if s0 else TensorProto.FLOAT
 
 
 def to_standard_linear_attention(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -134,9 +145,12 @@ def _linear_attention_nodes(node, index: int, shapes, eps, lowering: str) -> Lis
     q3 = w.op("Reshape", qf, w.ints(0, 0, H * F))
     k3 = w.op("Reshape", kf, w.ints(0, 0, H * F))
     v3 = w.op("Reshape", vf, w.ints(0, 0, H * (Dv + 1)))
-    # a reduced-precision (bf16) state is widened for LinearAttention and rounded back below
-    reduced_state = bool(s0) and shapes.get(s0 + ":type", f32) != f32
-    past = w.op("Cast", s0, to=f32) if reduced_state else (s0 or "")
+    # a reduced-precision state is widened for LinearAttention and stored back below
+    state_type = _state_type(node, shapes)
+    if state_type == TensorProto.INT8:
+        past = int8_state_to_float(w, s0)
+    else:
+        past = w.op("Cast", s0, to=f32) if state_type != f32 else (s0 or "")
     inputs = [q3, k3, v3, past, decay if g is not None else ""]
     attrs = dict(q_num_heads=H, kv_num_heads=H, scale=1.0, update_rule="gated" if g is not None else "linear")
     domain = "com.microsoft" if lowering == "ort" else ""
@@ -147,7 +161,10 @@ def _linear_attention_nodes(node, index: int, shapes, eps, lowering: str) -> Lis
     eps_c = w.const(DEFAULT_EPS if eps is None else eps, np.float32, "eps")
     out = bounded_readout_nodes(w, num, den, eps_c)
     w.nodes.append(helper.make_node("CastLike", [out, v], [out_name], name=f"scan{index}/out"))
-    if reduced_state:
+    if state_type == TensorProto.INT8:
+        w.nodes.append(helper.make_node("Identity", [float_state_to_int8(w, present)], [state_name],
+                                        name=f"scan{index}/state"))
+    elif state_type != f32:
         w.nodes.append(helper.make_node("CastLike", [present, s0], [state_name], name=f"scan{index}/state"))
     else:
         w.nodes.append(helper.make_node("Identity", [present], [state_name], name=f"scan{index}/state"))

@@ -9,8 +9,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..format.scan_op import DEFAULT_EPS, DOMAIN, INPUTS, OP_TYPE, OP_VERSION, OUTPUTS, OVERLOAD, PLUGIN_ATTRIBUTES
+from ..format.scan_op import (DEFAULT_EPS, DOMAIN, INPUTS, OP_TYPE, OP_VERSION, OUTPUTS, OVERLOAD, PLUGIN_ATTRIBUTES,
+                              overload_of)
 from .onnx_builder import NodeWriter, bounded_readout_nodes, concat_ints
+from .state_storage_nodes import float_state_to_int8, int8_state_to_float
 
 __all__ = ["DOMAIN", "OP_TYPE", "OP_VERSION", "OVERLOAD", "PLUGIN_ATTRIBUTES", "causal_gated_scan_function"]
 DEFAULT_CHUNK = 16
@@ -32,11 +34,17 @@ def _chunk_scan_body() -> onnx.GraphProto:
     )
 
 
-def causal_gated_scan_function(gated: bool, opset: int, chunk: int = DEFAULT_CHUNK) -> onnx.FunctionProto:
-    """FunctionProto rfa::CausalGatedScan (overload "gated" or "ungated"); docs/op_contract.md.
+def causal_gated_scan_function(gated: bool, opset: int, chunk: int = DEFAULT_CHUNK,
+                               int8_state: bool = False) -> onnx.FunctionProto:
+    """FunctionProto rfa::CausalGatedScan (overload "gated", "ungated" or, for an int8-row state,
+    "gated_int8_state"); docs/op_contract.md.
 
-    The initial_state input must be present (the exporter passes zeros where the model has none).
+    The initial_state input must be present (the exporter passes zeros where the model has none). A float
+    state (fp32 or bf16) is widened by Cast and stored by CastLike, so one body serves both; an int8 state
+    needs its own body (decoding and encoding its rows).
     """
+    if int8_state and not gated:
+        raise ValueError("an int8 state needs a gated scan (docs/op_contract.md, State dtype)")
     w = NodeWriter("")
     f32 = TensorProto.FLOAT
     zero, one = w.const(0.0, np.float32, "zero"), w.const(1.0, np.float32, "one")
@@ -97,7 +105,8 @@ def causal_gated_scan_function(gated: bool, opset: int, chunk: int = DEFAULT_CHU
     chunk_decay = w.op("Unsqueeze", w.op("Gather", from_start, last, axis=2), w.ints(-1, -2))  # [N, BH, 1, 1]
     qd = w.op("Mul", qc, w.op("Unsqueeze", from_start, w.ints(-1)))
 
-    s0 = w.op("Reshape", w.op("Cast", "initial_state", to=f32), concat_ints(w, [BH, F, Dv1]))
+    s0 = int8_state_to_float(w, "initial_state") if int8_state else w.op("Cast", "initial_state", to=f32)
+    s0 = w.op("Reshape", s0, concat_ints(w, [BH, F, Dv1]))
     s_final, inter = w.op("Scan", s0, qd, updates, chunk_decay, outputs=2, num_scan_inputs=3, body=_chunk_scan_body())
 
     o = w.op("Add", intra, inter)
@@ -109,8 +118,11 @@ def causal_gated_scan_function(gated: bool, opset: int, chunk: int = DEFAULT_CHU
     out = w.op("Transpose", w.op("Reshape", out, concat_ints(w, [B, H, T, Dv])), perm=[0, 2, 1, 3])
     w.nodes.append(helper.make_node("CastLike", [out, "v"], ["out"], name="n_out"))
     s_final = w.op("Reshape", s_final, concat_ints(w, [B, H, F, Dv1]))
-    # the state is stored in initial_state's dtype (fp32 or bf16), rounded once here
-    w.nodes.append(helper.make_node("CastLike", [s_final, "initial_state"], ["final_state"], name="n_state"))
+    # the state is stored in initial_state's dtype (fp32, bf16 or int8 rows), rounded once here
+    if int8_state:
+        w.nodes.append(helper.make_node("Identity", [float_state_to_int8(w, s_final)], ["final_state"], name="n_state"))
+    else:
+        w.nodes.append(helper.make_node("CastLike", [s_final, "initial_state"], ["final_state"], name="n_state"))
 
     fn = helper.make_function(
         DOMAIN, OP_TYPE, INPUTS, OUTPUTS, w.nodes, [helper.make_opsetid("", opset)],
@@ -118,5 +130,5 @@ def causal_gated_scan_function(gated: bool, opset: int, chunk: int = DEFAULT_CHU
         doc_string="rfa::CausalGatedScan v1 (docs/op_contract.md): portable chunked body.",
     )
     fn.attribute_proto.append(helper.make_attribute("eps", DEFAULT_EPS))
-    fn.overload = OVERLOAD[gated]
+    fn.overload = overload_of(gated, int8_state)
     return fn

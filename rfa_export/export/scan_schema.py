@@ -9,7 +9,7 @@ from ..ops.causal_gated_scan import DEFAULT_EPS
 from ..format.scan_op import DOMAIN, OP_TYPE, OP_VERSION, PLUGIN_ATTRIBUTES
 
 _ACTIVATIONS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
-_STATES = ["tensor(float)", "tensor(bfloat16)"]
+_STATES = ["tensor(float)", "tensor(bfloat16)", "tensor(int8)"]
 
 
 def register_scan_schema() -> None:
@@ -33,7 +33,7 @@ def register_scan_schema() -> None:
             param("initial_state", "S", param_option=optional),
         ],
         outputs=[param("out", "A"), param("final_state", "S")],
-        type_constraints=[("A", _ACTIVATIONS, "activations"), ("S", _STATES, "state: fp32, or bf16 storage")],
+        type_constraints=[("A", _ACTIVATIONS, "activations"), ("S", _STATES, "state: fp32, or bf16 or int8-row storage")],
         attributes=attributes,
     )
     onnx.defs.register_schema(schema)

@@ -15,9 +15,9 @@ from .feature_maps import FEATURE_MAPS
 DEFAULT_EPS = 1e-3  # the op's normaliser constant (docs/op_contract.md)
 POSITIONAL_SCHEMES = ("sinusoidal", "none")
 # dtypes the recurrent state may be kept in between calls (docs/op_contract.md, "State dtype")
-STATE_DTYPES = ("float32", "bfloat16")
-# their ONNX element types (onnx.TensorProto.FLOAT, BFLOAT16), for graphs and IO bindings built around a state
-STATE_ONNX_TYPES = {"float32": 1, "bfloat16": 16}
+STATE_DTYPES = ("float32", "bfloat16", "int8")
+# their ONNX element types (onnx.TensorProto.FLOAT, BFLOAT16, INT8), for graphs and IO bindings built around a state
+STATE_ONNX_TYPES = {"float32": 1, "bfloat16": 16, "int8": 3}
 # TensorRT's largest tensor volume and the kernels' int32 element offsets; also int32 token ids (genai, TensorRT)
 MAX_TENSOR_ELEMENTS = 2**31 - 1
 
@@ -107,7 +107,8 @@ class RFAConfig:
             raise ConfigError(f"config field state_dtype must be one of {', '.join(STATE_DTYPES)}, got {self.state_dtype!r}")
         if self.state_dtype != "float32" and not self.gated:
             raise ConfigError(f"config field state_dtype {self.state_dtype!r} needs a gated model: an ungated state sums "
-                              "without forgetting, and bf16 storage loses the small updates (BENCHMARKS.md, State dtype)")
+                              "without forgetting, and reduced-precision storage loses the small updates (BENCHMARKS.md, "
+                              "State dtype)")
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ffn", "num_features", "dropout",
                      "normaliser_eps", "layer_norm_eps"):
             check_range("config", name, getattr(self, name))
@@ -136,8 +137,9 @@ class RFAConfig:
 
     @property
     def state_shape(self) -> tuple:
-        """Per-layer state without the batch axis: (H, F, Dv + 1)."""
-        return (self.n_heads, self.feature_size, self.head_dim + 1)
+        """Per-layer state without the batch axis: (H, F, Dv + 1), or (H, F, Dv + 2) for int8 rows (the row
+        exponent in the last column)."""
+        return (self.n_heads, self.feature_size, self.head_dim + (2 if self.state_dtype == "int8" else 1))
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

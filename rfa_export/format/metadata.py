@@ -49,6 +49,10 @@ class StateSpec:
     layout: str = "[S | z]: S in columns 0..Dv-1, the normaliser z in column Dv (docs/op_contract.md)"
 
 
+INT8_ROWS_LAYOUT = ("[S | z | e] int8 rows: codes of S in columns 0..Dv-1 and of z in column Dv, the row's exponent e "
+                    "in column Dv+1; an entry is code * 2^e (docs/op_contract.md)")
+
+
 @dataclass
 class ExportMetadata:
     lowering: str
@@ -169,8 +173,9 @@ def input_names(config: RFAConfig) -> List[str]:
 
 
 def describe_state(config: RFAConfig) -> List[StateSpec]:
-    return [StateSpec(i, STATE_IN.format(i), STATE_OUT.format(i), ["batch", *config.state_shape], config.state_dtype)
-            for i in range(config.n_layers)]
+    extra = {"layout": INT8_ROWS_LAYOUT} if config.state_dtype == "int8" else {}
+    return [StateSpec(i, STATE_IN.format(i), STATE_OUT.format(i), ["batch", *config.state_shape], config.state_dtype,
+                      **extra) for i in range(config.n_layers)]
 
 
 def describe_export(config: RFAConfig, lowering: str, dtype: str, opsets: Dict[str, int], producer: str,

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..ops.lm_decode_step import LayerWeights, LMStepWeights, lm_decode_step_
+from ..ops.causal_gated_scan.state_storage import narrow_state
 from ..ops.positions import sinusoidal_positions
 from .attention import CausalRFASelfAttention
 from .config import RFAConfig
@@ -94,8 +95,8 @@ class RFALanguageModel(nn.Module):
         return getattr(torch, self.config.state_dtype)
 
     def with_state_dtype(self, state_dtype: str) -> "RFALanguageModel":
-        """This model storing its state as state_dtype ("float32" or "bfloat16"; the config is checked again:
-        bf16 needs a gate). The same object when nothing changes, otherwise a copy sharing no parameters."""
+        """This model storing its state as state_dtype ("float32", "bfloat16" or "int8"; the config is checked
+        again: a reduced-precision state needs a gate). The same object when nothing changes, otherwise a copy sharing no parameters."""
         config = RFAConfig.from_dict({**self.config.to_dict(), "state_dtype": state_dtype})
         if config == self.config:
             return self
@@ -104,7 +105,7 @@ class RFALanguageModel(nn.Module):
         return converted.train(self.training)
 
     def initial_state(self, batch_size: int, device=None) -> State:
-        """Zeros, one tensor [B, H, F, dh + 1] of state_dtype per layer."""
+        """Zeros, one tensor [B, *config.state_shape] of state_dtype per layer."""
         return [torch.zeros((batch_size, *self.config.state_shape), device=device, dtype=self.state_dtype)
                 for _ in self.blocks]
 
@@ -124,7 +125,7 @@ class RFALanguageModel(nn.Module):
         """
         Args:
             input_ids: [B, T] int64.
-            state: per-layer [B, H, F, dh + 1] of state_dtype, or None for an empty context.
+            state: per-layer [B, *config.state_shape] of state_dtype, or None for an empty context.
             position_ids: [B, T] int64 absolute positions (default 0..T-1).
             attention_mask: [B, T], 0 on padding positions (which leave the state unchanged).
             inplace_state: overwrite the given state tensors instead of returning new ones (decoding loops).
@@ -145,7 +146,7 @@ class RFALanguageModel(nn.Module):
             x, h, s = block.forward_normed(x, h, None if state is None else state[i], attention_mask, inplace_state,
                                            norms[i + 1])
             if state is None and self.config.state_dtype != "float32":
-                s = s.to(self.state_dtype)  # from an empty context the scan returns its accumulation dtype
+                s = narrow_state(s, self.state_dtype)  # from an empty context the scan returns its accumulation dtype
             new_state.append(s)
         return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
 

@@ -79,13 +79,14 @@ class DecoderBackend(abc.ABC):
 
     @abc.abstractmethod
     def to_host(self, state: State) -> List[np.ndarray]:
-        """The state as float32 numpy arrays, in spec.state order (the portable form, whatever the state's
-        storage dtype: bfloat16 widens exactly)."""
+        """The state as float32 numpy arrays, in spec.state order: the portable form, its stored entries in
+        float32 whatever the storage dtype (exact: bfloat16 widens, int8 rows keep their codes and exponents;
+        runtime/state_values.py gives the values these stand for)."""
 
     @abc.abstractmethod
     def from_host(self, arrays: Sequence[np.ndarray]) -> State:
-        """Backend-native state from float32 numpy arrays in spec.state order (rounded to a reduced storage
-        dtype)."""
+        """Backend-native state from float32 numpy arrays in spec.state order (the portable form of to_host;
+        rounded to a reduced float storage dtype)."""
 
     def state_shapes(self, state: State) -> List[Tuple[Tuple[int, ...], str]]:
         """(shape, numpy dtype name) of each state tensor, without moving it (device backends override)."""

@@ -16,9 +16,9 @@ from ..format.config import STATE_ONNX_TYPES
 from ..format.export_dir import open_export
 from .backend import DecoderBackend, InputError
 
-_NUMPY = {"float32": np.float32, "int64": np.int64}
+_NUMPY = {"float32": np.float32, "int64": np.int64, "int8": np.int8}
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
-              "tensor(bfloat16)": "bfloat16"}
+              "tensor(bfloat16)": "bfloat16", "tensor(int8)": "int8"}
 
 
 def _storage_dtype(name: str):
@@ -116,8 +116,8 @@ class OnnxRuntimeBackend(DecoderBackend):
         return logits, outputs
 
     def _run_host_bound(self, feeds, state):
-        """CPU with a bfloat16 state: onnxruntime's Python API has no numpy bfloat16, so the state arrays are
-        bound by address with their ONNX element type."""
+        """CPU with a reduced-precision state: onnxruntime's Python API has no numpy bfloat16, so the state arrays
+        are bound by address with their ONNX element type (int8 rows the same way, for one path)."""
         io = self.session.io_binding()
         for name, array in feeds.items():
             io.bind_cpu_input(name, array)

@@ -24,6 +24,9 @@ Shapes = Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]]
 PLUGIN_ENV = "RFA_TRT_PLUGIN"
 
 
+PLUGIN_STATE_DTYPES = ("float32", "bfloat16")  # what the plugin's kernels store (docs/op_contract.md)
+
+
 class TensorRTUnavailable(RuntimeError):
     pass
 
@@ -82,14 +85,17 @@ class TensorRTBackend(DecoderBackend):
     def __init__(self, out_dir: Union[str, Path], plugin_library: Union[str, Path, None] = None,
                  engine_cache: Union[str, Path, None] = None, max_batch: int = 64, max_sequence: int = 4096,
                  opt_batch: int = 1, opt_sequence: int = 1, workspace_bytes: int = 4 << 30, device_id: int = 0):
+        out_dir = Path(out_dir)
+        export = open_export(out_dir)
+        if export.meta.state and export.meta.state[0].dtype not in PLUGIN_STATE_DTYPES:
+            raise ValueError(f"{out_dir}: the TensorRT plugin takes a {' or '.join(PLUGIN_STATE_DTYPES)} state, not "
+                             f"{export.meta.state[0].dtype}; run it on onnxruntime (CPU) or torch, or re-export")
         try:
             import tensorrt as trt
         except ImportError:
             raise TensorRTUnavailable("TensorRT not installed (pip install 'rfa-export[trt]' with NVIDIA's index)") from None
         import torch
 
-        out_dir = Path(out_dir)
-        export = open_export(out_dir)
         self.spec = export.meta
         self.tokenizer_path = export.tokenizer_path
         self.trt, self.torch = trt, torch
@@ -184,7 +190,7 @@ class TensorRTBackend(DecoderBackend):
 
     @property
     def _state_dtype(self):
-        return getattr(self.torch, self.spec.state[0].dtype)  # config.state_dtype: float32 or bfloat16
+        return getattr(self.torch, self.spec.state[0].dtype)  # config.state_dtype
 
     def to_host(self, state) -> List[np.ndarray]:
         return [s.detach().to("cpu", self.torch.float32).numpy() for s in state]

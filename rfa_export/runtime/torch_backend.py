@@ -38,8 +38,10 @@ class TorchBackend(DecoderBackend):
         self.model = model.to(self.device, _TORCH_DTYPES[dtype]).eval()
         self.spec = describe_export(model.config, TORCH_LOWERING, dtype, {}, f"rfa-export {__version__}")
         self.tokenizer_path = None if tokenizer is None else Path(tokenizer)
-        # the fp64 reference keeps a float64 state; otherwise the model's storage dtype (config.state_dtype)
-        self._state_dtype = torch.float64 if dtype == "fp64" else self.model.state_dtype
+        # the fp64 reference keeps a float64 state, unless the model stores a reduced-precision one: then that
+        # storage, which the float64 scan widens on load and rounds once per call, as the contract says
+        fp64_state = dtype == "fp64" and self.model.config.state_dtype == "float32"
+        self._state_dtype = torch.float64 if fp64_state else self.model.state_dtype
 
     @torch.no_grad()
     def _run(self, input_ids, attention_mask, position_ids, state):
@@ -47,16 +49,13 @@ class TorchBackend(DecoderBackend):
         mask = torch.tensor(np.asarray(attention_mask), dtype=torch.int64, device=self.device)
         pos = None if position_ids is None else torch.tensor(np.asarray(position_ids), dtype=torch.int64, device=self.device)
         logits, new_state = self.model(ids, list(state), pos, mask[:, mask.shape[1] - ids.shape[1]:])
-        if self._state_dtype == torch.float64 and self.model.config.state_dtype != "float32":
-            # the fp64 reference of a reduced-precision state: rounded once per call, as the contract says
-            new_state = [s.to(self.model.state_dtype).double() for s in new_state]
         return logits.float().cpu().numpy(), new_state
 
     def to_host(self, state) -> List[np.ndarray]:
         return [s.detach().to("cpu", torch.float32).numpy() for s in state]
 
     def from_host(self, arrays: Sequence[np.ndarray]):
-        return [torch.tensor(np.asarray(a), device=self.device, dtype=self._state_dtype) for a in arrays]
+        return [torch.tensor(np.asarray(a, dtype=np.float32), device=self.device).to(self._state_dtype) for a in arrays]
 
     def zeros_state(self, batch: int):
         return [torch.zeros([batch, *s.shape[1:]], device=self.device, dtype=self._state_dtype) for s in self.spec.state]

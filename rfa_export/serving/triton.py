@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 CONFIG_FILE = "config.pbtxt"
-TRITON_STATE_TYPES = {"float32": "TYPE_FP32", "bfloat16": "TYPE_BF16"}  # StateSpec.dtype -> Triton data_type
+TRITON_STATE_TYPES = {"float32": "TYPE_FP32", "bfloat16": "TYPE_BF16", "int8": "TYPE_INT8"}  # StateSpec.dtype -> Triton data_type
 
 
 def _sanitize(name: str) -> str:

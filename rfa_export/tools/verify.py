@@ -10,6 +10,7 @@ import numpy as np
 from ..corpus import pydoc_topics_split
 from ..format.config import STATE_DTYPES
 from ..format.export_dir import open_export
+from ..runtime.state_values import state_values
 from ..model.checkpoint import load_checkpoint
 from ..runtime.backend import DecoderBackend
 from ..runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -20,6 +21,9 @@ TOLERANCES = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 2e-2}
 # a bfloat16 state (docs/op_contract.md): onnxruntime's and the reference's states each round once per call and
 # may land an ulp (up to 2^-7 relative) apart, which later steps can carry: two ulps
 BF16_STATE_TOLERANCE = 2.0**-6
+# an int8-row state: one code step is at most 2/127 of its row's largest entry; two steps, as for bf16
+INT8_STATE_TOLERANCE = 4 / 127
+REDUCED_STATE_TOLERANCES = {"bfloat16": BF16_STATE_TOLERANCE, "int8": INT8_STATE_TOLERANCE}
 
 
 class VerifyError(ValueError):
@@ -65,6 +69,10 @@ def compare_backends(backend: DecoderBackend, reference: DecoderBackend, prompts
     choice, so both see the same inputs) one at a time, carrying each backend's own state."""
     rows = []
     names = [s.output for s in backend.spec.state]
+    dtypes = [s.dtype for s in backend.spec.state]
+
+    def values(b: DecoderBackend, state) -> List[np.ndarray]:  # what the states stand for, not their codes
+        return [state_values(a, d) for a, d in zip(b.to_host(state), dtypes)]
     for case, ids in prompts.items():
         B, T = ids.shape
         positions = np.broadcast_to(np.arange(T), (B, T)) if backend.needs_positions else None
@@ -73,7 +81,7 @@ def compare_backends(backend: DecoderBackend, reference: DecoderBackend, prompts
         ref_logits, ref_state = reference.run(ids, mask, positions, reference.zeros_state(B))
         rows.append(_compare(f"{case} prefill T={T}", "logits", got_logits, ref_logits))
         rows += [_compare(f"{case} prefill T={T}", n, g, r)
-                 for n, g, r in zip(names, backend.to_host(got_state), reference.to_host(ref_state))]
+                 for n, g, r in zip(names, values(backend, got_state), values(reference, ref_state))]
         step_rows: Dict[str, Comparison] = {}
         token = ref_logits[:, -1].argmax(-1)
         for step in range(decode_steps):
@@ -82,7 +90,8 @@ def compare_backends(backend: DecoderBackend, reference: DecoderBackend, prompts
             one = np.ones((B, 1), np.int64)
             got_logits, got_state = backend.run(tok, one, pos, got_state)
             ref_logits, ref_state = reference.run(tok, one, pos, ref_state)
-            pairs = [("logits", got_logits, ref_logits)] + list(zip(names, backend.to_host(got_state), reference.to_host(ref_state)))
+            pairs = [("logits", got_logits, ref_logits)] + list(zip(names, values(backend, got_state),
+                                                                    values(reference, ref_state)))
             for n, g, r in pairs:
                 c = _compare(f"{case} {decode_steps} decode steps", n, g, r)
                 if n not in step_rows or c.max_rel > step_rows[n].max_rel:
@@ -138,8 +147,8 @@ def verify_export(out_dir, checkpoint, lengths: Sequence[int] = (1, 7, 64), deco
     reference = TorchBackend(model, dtype="fp64")
     if tolerance is None:
         tolerance = TOLERANCES[meta.dtype]
-        if meta.state[0].dtype == "bfloat16":  # the reference rounds its state too; the two may round apart by an ulp
-            tolerance = max(tolerance, BF16_STATE_TOLERANCE)
+        # the reference rounds its state too; the two may round apart by a step
+        tolerance = max(tolerance, REDUCED_STATE_TOLERANCES.get(meta.state[0].dtype, 0.0))
     report = VerifyReport(tolerance)
     report.rows = compare_backends(backend, reference, default_prompts(meta.vocab_size, lengths, batch, seed), decode_steps)
     return report

@@ -6,6 +6,7 @@ import torch
 
 from .naive import accumulation_dtype, final_state_dtype
 from .readout import DEFAULT_EPS, bounded_readout
+from .state_storage import narrow_state, widen_state
 
 DEFAULT_CHUNK_SIZE = 64
 
@@ -46,10 +47,10 @@ def chunk_causal_gated_scan(
 
     Args:
         q, k: [B, T, H, F]; v: [B, T, H, Dv]; g: [B, T, H] or None;
-        initial_state: [B, H, F, Dv + 1] or None.
+        initial_state: [B, H, F, Dv + 1] ([B, H, F, Dv + 2] int8) or None.
     Returns:
-        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] in initial_state's dtype (the
-        accumulation dtype when None).
+        out [B, T, H, Dv] in v's dtype, final_state in initial_state's dtype and layout (the accumulation
+        dtype, [B, H, F, Dv + 1], when None).
     """
     B, T, H, F = q.shape
     Dv = v.shape[-1]
@@ -58,9 +59,10 @@ def chunk_causal_gated_scan(
     if initial_state is None:
         state = q.new_zeros((B, H, F, Dv + 1), dtype=acc)
     else:
-        state = initial_state.to(acc)
+        state = widen_state(initial_state, Dv, acc)
     if T == 0:
-        return v.new_zeros((B, 0, H, Dv)), state.to(state_dtype, copy=True)
+        kept = initial_state if initial_state is not None else state
+        return v.new_zeros((B, 0, H, Dv)), kept.clone()
 
     C = max(1, min(chunk_size, T))
     N = -(-T // C)
@@ -105,4 +107,4 @@ def chunk_causal_gated_scan(
 
     out = out.reshape(B, H, N * C, Dv + 1)[:, :, :T]
     out = bounded_readout(out[..., :Dv], out[..., Dv], eps)
-    return out.transpose(1, 2).to(v.dtype), state.to(state_dtype)
+    return out.transpose(1, 2).to(v.dtype), narrow_state(state, state_dtype)

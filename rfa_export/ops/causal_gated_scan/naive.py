@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 import torch
 
 from .readout import DEFAULT_EPS, bounded_readout
+from .state_storage import narrow_state, widen_state
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -33,11 +34,12 @@ def naive_causal_gated_scan(
         k: [B, T, H, F] key features.
         v: [B, T, H, Dv] values.
         g: [B, T, H] gate in [0, 1], or None (ungated).
-        initial_state: [B, H, F, Dv + 1] (S in the first Dv columns, z in the last), or None (zeros).
+        initial_state: [B, H, F, Dv + 1] (S in the first Dv columns, z in the last), or None (zeros); an int8
+            state is [B, H, F, Dv + 2] (state_storage.py).
         eps: normaliser constant.
     Returns:
-        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] in initial_state's dtype (the
-        accumulation dtype when None): widened on entry, rounded once on return.
+        out [B, T, H, Dv] in v's dtype, final_state in initial_state's dtype and layout (the accumulation
+        dtype, [B, H, F, Dv + 1], when None): widened on entry, rounded once on return.
     """
     B, T, H, F = q.shape
     Dv = v.shape[-1]
@@ -46,8 +48,9 @@ def naive_causal_gated_scan(
         S = q.new_zeros((B, H, F, Dv), dtype=acc)
         z = q.new_zeros((B, H, F), dtype=acc)
     else:
-        S = initial_state[..., :Dv].to(acc).clone()
-        z = initial_state[..., Dv].to(acc).clone()
+        wide = widen_state(initial_state, Dv, acc)
+        S = wide[..., :Dv].clone()
+        z = wide[..., Dv].clone()
     outs = []
     for t in range(T):
         qt, kt, vt = q[:, t].to(acc), k[:, t].to(acc), v[:, t].to(acc)
@@ -64,4 +67,4 @@ def naive_causal_gated_scan(
         outs.append(bounded_readout(num, den, eps))
     out = torch.stack(outs, dim=1) if outs else v.new_zeros((B, 0, H, Dv), dtype=acc)
     final_state = torch.cat([S, z.unsqueeze(-1)], dim=-1)
-    return out.to(v.dtype), final_state.to(final_state_dtype(q.dtype, initial_state))
+    return out.to(v.dtype), narrow_state(final_state, final_state_dtype(q.dtype, initial_state))

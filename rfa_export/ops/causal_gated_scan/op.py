@@ -8,6 +8,7 @@ from .chunk import chunk_causal_gated_scan
 from .cuda import cuda_causal_gated_scan, kernel_supports
 from .naive import final_state_dtype
 from .readout import DEFAULT_EPS
+from .state_storage import state_columns
 from .validate import check_scan_inputs
 
 
@@ -24,9 +25,11 @@ def causal_gated_scan(
 
     Args:
         q: [B, T, H, F] query features; k: [B, T, H, F] key features; v: [B, T, H, Dv];
-        g: [B, T, H] gate or None; initial_state: [B, H, F, Dv + 1] fp32 or bf16, or None.
+        g: [B, T, H] gate or None; initial_state: [B, H, F, Dv + 1] fp32 or bf16, [B, H, F, Dv + 2] int8,
+        or None.
     Returns:
-        out [B, T, H, Dv] in v's dtype, final_state [B, H, F, Dv + 1] in initial_state's dtype (fp32 if None).
+        out [B, T, H, Dv] in v's dtype, final_state in initial_state's dtype and shape (fp32 [B, H, F, Dv + 1]
+        if None).
     """
     check_scan_inputs(q, k, v, g, initial_state)
     if q.is_cuda and q.shape[1] > 0 and kernel_supports(q, v, initial_state):
@@ -42,7 +45,8 @@ def _(q, k, v, g=None, initial_state=None, eps=DEFAULT_EPS):
     B, T, H, F = q.shape
     Dv = v.shape[-1]
     out = v.new_empty((B, T, H, Dv))
-    state = q.new_empty((B, H, F, Dv + 1), dtype=final_state_dtype(q.dtype, initial_state))
+    dtype = final_state_dtype(q.dtype, initial_state)
+    state = q.new_empty((B, H, F, state_columns(Dv, dtype)), dtype=dtype)
     return out, state
 
 
@@ -84,7 +88,7 @@ def causal_gated_scan_(
     state: torch.Tensor,
     eps: float = DEFAULT_EPS,
 ) -> torch.Tensor:
-    """In-place variant for decoding loops: `state` [B, H, F, Dv + 1] fp32 or bf16 is read as the initial state
+    """In-place variant for decoding loops: `state` (fp32, bf16 or int8 rows) is read as the initial state
     and overwritten with the final one (the CUDA kernels alias input and output; elsewhere a copy). Returns out."""
     check_scan_inputs(q, k, v, g, state)
     if q.is_cuda and q.shape[1] > 0 and kernel_supports(q, v, state):

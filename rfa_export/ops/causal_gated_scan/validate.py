@@ -4,9 +4,11 @@ from typing import Optional
 
 import torch
 
+from .state_storage import state_columns
+
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # the state's storage dtypes beside the accumulation dtype (docs/op_contract.md, "State dtype")
-REDUCED_STATE_DTYPES = (torch.bfloat16,)
+REDUCED_STATE_DTYPES = (torch.bfloat16, torch.int8)
 
 
 def check_scan_inputs(
@@ -19,7 +21,7 @@ def check_scan_inputs(
     """Raise ValueError naming the first input that breaks docs/op_contract.md.
 
     float64 is accepted beside fp32/fp16/bf16 for reference testing (the state is then float64). The state
-    is fp32 (float64 for float64 activations) or bf16 storage.
+    is fp32 (float64 for float64 activations), bf16 or int8-row storage ([.., F, Dv + 2]).
     """
     if q.dim() != 4:
         raise ValueError(f"q_feat must be [B, T, H, F], got shape {tuple(q.shape)}")
@@ -37,11 +39,13 @@ def check_scan_inputs(
         raise ValueError(f"g must be [B, T, H] = [{B}, {T}, {H}], got {tuple(g.shape)}")
     if initial_state is not None:
         Dv = v.shape[-1]
-        if tuple(initial_state.shape) != (B, H, F, Dv + 1):
-            raise ValueError(
-                f"initial_state must be [B, H, F, Dv + 1] = [{B}, {H}, {F}, {Dv + 1}], "
-                f"got {tuple(initial_state.shape)}"
-            )
         want = (torch.float64 if q.dtype == torch.float64 else torch.float32,) + REDUCED_STATE_DTYPES
         if initial_state.dtype not in want:
             raise ValueError(f"initial_state dtype must be one of {', '.join(map(str, want))}, got {initial_state.dtype}")
+        cols = state_columns(Dv, initial_state.dtype)
+        if tuple(initial_state.shape) != (B, H, F, cols):
+            width = "Dv + 2" if cols == Dv + 2 else "Dv + 1"
+            raise ValueError(
+                f"initial_state must be [B, H, F, {width}] = [{B}, {H}, {F}, {cols}] as {initial_state.dtype}, "
+                f"got {tuple(initial_state.shape)}"
+            )
