@@ -6,7 +6,7 @@ Both models: d_model 1024, 16 heads (head dim 64), 8 layers, FFN 4096, vocab 320
 activations. RFA: gated, F = 128 random features, fp32 state, one step = RFALanguageModel.step with greedy
 decoding: at batch 1 one persistent kernel for the whole step (ops/lm_decode_step; the layer-by-layer path
 is measured beside it), at larger batches one or more kernels per layer; beside it the same model with a
-bf16 state (state_dtype bfloat16; at batch 1 layer by layer). Softmax (baseline): the same blocks with softmax attention, a static bf16 KV cache
+bf16 state and with an int8-row state (state_dtype bfloat16 / int8; at batch 1 layer by layer). Softmax (baseline): the same blocks with softmax attention, a static bf16 KV cache
 filled to the context length, SDPA over it. Both run their residual adds and layer norms through the same
 fused kernel (rfa_export/model/residual_norm.py) and their linear layers through the same decode-sized
 Triton kernel (rfa_export/model/linear_layers.py), launched as programmatic dependent launches on Hopper,
@@ -62,8 +62,12 @@ def time_graph(step, warmup=3, reps=50):
 def rfa_step_ms(model, batch, layer_by_layer=False, state_dtype=torch.float32):
     """model.step with greedy decoding (at batch 1 one kernel for the whole step, ops/lm_decode_step);
     layer_by_layer: the model's forward instead, one or more kernels per layer (the path of larger batches).
-    state_dtype bfloat16: the state stored as bf16 (config state_dtype; the one-kernel B1 step takes fp32 only)."""
-    states = [(torch.rand(batch, *CONFIG.state_shape, device="cuda") * 0.01).to(state_dtype) for _ in range(CONFIG.n_layers)]
+    state_dtype bfloat16 / int8: the state stored as bf16 / int8 rows (config state_dtype; the one-kernel B1 step
+    takes fp32 only)."""
+    from rfa_export.ops.causal_gated_scan.state_storage import narrow_state
+
+    states = [narrow_state(torch.rand(batch, *CONFIG.state_shape, device="cuda") * 0.01, state_dtype)
+              for _ in range(CONFIG.n_layers)]
     token = torch.randint(0, CONFIG.vocab_size, (batch,), device="cuda")
     pos = torch.zeros(batch, dtype=torch.long, device="cuda")
 
@@ -185,17 +189,20 @@ def main():
         rfa_ms, rfa_gb = measure(rfa_step_ms, rfa, batch)  # the state does not grow with the context
         layers_ms = measure(rfa_step_ms, rfa, batch, True)[0] if batch == 1 else rfa_ms
         bf16_ms, bf16_gb = measure(rfa_step_ms, rfa, batch, batch == 1, torch.bfloat16)
+        int8_ms, int8_gb = measure(rfa_step_ms, rfa, batch, batch == 1, torch.int8)
         if batch == 1:
             print(f"B=1 RFA one-kernel step {rfa_ms * 1e3:.1f} µs, layer by layer {layers_ms * 1e3:.1f} µs", flush=True)
         for context in contexts:
             soft_ms, soft_gb = measure(softmax_step_ms, soft, batch, context)
             rows.append({"batch": batch, "context": context, "rfa_ms": rfa_ms, "rfa_layer_by_layer_ms": layers_ms,
                          "rfa_peak_gib": rfa_gb, "rfa_bf16_state_ms": bf16_ms, "rfa_bf16_state_peak_gib": bf16_gb,
+                         "rfa_int8_state_ms": int8_ms, "rfa_int8_state_peak_gib": int8_gb,
                          "softmax_ms": soft_ms, "softmax_peak_gib": soft_gb, "speedup": soft_ms / rfa_ms})
             r = rows[-1]
             print(f"B={batch:3d} context={context:6d}  RFA {r['rfa_ms'] * 1e3:8.1f} µs ({batch / r['rfa_ms'] * 1e3:9.0f} tok/s, "
                   f"{rfa_gb:5.2f} GiB)  softmax {soft_ms * 1e3:8.1f} µs ({batch / soft_ms * 1e3:9.0f} tok/s, {soft_gb:6.2f} GiB)  "
-                  f"x{r['speedup']:.2f}  (RFA with a bf16 state {bf16_ms * 1e3:.1f} µs, x{soft_ms / bf16_ms:.2f})", flush=True)
+                  f"x{r['speedup']:.2f}  (RFA with a bf16 state {bf16_ms * 1e3:.1f} µs, x{soft_ms / bf16_ms:.2f}; "
+                  f"int8-row state {int8_ms * 1e3:.1f} µs, x{soft_ms / int8_ms:.2f})", flush=True)
     result = {"gpu": torch.cuda.get_device_name(), "config": CONFIG.to_dict(), "rows": rows}
     if args.timeline:
         result["b1_timeline"] = timeline_b1(rfa)

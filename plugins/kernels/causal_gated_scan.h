@@ -21,13 +21,15 @@ typedef enum
 {
     RFA_FLOAT32 = 0,
     RFA_FLOAT16 = 1,
-    RFA_BFLOAT16 = 2
+    RFA_BFLOAT16 = 2,
+    RFA_INT8 = 3 // state_dtype only: int8 rows
 } rfa_dtype_t;
 
 typedef enum
 {
     RFA_OK = 0,
-    RFA_ERR_DTYPE = 1,        // dtype not one of fp32/fp16/bf16, or state_dtype not fp32/bf16
+    RFA_ERR_DTYPE = 1,        // dtype not one of fp32/fp16/bf16, state_dtype not fp32/bf16/int8, or an int8
+                              // state with T != 1 (or a forced chunked path)
     RFA_ERR_SHAPE = 2,        // B, T or H < 1
     RFA_ERR_FEATURES = 3,     // F not a multiple of 16 in [16, 256]
     RFA_ERR_VALUES = 4,       // Dv not a multiple of 16 in [16, 256]
@@ -46,7 +48,9 @@ typedef enum
 //   initial_state [B, H, F, Dv + 1] of `state_dtype` (null = zeros); out [B, T, H, Dv] of `dtype`;
 //   final_state [B, H, F, Dv + 1] of `state_dtype`, which may be the same pointer as initial_state (in place).
 //   state_dtype: RFA_FLOAT32 (the default of a zeroed struct) or RFA_BFLOAT16 storage, widened on load and
-//   rounded to nearest once on store; the scan accumulates in fp32 either way.
+//   rounded to nearest once on store; the scan accumulates in fp32 either way. RFA_INT8: int8 rows
+//   [B, H, F, Dv + 2] (Dv + 1 codes and a power-of-two row exponent), single steps (T = 1) only: a prefill
+//   widens the state to fp32 around the chunked kernel (the torch op does).
 typedef struct
 {
     int B, T, H, F, Dv;

@@ -22,7 +22,8 @@ int checkArgs(rfa_scan_args_t const* a)
     {
         return status;
     }
-    if (a->state_dtype != RFA_FLOAT32 && a->state_dtype != RFA_BFLOAT16)
+    if (a->state_dtype != RFA_FLOAT32 && a->state_dtype != RFA_BFLOAT16
+        && !(a->state_dtype == RFA_INT8 && a->T == 1))
     {
         return RFA_ERR_DTYPE;
     }
@@ -63,6 +64,7 @@ rfa::StepParams stepParams(rfa_scan_args_t const* a, int t, void const* stateIn)
     p.stateIn = stateIn;
     p.stateOut = a->final_state;
     p.stateBf16 = a->state_dtype == RFA_BFLOAT16;
+    p.stateInt8 = a->state_dtype == RFA_INT8;
     p.qkBatchStride = size_t(a->T) * qkStep;
     p.vBatchStride = size_t(a->T) * vStep;
     p.gBatchStride = size_t(a->T) * a->H;
@@ -111,6 +113,10 @@ int runScan(rfa_scan_args_t const* args, int path, void* workspace, size_t works
     if (status != RFA_OK)
     {
         return status;
+    }
+    if (args->state_dtype == RFA_INT8 && path != 1)
+    {
+        return RFA_ERR_DTYPE; // int8 rows need a whole row per store: the step kernel's layout only
     }
     if (path == 1)
     {
@@ -211,7 +217,7 @@ char const* rfa_status_string(int status)
     switch (status)
     {
     case RFA_OK: return "ok";
-    case RFA_ERR_DTYPE: return "dtype must be fp32, fp16 or bf16, and the state fp32 or bf16";
+    case RFA_ERR_DTYPE: return "dtype must be fp32, fp16 or bf16, and the state fp32 or bf16 (int8 rows: single steps only)";
     case RFA_ERR_SHAPE: return "B, T and H must be >= 1";
     case RFA_ERR_FEATURES: return "F must be a multiple of 16 in [16, 256]";
     case RFA_ERR_VALUES: return "Dv must be a multiple of 16 in [16, 256]";

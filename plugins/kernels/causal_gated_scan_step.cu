@@ -639,6 +639,10 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
 
 cudaError_t launchStep(StepParams const& p, int dtype, cudaStream_t stream)
 {
+    if (p.stateInt8)
+    {
+        return launchStepInt8(p, dtype, stream);
+    }
     switch (dtype)
     {
     case 0: return launchStepTyped<float, false>(p, stream);

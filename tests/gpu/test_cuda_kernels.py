@@ -155,3 +155,57 @@ def test_torch_op_takes_a_bf16_state_on_cuda():
     out, state = causal_gated_scan(*(t.float().cuda() for t in (q, k, v, g)), s16.cuda())
     assert state.dtype == torch.bfloat16
     assert rel_err(out.cpu(), ref) <= 1e-5 and rel_err(state.cpu(), ref_state) <= BF16_STATE_TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B, H, F, Dv, gate", [(3, 2, 64, 64, "random"), (2, 3, 16, 16, "near1"), (1, 2, 256, 256, "random"),
+                                               (5, 1, 128, 32, "random"), (2, 2, 32, 112, "near0")])
+def test_int8_state_step_matches_float64_reference(B, H, F, Dv, gate, dtype):
+    """The int8-row step kernel (causal_gated_scan_step_int8.cu): each row widened, updated in fp32 and stored
+    again with its least exponent, codes rounded to nearest; in place and not; every Dv up to 256 columns."""
+    from rfa_export.ops.causal_gated_scan.state_storage import narrow_state, widen_state
+
+    q, k, v, g, s = scan_inputs(B, 1, H, F, Dv, gate=gate, initial_state=True, seed=B + F + Dv)
+    s8 = narrow_state(s, torch.int8)
+    low = [t.to(dtype) for t in (q, k, v, g)]
+    ref, ref_state = naive_causal_gated_scan(*[t.double() for t in low], widen_state(s8, Dv, torch.float64))
+    half_step = torch.exp2(narrow_state(ref_state, torch.int8)[..., -1:].double()) / 2
+    dev = [t.cuda() for t in low]
+    for in_place in (False, True):
+        state_in = s8.cuda()
+        out_state = state_in if in_place else torch.full((B, H, F, Dv + 2), -128, device="cuda", dtype=torch.int8)
+        got, got_state = cuda_causal_gated_scan(*dev, state_in, out_state=out_state)
+        torch.cuda.synchronize()
+        assert got_state.dtype == torch.int8 and got_state.data_ptr() == out_state.data_ptr()
+        assert torch.isfinite(got.float()).all()
+        assert rel_err(got.cpu(), ref) <= TOL[dtype]
+        stored = got_state.cpu()
+        assert int(stored[..., :-1].abs().max()) <= 127
+        err = (widen_state(stored, Dv, torch.float64) - ref_state).abs()
+        assert bool((err <= half_step * (1 + 1e-3) + 1e-6 * ref_state.abs().amax(-1, keepdim=True)).all())
+        # the exponents are the least that fit (a tie in fp32 may move a row by one)
+        want = narrow_state(ref_state, torch.int8)[..., -1]
+        assert int((stored[..., -1].int() - want.int()).abs().max()) <= 1
+
+
+def test_torch_op_takes_an_int8_state_on_cuda():
+    """Prefill (T > 1: widened around the fp32 chunked kernel) and steps (the int8 step kernel) against float64."""
+    from rfa_export.ops.causal_gated_scan.state_storage import narrow_state, widen_state
+
+    q, k, v, g, s = scan_inputs(2, 33, 2, 64, 32, gate="random", initial_state=True)
+    s8 = narrow_state(s, torch.int8)
+    ref, ref_state = naive_causal_gated_scan(q, k, v, g, widen_state(s8, 32, torch.float64))
+    out, state = causal_gated_scan(*(t.float().cuda() for t in (q, k, v, g)), s8.cuda())
+    assert state.dtype == torch.int8 and state.shape == (2, 2, 64, 34)
+    assert rel_err(out.cpu(), ref) <= 1e-5
+    assert rel_err(widen_state(state.cpu(), 32, torch.float64), ref_state) <= 2 / 127
+    state = s8.cuda()
+    from rfa_export.ops.causal_gated_scan import causal_gated_scan_
+
+    outs = [causal_gated_scan_(*(t[:, i : i + 1].float().cuda() for t in (q, k, v, g)), state) for i in range(33)]
+    ref_steps, rs = [], s8
+    for i in range(33):
+        o, rs = naive_causal_gated_scan(*(t[:, i : i + 1] for t in (q, k, v, g)), rs)  # rounds per step
+        ref_steps.append(o)
+    assert rel_err(torch.cat(outs, 1).cpu(), torch.cat(ref_steps, 1)) <= 1e-3
+    assert rel_err(widen_state(state.cpu(), 32, torch.float64), widen_state(rs, 32, torch.float64)) <= 4 / 127

@@ -12,6 +12,7 @@ import torch
 
 from ..native import DTYPE_CODES, check_status, data_ptr, load_error, load_kernels, load_kernels_for, require_kernels
 from .naive import final_state_dtype
+from .state_storage import state_columns
 from .readout import DEFAULT_EPS
 
 
@@ -46,13 +47,16 @@ def kernels_unavailable_reason() -> Optional[str]:
 
 
 STATE_DTYPES = (torch.float32, torch.bfloat16)  # the kernels' state storage (docs/op_contract.md)
+# the step kernel's (T = 1) besides: int8 rows, which a store needs whole (rfa_scan_args_t::state_dtype codes)
+STATE_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 2, torch.int8: 3}
 
 
 def kernel_supports(q: torch.Tensor, v: torch.Tensor, state: Optional[torch.Tensor] = None) -> bool:
+    """Whether the kernels take these inputs: an int8-row state only for a single step (T = 1)."""
     lib = load_kernels_for(q, _bind)
     if lib is None or not q.is_cuda or q.dtype not in DTYPE_CODES:
         return False
-    if state is not None and state.dtype not in STATE_DTYPES:
+    if state is not None and not (state.dtype in STATE_DTYPES or (state.dtype == torch.int8 and q.shape[1] == 1)):
         return False
     B, T, H, F = q.shape
     return lib.rfa_scan_check(B, max(T, 1), H, F, v.shape[-1], DTYPE_CODES[q.dtype]) == 0
@@ -99,12 +103,13 @@ def cuda_causal_gated_scan(
     if out is None:
         out = torch.empty((B, T, H, Dv), dtype=v.dtype, device=v.device)
     state_dtype = final_state_dtype(q.dtype, initial_state)
-    state = out_state if out_state is not None else torch.empty((B, H, F, Dv + 1), dtype=state_dtype, device=q.device)
+    state = out_state if out_state is not None else torch.empty((B, H, F, state_columns(Dv, state_dtype)),
+                                                                 dtype=state_dtype, device=q.device)
     if state.dtype != state_dtype:
         raise ValueError(f"out_state dtype {state.dtype} differs from the state's {state_dtype}")
     args = _ScanArgs(B, T, H, F, Dv, DTYPE_CODES[q.dtype], float(eps),
                      data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(g), data_ptr(s0), data_ptr(out), data_ptr(state),
-                     DTYPE_CODES[state_dtype])
+                     STATE_DTYPE_CODES[state_dtype])
     stream = torch.cuda.current_stream(q.device).cuda_stream
     if path is None:
         workspace, nbytes = _workspace(lib, q, F, Dv) if T > 1 else (None, 0)

@@ -1,0 +1,242 @@
+// Single-step decode of rfa::CausalGatedScan with an int8-row state (docs/op_contract.md, "State dtype"):
+// [B, H, F, Dv + 2] int8, each row Dv + 1 codes and a power-of-two exponent, about a quarter of the fp32 bytes.
+//
+// Storing a row needs that row's largest updated entry, so a warp owns whole rows (lane j holds columns
+// j + 32 i) and finds it with one shuffle reduction; the fp32 kernel's float4 walk across row boundaries does
+// not fit. Each warp loads kRowsPerWarp rows before it updates any, so enough bytes are in flight. One block
+// per (b, h); q^T S_old partial sums are reduced over the warps in shared memory, and the readout is the fp32
+// kernel's: q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1].
+#include "scan_common.cuh"
+#include "scan_launch.h"
+
+#include <cstdint>
+
+namespace rfa
+{
+
+namespace
+{
+
+constexpr int kInt8Warps = 8;
+constexpr int kRowsPerWarp = 4;
+constexpr int kMaxColsPerLane = 9; // Dv + 1 <= 257 columns over 32 lanes
+constexpr int kCodeMax = 127;
+constexpr int kExponentMin = -120, kExponentMax = 120;
+
+// 2^e as a float, e in [-126, 127]: exact, no libm call.
+__device__ __forceinline__ float exp2Int(int e)
+{
+    return __int_as_float((e + 127) << 23);
+}
+
+// The least e with 127 * 2^e >= m, clamped to [kExponentMin, kExponentMax]; an all-zero row takes the least.
+__device__ __forceinline__ int rowExponent(float m)
+{
+    if (!(m > 0.f))
+    {
+        return kExponentMin;
+    }
+    int E = 0;
+    float const mant = frexpf(m, &E); // m = mant * 2^E, mant in [0.5, 1)
+    int const e = E - 7 + (mant > float(kCodeMax) / 128.f ? 1 : 0);
+    return min(max(e, kExponentMin), kExponentMax);
+}
+
+// kPerLane = ceil((Dv + 1) / 32) columns per lane: registers sized to the row, so short rows leave room
+// for more resident blocks.
+template <typename T, int kPerLane>
+__global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams p)
+{
+    extern __shared__ __align__(16) float smem[];
+    int const F = p.F, Dv = p.Dv, cols = Dv + 1, rowBytes = Dv + 2;
+    int const bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
+    int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float2* const qk = reinterpret_cast<float2*>(smem); // [F] (q_f, k_f)
+    float* const vs = smem + 2 * F;                      // [cols], vs[Dv] = 1
+    float* const part = vs + cols;                       // [kInt8Warps][cols] partial q^T S_old
+    float* const red = part + kInt8Warps * cols;         // [1] = q . k, [2] = max |numerator| (int bits)
+
+    int8_t const* const sIn
+        = p.stateIn ? static_cast<int8_t const*>(p.stateIn) + (size_t) bh * F * rowBytes : nullptr;
+    int8_t* const sOut = static_cast<int8_t*>(p.stateOut) + (size_t) bh * F * rowBytes;
+
+    T const* const q = static_cast<T const*>(p.q) + (size_t) b * p.qkBatchStride + (size_t) h * F;
+    T const* const k = static_cast<T const*>(p.k) + (size_t) b * p.qkBatchStride + (size_t) h * F;
+    T const* const v = static_cast<T const*>(p.v) + (size_t) b * p.vBatchStride + (size_t) h * Dv;
+    for (int i = threadIdx.x; i < F; i += blockDim.x)
+    {
+        qk[i] = make_float2(toFloat(q[i]), toFloat(k[i]));
+    }
+    for (int i = threadIdx.x; i < cols; i += blockDim.x)
+    {
+        vs[i] = i < Dv ? toFloat(v[i]) : 1.f;
+    }
+    if (threadIdx.x == 0)
+    {
+        red[2] = 0.f;
+    }
+    bool const gated = p.g != nullptr;
+    float const gate = gated ? toFloat(static_cast<T const*>(p.g)[(size_t) b * p.gBatchStride + h]) : 0.f;
+    float const keep = gated ? gate : 1.f, write = gated ? 1.f - gate : 1.f;
+    __syncthreads();
+    if (warp == 0)
+    {
+        float dot = 0.f;
+        for (int f = lane; f < F; f += 32)
+        {
+            dot = fmaf(qk[f].x, qk[f].y, dot);
+        }
+        dot = warpSum(dot);
+        if (lane == 0)
+        {
+            red[1] = dot;
+        }
+    }
+
+    float wv[kPerLane], acc[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i)
+    {
+        int const c = lane + 32 * i;
+        wv[i] = c < cols ? write * vs[c] : 0.f;
+        acc[i] = 0.f;
+    }
+    for (int f0 = warp * kRowsPerWarp; f0 < F; f0 += kInt8Warps * kRowsPerWarp)
+    {
+        // every load of the group before any store: the state may be updated in place
+        int8_t code[kRowsPerWarp][kPerLane];
+        int exponent[kRowsPerWarp];
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r)
+        {
+            int const f = f0 + r;
+            bool const present = sIn != nullptr && f < F;
+            int8_t const* const row = present ? sIn + (size_t) f * rowBytes : nullptr;
+#pragma unroll
+            for (int i = 0; i < kPerLane; ++i)
+            {
+                int const c = lane + 32 * i;
+                code[r][i] = present && c < cols ? row[c] : int8_t(0);
+            }
+            exponent[r] = present ? int(row[cols]) : 0;
+        }
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r)
+        {
+            int const f = f0 + r;
+            if (f >= F) // warp-uniform
+            {
+                break;
+            }
+            float const scale = exp2Int(min(max(exponent[r], -126), 127)); // a contract state has |e| <= 120
+            float2 const x = qk[f];
+            float upd[kPerLane];
+            float m = 0.f;
+#pragma unroll
+            for (int i = 0; i < kPerLane; ++i)
+            {
+                float const old = float(code[r][i]) * scale;
+                upd[i] = fmaf(keep, old, x.y * wv[i]);
+                acc[i] = fmaf(x.x, old, acc[i]);
+                m = fmaxf(m, fabsf(upd[i])); // columns past cols hold 0
+            }
+            int const e = rowExponent(warpMax(m));
+            float const inv = exp2Int(-e);
+            int8_t* const row = sOut + (size_t) f * rowBytes;
+#pragma unroll
+            for (int i = 0; i < kPerLane; ++i)
+            {
+                int const c = lane + 32 * i;
+                if (c < cols)
+                {
+                    float const qv = fminf(fmaxf(rintf(upd[i] * inv), -float(kCodeMax)), float(kCodeMax));
+                    row[c] = int8_t(qv);
+                }
+            }
+            if (lane == 0)
+            {
+                row[cols] = int8_t(e);
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i)
+    {
+        int const c = lane + 32 * i;
+        if (c < cols)
+        {
+            part[warp * cols + c] = acc[i];
+        }
+    }
+    __syncthreads();
+
+    // num[c] = keep * (q^T S_old)[c] + write * (q . k) * [v, 1][c]; then max |num| over the Dv value columns.
+    float const qDotK = red[1];
+    float localMax = 0.f;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+    {
+        float sum = 0.f;
+        for (int w = 0; w < kInt8Warps; ++w)
+        {
+            sum += part[w * cols + c];
+        }
+        sum = fmaf(keep, sum, write * qDotK * vs[c]);
+        part[c] = sum; // warp 0's slot now holds the total (each column is owned by one thread here)
+        if (c < Dv)
+        {
+            localMax = fmaxf(localMax, fabsf(sum));
+        }
+    }
+    localMax = warpMax(localMax);
+    if (lane == 0 && localMax > 0.f)
+    {
+        atomicMax(reinterpret_cast<int*>(red + 2), __float_as_int(localMax));
+    }
+    __syncthreads();
+    float const scale = readoutScale(part[Dv], __int_as_float(reinterpret_cast<int const*>(red)[2]), p.eps);
+    T* const out = static_cast<T*>(p.out) + (size_t) b * p.outBatchStride + (size_t) h * Dv;
+    for (int c = threadIdx.x; c < Dv; c += blockDim.x)
+    {
+        out[c] = fromFloat<T>(part[c] * scale);
+    }
+}
+
+template <typename T, int kPerLane>
+void launchInt8Sized(StepParams const& p, size_t bytes, cudaStream_t stream)
+{
+    scanStepInt8Kernel<T, kPerLane><<<p.B * p.H, kInt8Warps * 32, bytes, stream>>>(p);
+}
+
+template <typename T>
+cudaError_t launchInt8(StepParams const& p, cudaStream_t stream)
+{
+    int const cols = p.Dv + 1;
+    size_t const bytes = sizeof(float) * (2 * p.F + cols + kInt8Warps * cols + 32);
+    switch ((cols + 31) / 32) // Dv a multiple of 16 in [16, 256]: 1 to 9
+    {
+    case 1: launchInt8Sized<T, 1>(p, bytes, stream); break;
+    case 2: launchInt8Sized<T, 2>(p, bytes, stream); break;
+    case 3: launchInt8Sized<T, 3>(p, bytes, stream); break;
+    case 4: launchInt8Sized<T, 4>(p, bytes, stream); break;
+    case 5: launchInt8Sized<T, 5>(p, bytes, stream); break;
+    case 6: launchInt8Sized<T, 6>(p, bytes, stream); break;
+    case 7: launchInt8Sized<T, 7>(p, bytes, stream); break;
+    case 8: launchInt8Sized<T, 8>(p, bytes, stream); break;
+    default: launchInt8Sized<T, kMaxColsPerLane>(p, bytes, stream); break;
+    }
+    return cudaGetLastError();
+}
+
+} // namespace
+
+cudaError_t launchStepInt8(StepParams const& p, int dtype, cudaStream_t stream)
+{
+    switch (dtype)
+    {
+    case 0: return launchInt8<float>(p, stream);
+    case 1: return launchInt8<__half>(p, stream);
+    default: return launchInt8<__nv_bfloat16>(p, stream);
+    }
+}
+
+} // namespace rfa
