@@ -291,3 +291,29 @@ def test_tensorrt_backend_refuses_an_int8_state_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="the TensorRT plugin takes a float32 or bfloat16 state, not int8") as err:
         TensorRTBackend(tmp_path / "out")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("state_dtype", REDUCED)
+def test_genai_runs_a_reduced_state_export(state_dtype, tmp_path):
+    """onnxruntime-genai binds the state by the graph's own type: greedy tokens equal the runtime's on the export."""
+    from pathlib import Path
+
+    from rfa_export.cli import main
+    from rfa_export.runtime.decoder import Decoder
+    from rfa_export.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai not installed")
+    bundled = str(Path(__file__).resolve().parents[1] / "examples" / "tiny_rfa.pt")
+    out = tmp_path / "out"
+    assert main([bundled, "-o", str(out), "--genai", "--state-dtype", state_dtype, "-q"]) == 0
+    prompt = b"The import statement"
+    model = og.Model(str(out))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + 40, do_sample=False, batch_size=1)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array([list(prompt)], np.int32))
+    while not gen.is_done():
+        gen.generate_next_token()
+    got = [int(t) for t in gen.get_sequence(0)[len(prompt):]]
+    want = Decoder(OnnxRuntimeBackend(out)).generate([prompt.decode()], 40)[0].tokens
+    assert got == want
