@@ -36,7 +36,8 @@ def add_parser(sub):
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="activation dtype (the state's is --state-dtype)")
     p.add_argument("--state-dtype", choices=list(STATE_DTYPES),
                    help="what the state is stored in between calls (default: the checkpoint's config.state_dtype); "
-                        "bfloat16 halves the state's bytes, for gated models only: docs/op_contract.md, State dtype")
+                        "bfloat16 halves the state's bytes, for gated models only (an encoder-decoder: its self states; cross "
+                        "states stay float32): docs/op_contract.md, State dtype")
     p.add_argument("--genai", action="store_true",
                    help="also write genai_config.json and add the conv_state shim onnxruntime-genai 0.18 binds (docs/genai.md)")
     p.add_argument("--tokenizer", metavar="tokenizer.json",
@@ -98,9 +99,9 @@ def run_seq2seq(args, checkpoint: Path, out_dir: Path) -> int:
 
     if args.genai:
         raise ValueError("--genai is for language models: onnxruntime-genai's encoder-decoder types need a KV cache")
-    if args.state_dtype is not None:
-        raise ValueError("--state-dtype is for language models: an encoder-decoder keeps a float32 state")
     model = load_seq2seq_checkpoint(checkpoint)
+    if args.state_dtype is not None:
+        model = model.with_state_dtype(args.state_dtype)
     if args.tokenizer is not None:
         from ..format.tokenizer_file import describe_tokenizer
 

@@ -61,7 +61,9 @@ def _tensor(name: str, shape, dtype: str) -> torch.Tensor:
         return torch.ones(dims, dtype=torch.int64)
     if name == "input_ids":
         return torch.zeros(dims, dtype=torch.int64)
-    return torch.rand(dims) * 0.1 + (0.5 if name.endswith("cross_state") else 0.0)
+    if dtype == "int8":  # int8 rows: zero codes, exponent 0
+        return torch.zeros(dims, dtype=torch.int8)
+    return (torch.rand(dims) * 0.1 + (0.5 if name.endswith("cross_state") else 0.0)).to(getattr(torch, dtype))
 
 
 def _axes(shape):

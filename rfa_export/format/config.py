@@ -83,6 +83,21 @@ def check_tensor_size(name: str, shape) -> None:
                           f"{MAX_TENSOR_ELEMENTS:,} (the largest tensor TensorRT and the kernels index)")
 
 
+def check_state_dtype(state_dtype: str, gated: bool) -> None:
+    if state_dtype not in STATE_DTYPES:
+        raise ConfigError(f"config field state_dtype must be one of {', '.join(STATE_DTYPES)}, got {state_dtype!r}")
+    if state_dtype != "float32" and not gated:
+        raise ConfigError(f"config field state_dtype {state_dtype!r} needs a gated model: an ungated state sums "
+                          "without forgetting, and reduced-precision storage loses the small updates (BENCHMARKS.md, "
+                          "State dtype)")
+
+
+def state_shape_of(n_heads: int, feature_size: int, head_dim: int, state_dtype: str) -> tuple:
+    """A layer's state without the batch axis: (H, F, Dv + 1), or (H, F, Dv + 2) for int8 rows (the row
+    exponent in the last column)."""
+    return (n_heads, feature_size, head_dim + (2 if state_dtype == "int8" else 1))
+
+
 @dataclass(frozen=True)
 class RFAConfig:
     vocab_size: int = 256
@@ -103,12 +118,7 @@ class RFAConfig:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        if self.state_dtype not in STATE_DTYPES:
-            raise ConfigError(f"config field state_dtype must be one of {', '.join(STATE_DTYPES)}, got {self.state_dtype!r}")
-        if self.state_dtype != "float32" and not self.gated:
-            raise ConfigError(f"config field state_dtype {self.state_dtype!r} needs a gated model: an ungated state sums "
-                              "without forgetting, and reduced-precision storage loses the small updates (BENCHMARKS.md, "
-                              "State dtype)")
+        check_state_dtype(self.state_dtype, self.gated)
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ffn", "num_features", "dropout",
                      "normaliser_eps", "layer_norm_eps"):
             check_range("config", name, getattr(self, name))
@@ -137,9 +147,7 @@ class RFAConfig:
 
     @property
     def state_shape(self) -> tuple:
-        """Per-layer state without the batch axis: (H, F, Dv + 1), or (H, F, Dv + 2) for int8 rows (the row
-        exponent in the last column)."""
-        return (self.n_heads, self.feature_size, self.head_dim + (2 if self.state_dtype == "int8" else 1))
+        return state_shape_of(self.n_heads, self.feature_size, self.head_dim, self.state_dtype)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,9 +191,11 @@ class RFASeq2SeqConfig:
     bos_token_id: int = 256
     eos_token_id: int = 257
     max_source_length: int = 4096
+    state_dtype: str = "float32"  # the decoder's self states between calls; cross states stay float32
 
     def __post_init__(self) -> None:
         check_field_types(self)
+        check_state_dtype(self.state_dtype, self.gated)
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers",
                      "d_ffn", "num_features", "dropout", "normaliser_eps", "layer_norm_eps", "max_source_length"):
             check_range("config", name, getattr(self, name))
@@ -223,8 +233,13 @@ class RFASeq2SeqConfig:
 
     @property
     def state_shape(self) -> tuple:
-        """Per-layer state (self or cross) without the batch axis: (H, F, Dv + 1)."""
-        return (self.n_heads, self.feature_size, self.head_dim + 1)
+        """A decoder layer's self state without the batch axis, stored as state_dtype."""
+        return state_shape_of(self.n_heads, self.feature_size, self.head_dim, self.state_dtype)
+
+    @property
+    def cross_state_shape(self) -> tuple:
+        """A decoder layer's cross state without the batch axis: (H, F, Dv + 1) float32."""
+        return state_shape_of(self.n_heads, self.feature_size, self.head_dim, "float32")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

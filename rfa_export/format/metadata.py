@@ -172,10 +172,11 @@ def input_names(config: RFAConfig) -> List[str]:
     return ["input_ids", "attention_mask"] + (["position_ids"] if config.positional != "none" else [])
 
 
-def describe_state(config: RFAConfig) -> List[StateSpec]:
+def describe_state(config, n_layers: int, batch_axis: str = "batch") -> List[StateSpec]:
+    """The recurrent states of n_layers layers of a model config (RFAConfig, or RFASeq2SeqConfig's decoder)."""
     extra = {"layout": INT8_ROWS_LAYOUT} if config.state_dtype == "int8" else {}
-    return [StateSpec(i, STATE_IN.format(i), STATE_OUT.format(i), ["batch", *config.state_shape], config.state_dtype,
-                      **extra) for i in range(config.n_layers)]
+    return [StateSpec(i, STATE_IN.format(i), STATE_OUT.format(i), [batch_axis, *config.state_shape], config.state_dtype,
+                      **extra) for i in range(n_layers)]
 
 
 def describe_export(config: RFAConfig, lowering: str, dtype: str, opsets: Dict[str, int], producer: str,
@@ -193,7 +194,7 @@ def describe_export(config: RFAConfig, lowering: str, dtype: str, opsets: Dict[s
     outputs = [TensorSpec("logits", ["batch", "sequence", config.vocab_size], "float32", "next-token logits")]
     extra = genai_shim_state(config) if genai else []
     return ExportMetadata(lowering=lowering, dtype=dtype, opsets=dict(opsets), inputs=inputs, outputs=outputs,
-                          state=describe_state(config), config=config.to_dict(), producer=producer, genai=genai,
+                          state=describe_state(config, config.n_layers), config=config.to_dict(), producer=producer, genai=genai,
                           extra_state=extra)
 
 

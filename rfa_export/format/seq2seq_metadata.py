@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 
 from .config import ConfigError, RFASeq2SeqConfig
 from .lowerings import LOWERINGS
-from .metadata import DTYPES, STATE_IN, STATE_OUT, MetadataError, StateSpec, TensorSpec, _first_difference, _is_digest
+from .metadata import DTYPES, MetadataError, StateSpec, TensorSpec, _first_difference, _is_digest, describe_state
 
 SEQ2SEQ_FORMAT_NAME = "rfa-export/onnx-seq2seq"
 SEQ2SEQ_FORMAT_VERSION = 1
@@ -121,7 +121,7 @@ def describe_seq2seq_export(config: RFASeq2SeqConfig, lowering: str, dtype: str,
     """Both graphs' inputs and outputs for a model of this config: the one source of the exporter's names,
     sample inputs and dynamic axes, and of every reader's checks. `batch` counts sources; `decoder_batch`
     decoder rows, a multiple of `batch` with the rows of one source contiguous (its beams)."""
-    shape = list(config.state_shape)
+    shape = list(config.cross_state_shape)
     encoder_inputs = [
         TensorSpec("input_ids", ["batch", "encoder_sequence_length"], "int64", "source token ids"),
         TensorSpec("attention_mask", ["batch", "encoder_sequence_length"], "int64",
@@ -143,8 +143,7 @@ def describe_seq2seq_export(config: RFASeq2SeqConfig, lowering: str, dtype: str,
                                          "absolute position of each target token"))
     decoder_outputs = [TensorSpec("logits", ["decoder_batch", "sequence", config.tgt_vocab_size], "float32",
                                   "next-token logits")]
-    state = [StateSpec(i, STATE_IN.format(i), STATE_OUT.format(i), ["decoder_batch", *shape])
-             for i in range(config.n_decoder_layers)]
+    state = describe_state(config, config.n_decoder_layers, "decoder_batch")
     return Seq2SeqExportMetadata(
         lowering=lowering, dtype=dtype, opsets=dict(opsets),
         encoder=GraphSpec(ENCODER_FILE, encoder_inputs, encoder_outputs),

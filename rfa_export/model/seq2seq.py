@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..format.config import RFASeq2SeqConfig
+from ..ops.causal_gated_scan.state_storage import narrow_state
 from .attention import CausalRFASelfAttention, RFAAttention
 from .linear_layers import feed_forward, linear
 from .lm import sinusoidal_positions
@@ -117,9 +118,26 @@ class RFASeq2Seq(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.tgt_embed.weight
 
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """What the decoder's self states are stored in between calls (config.state_dtype); cross states and
+        accumulation stay float32."""
+        return getattr(torch, self.config.state_dtype)
+
+    def with_state_dtype(self, state_dtype: str) -> "RFASeq2Seq":
+        """This model storing its self states as state_dtype (the config is checked again: a reduced-precision
+        state needs a gate). The same object when nothing changes, otherwise a copy sharing no parameters."""
+        config = RFASeq2SeqConfig.from_dict({**self.config.to_dict(), "state_dtype": state_dtype})
+        if config == self.config:
+            return self
+        converted = RFASeq2Seq(config)
+        converted.load_state_dict(self.state_dict())
+        return converted.train(self.training)
+
     def initial_state(self, batch_size: int, device=None) -> State:
-        """The decoder's self states: zeros, one fp32 tensor [B, H, F, dh + 1] per layer."""
-        return [torch.zeros((batch_size, *self.config.state_shape), device=device) for _ in self.decoder]
+        """The decoder's self states: zeros, one tensor [B, *config.state_shape] of state_dtype per layer."""
+        return [torch.zeros((batch_size, *self.config.state_shape), device=device, dtype=self.state_dtype)
+                for _ in self.decoder]
 
     @torch.no_grad()
     def resample_features(self, generator: Optional[torch.Generator] = None) -> None:
@@ -153,7 +171,8 @@ class RFASeq2Seq(nn.Module):
         """
         Args:
             tgt_ids: [B, T] with B a multiple of the cross states' batch (the rows of one source contiguous:
-                beams); state: per layer [B, H, F, dh + 1] or None (zeros); position_ids [B, T] (default 0..T-1);
+                beams); state: per layer [B, *config.state_shape] of state_dtype, or None (zeros);
+            position_ids [B, T] (default 0..T-1);
             attention_mask: [B, T], 0 on padding (which leaves the self state unchanged).
         Returns:
             logits [B, T, tgt_vocab], the new self states.
@@ -165,6 +184,8 @@ class RFASeq2Seq(nn.Module):
         for i, block in enumerate(self.decoder):
             x, h, s = block.forward_normed(x, h, None if state is None else state[i], cross_states[i], attention_mask,
                                            inplace_state, norms[i + 1])
+            if state is None and self.config.state_dtype != "float32":
+                s = narrow_state(s, self.state_dtype)  # from no state the scan returns its accumulation dtype
             new_state.append(s)
         return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
 

@@ -21,13 +21,31 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(f
               "tensor(bfloat16)": "bfloat16", "tensor(int8)": "int8"}
 
 
-def _storage_dtype(name: str):
+def storage_dtype(name: str):
     """The numpy dtype a state of this dtype is kept in on the CPU (bfloat16 from ml_dtypes, which onnx brings)."""
     if name == "bfloat16":
         import ml_dtypes
 
         return ml_dtypes.bfloat16
     return _NUMPY[name]
+
+
+def run_host_bound(session, feeds: Dict[str, np.ndarray], specs: Sequence, state: Sequence[np.ndarray]):
+    """One CPU run with a reduced-precision state -> (logits, new states): onnxruntime's Python API has no numpy
+    bfloat16, so the state arrays are bound by address with their ONNX element type (int8 rows the same way,
+    for one path). specs: the states' StateSpecs."""
+    io = session.io_binding()
+    for name, array in feeds.items():
+        io.bind_cpu_input(name, np.ascontiguousarray(array))
+    io.bind_output("logits", "cpu")
+    inputs = [np.ascontiguousarray(value) for value in state]  # alive until the run: bound by address
+    outputs = [np.empty_like(value) for value in inputs]
+    for spec, value, out in zip(specs, inputs, outputs):
+        kind = STATE_ONNX_TYPES[spec.dtype]
+        io.bind_input(spec.input, "cpu", 0, kind, list(value.shape), value.ctypes.data)
+        io.bind_output(spec.output, "cpu", 0, kind, list(out.shape), out.ctypes.data)
+    session.run_with_iobinding(io)
+    return io.get_outputs()[0].numpy(), outputs
 
 
 class OnnxRuntimeBackend(DecoderBackend):
@@ -116,22 +134,7 @@ class OnnxRuntimeBackend(DecoderBackend):
         return logits, outputs
 
     def _run_host_bound(self, feeds, state):
-        """CPU with a reduced-precision state: onnxruntime's Python API has no numpy bfloat16, so the state arrays
-        are bound by address with their ONNX element type (int8 rows the same way, for one path)."""
-        io = self.session.io_binding()
-        for name, array in feeds.items():
-            io.bind_cpu_input(name, array)
-        io.bind_output("logits", "cpu")
-        outputs = []
-        for spec, value in zip(self.spec.state, state):
-            value = np.ascontiguousarray(value)
-            kind = STATE_ONNX_TYPES[spec.dtype]
-            io.bind_input(spec.input, "cpu", 0, kind, list(value.shape), value.ctypes.data)
-            out = np.empty_like(value)
-            io.bind_output(spec.output, "cpu", 0, kind, list(out.shape), out.ctypes.data)
-            outputs.append(out)
-        self.session.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy(), outputs
+        return run_host_bound(self.session, feeds, self.spec.state, state)
 
     def _take_buffer(self, shape):
         pool = self._free.get(tuple(shape))
@@ -148,7 +151,7 @@ class OnnxRuntimeBackend(DecoderBackend):
 
     def from_host(self, arrays: Sequence[np.ndarray]):
         if self.device == "cpu":
-            return [np.ascontiguousarray(a, dtype=_storage_dtype(s.dtype)) for a, s in zip(arrays, self.spec.state)]
+            return [np.ascontiguousarray(a, dtype=storage_dtype(s.dtype)) for a, s in zip(arrays, self.spec.state)]
         arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
         return [self._ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id) for a in arrays]
 

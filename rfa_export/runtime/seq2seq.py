@@ -14,6 +14,7 @@ import numpy as np
 from ..format.seq2seq_metadata import Seq2SeqExportMetadata
 from .backend import MAX_POSITION, InputError, NonFiniteError, as_token_array
 from .decoder import GenerationResult, check_max_new
+from .onnxruntime_backend import run_host_bound, storage_dtype
 from .sampling import SamplingParams, check_int, log_softmax, sample_token
 from .tokenizer import ByteTokenizer, HuggingFaceTokenizer
 
@@ -69,6 +70,10 @@ class OnnxRuntimeSeq2SeqBackend(Seq2SeqBackend):
         self.spec, self.tokenizer_path = export.meta, export.tokenizer_path
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {device!r}")
+        self._reduced_state = any(s.dtype != "float32" for s in self.spec.state)
+        if self._reduced_state and device == "cuda":
+            raise ValueError(f"the onnxruntime backend takes a {self.spec.state[0].dtype} self state on the CPU only; "
+                             "on CUDA use the torch backend or export with state_dtype float32")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
@@ -107,6 +112,8 @@ class OnnxRuntimeSeq2SeqBackend(Seq2SeqBackend):
         states = [(s.input, v) for s, v in zip(self.spec.state, state)] + \
                  [(c.input, v) for c, v in zip(self.spec.cross_state, cross)]
         outputs = ["logits"] + [s.output for s in self.spec.state]
+        if self._reduced_state:
+            return run_host_bound(self.decoder, {**feeds, **dict(states[len(state):])}, self.spec.state, state)
         if self.device == "cpu":
             outs = self.decoder.run(outputs, {**feeds, **dict(states)})
             return outs[0], outs[1:]
@@ -123,15 +130,17 @@ class OnnxRuntimeSeq2SeqBackend(Seq2SeqBackend):
         return values[0].numpy(), list(values[1:])
 
     def zeros_state(self, rows):
-        arrays = [np.zeros([rows, *s.shape[1:]], np.float32) for s in self.spec.state]
+        arrays = [np.zeros([rows, *s.shape[1:]], storage_dtype(s.dtype)) for s in self.spec.state]
         return arrays if self.device == "cpu" else [self._on_device(a) for a in arrays]
 
     def select(self, states, rows):
-        hosts = [a[rows] for a in self.to_host(states)]
-        return hosts if self.device == "cpu" else [self._on_device(a) for a in hosts]
+        if self.device == "cpu":
+            return [np.asarray(a)[rows] for a in states]  # in their storage dtype
+        return [self._on_device(s.numpy()[rows]) for s in states]
 
     def to_host(self, states):
-        return [np.asarray(s) if self.device == "cpu" else s.numpy() for s in states]
+        """float32 arrays: what the states store (an int8-row state's codes and exponents)."""
+        return [np.asarray(s).astype(np.float32, copy=False) if self.device == "cpu" else s.numpy() for s in states]
 
 
 class TorchSeq2SeqBackend(Seq2SeqBackend):
@@ -160,7 +169,10 @@ class TorchSeq2SeqBackend(Seq2SeqBackend):
             model = load_seq2seq_checkpoint(model)
         self.torch, self.device = torch, torch.device(device)
         self.model = model.to(self.device, dtypes[dtype]).eval()
-        self._state_dtype = torch.float64 if dtype == "fp64" else torch.float32
+        # the fp64 reference keeps float64 self states, unless the model stores reduced-precision ones: then that
+        # storage, which the float64 scan widens on load and rounds once per call (docs/op_contract.md)
+        fp64_state = dtype == "fp64" and model.config.state_dtype == "float32"
+        self._state_dtype = torch.float64 if fp64_state else model.state_dtype
         self.spec = describe_seq2seq_export(model.config, "plugin", "fp32", LOWERINGS["plugin"].opsets,
                                             f"rfa-export {__version__}")
         self.tokenizer_path = None if tokenizer is None else Path(tokenizer)
@@ -187,6 +199,7 @@ class TorchSeq2SeqBackend(Seq2SeqBackend):
         return [s.index_select(0, idx) for s in states]
 
     def to_host(self, states):
+        """float32 arrays: what the states store (an int8-row state's codes and exponents)."""
         return [s.detach().to("cpu", self.torch.float32).numpy() for s in states]
 
 
