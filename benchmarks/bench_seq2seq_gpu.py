@@ -29,6 +29,7 @@ from rfa_export.model.linear_layers import feed_forward, linear
 from rfa_export.model.lm import sinusoidal_positions
 from rfa_export.model.residual_norm import residual_norm
 from rfa_export.model.seq2seq import RFASeq2Seq
+from rfa_export.ops.causal_gated_scan.state_storage import narrow_state
 
 CONFIG = RFASeq2SeqConfig(src_vocab_size=32000, tgt_vocab_size=32000, d_model=512, n_heads=8, n_encoder_layers=6,
                           n_decoder_layers=6, d_ffn=2048, num_features=64, gated=True, positional="sinusoidal",
@@ -63,9 +64,10 @@ def time_graph(step, warmup=3, reps=50):
 @torch.no_grad()
 def rfa_step_ms(model: RFASeq2Seq, batch: int, beams: int, position: int):
     rows = batch * beams
-    shape = CONFIG.state_shape
-    states = [torch.rand(rows, *shape, device="cuda") * 0.01 for _ in range(CONFIG.n_decoder_layers)]
-    cross = [torch.rand(batch, *shape, device="cuda") * 0.01 + 0.001 for _ in range(CONFIG.n_decoder_layers)]
+    states = [narrow_state(torch.rand(rows, *model.config.cross_state_shape, device="cuda") * 0.01, model.state_dtype)
+              for _ in range(CONFIG.n_decoder_layers)]
+    cross = [torch.rand(batch, *model.config.cross_state_shape, device="cuda") * 0.01 + 0.001
+             for _ in range(CONFIG.n_decoder_layers)]
     token = torch.randint(3, CONFIG.tgt_vocab_size, (rows,), device="cuda")
     pos = torch.full((rows,), position, dtype=torch.long, device="cuda")
 
@@ -143,20 +145,24 @@ def main():
     beam_counts = [int(x) for x in args.beams.split(",")]
     torch.manual_seed(0)
     rfa = RFASeq2Seq(CONFIG).eval().to("cuda", torch.bfloat16)
+    rfa_bf16_state = rfa.with_state_dtype("bfloat16").to("cuda", torch.bfloat16)
     soft = SoftmaxSeq2Seq(CONFIG).eval().to("cuda", torch.bfloat16)
     rows = []
     for batch in batches:
         for beams in beam_counts:
             for n in lengths:
                 rfa_ms, rfa_gb = measure(rfa_step_ms, rfa, batch, beams, n // 2)
+                bf16_ms, _ = measure(rfa_step_ms, rfa_bf16_state, batch, beams, n // 2)
                 soft_ms, soft_gb = measure(softmax_step_ms, soft, batch, beams, n, n // 2)
                 r = {"batch": batch, "beams": beams, "source": n, "target": n, "rfa_ms": rfa_ms, "rfa_peak_gib": rfa_gb,
                      "softmax_ms": soft_ms, "softmax_peak_gib": soft_gb, "speedup": soft_ms / rfa_ms,
+                     "rfa_bf16_state_ms": bf16_ms, "speedup_bf16_state": soft_ms / bf16_ms,
                      "rfa_tokens_per_s": batch * beams / rfa_ms * 1e3, "softmax_tokens_per_s": batch * beams / soft_ms * 1e3}
                 rows.append(r)
                 print(f"B={batch:3d} beams={beams} S=T={n:5d}  RFA {rfa_ms * 1e3:8.1f} µs ({r['rfa_tokens_per_s']:9.0f} tok/s, "
                       f"{rfa_gb:5.2f} GiB)  softmax {soft_ms * 1e3:8.1f} µs ({r['softmax_tokens_per_s']:9.0f} tok/s, "
-                      f"{soft_gb:5.2f} GiB)  x{r['speedup']:.2f}", flush=True)
+                      f"{soft_gb:5.2f} GiB)  x{r['speedup']:.2f}  bf16 state {bf16_ms * 1e3:8.1f} µs x{r['speedup_bf16_state']:.2f}",
+                      flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "seq2seq.json").write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "config": CONFIG.to_dict(),
                                                        "rows": rows}, indent=2))

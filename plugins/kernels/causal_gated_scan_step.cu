@@ -267,22 +267,23 @@ __device__ __forceinline__ StateQuad<kBf16State> narrowQuad(float4 x)
     }
 }
 
-// kBf16State: the state is bf16 storage (never staged: the shared-memory slab and its bulk copies are fp32).
+// kBf16State: the state is bf16 storage. Staged, its slab holds the bf16 quads as stored (8-byte cp.async per
+// thread, no bulk copies: the bulk path stores the fp32 slab back whole).
 template <typename T, int kMaxThreads, int kMinBlocks, bool kStaged, bool kMapFeatures, bool kBf16State = false>
 __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepParams p)
 {
-    static_assert(!(kStaged && kBf16State), "a bf16 state takes the register path");
     using Quad = StateQuad<kBf16State>;
     using Elem = std::conditional_t<kBf16State, __nv_bfloat16, float>;
     // Not in the decode prologue's kernel: its blocks launch early, beside the q/k/v GEMM before them, and
     // there the prefetch and the bulk store made the model's step slower (BENCHMARKS.md).
-    constexpr bool kBulk = kStaged && kBulkSlabCopies && !kMapFeatures;
+    constexpr bool kBulk = kStaged && kBulkSlabCopies && !kMapFeatures && !kBf16State;
     extern __shared__ __align__(16) float smem[];
     int const F = p.F, Dv = p.Dv, cols = Dv + 1;
     int const bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
     // staged: [F * cols] state slab first (16-byte aligned for cp.async)
     float4* const slab = reinterpret_cast<float4*>(smem);
-    float* const fixed = kStaged ? smem + F * cols : smem;
+    Quad* const quadSlab = reinterpret_cast<Quad*>(smem); // the same slab as stored (bf16: half the bytes)
+    float* const fixed = kStaged ? smem + F * cols * int(sizeof(Elem)) / 4 : smem;
     float2* qk = reinterpret_cast<float2*>(fixed); // [F + 1] (q_f, k_f); entry F only pads the row + 1 read
     float* vs = fixed + 2 * (F + 1);                // [cols], vs[Dv] = 1
     // [stripeRows][cols] partial sums: not in the staged slab, which the bulk store may still be reading
@@ -363,7 +364,18 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             // each thread copies exactly the float4s it later reads, so no barrier guards them
             for (int u = 0; u < passes; ++u)
             {
-                if (sIn)
+                if constexpr (kBf16State)
+                {
+                    if (sIn)
+                    {
+                        cpAsync8(quadSlab + u * passThreads + t, sIn + (size_t) u * passThreads + t);
+                    }
+                    else
+                    {
+                        quadSlab[u * passThreads + t] = make_uint2(0u, 0u);
+                    }
+                }
+                else if (sIn)
                 {
                     cpAsync16(slab + u * passThreads + t, sIn + (size_t) u * passThreads + t, true);
                 }
@@ -490,7 +502,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
 #pragma unroll 1 // unrolled, it spills a register and is slower
         for (int u = 0; u < passes; ++u)
         {
-            update(slab[u * passThreads + t], u);
+            update(widenQuad(quadSlab[u * passThreads + t]), u);
         }
         if constexpr (kBulk)
         {
@@ -585,11 +597,11 @@ int stepStripeRows(int Dv)
 
 
 // The layout of scanStepKernel: [slab (staged) | qk | vs | part | red | xs (mapFeatures) | W~[h] (randomMatrix)].
-size_t stepSharedBytes(
-    bool staged, int stripeRows, int F, int Dv, int D, size_t elemBytes, bool mapFeatures, bool randomMatrix)
+size_t stepSharedBytes(bool staged, int stripeRows, int F, int Dv, int D, size_t elemBytes, bool mapFeatures,
+    bool randomMatrix, size_t stateBytes)
 {
     int const cols = Dv + 1;
-    size_t const fixedFloats = (staged ? F * cols : 0) + 2 * (F + 1) + cols + stripeRows * cols + 32;
+    size_t const fixedFloats = (staged ? F * cols * stateBytes / 4 : 0) + 2 * (F + 1) + cols + stripeRows * cols + 32;
     if (!mapFeatures)
     {
         return sizeof(float) * fixedFloats;
@@ -603,9 +615,9 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
 {
     p.stripeRows = stepStripeRows(p.Dv);
     int const threads = (p.stripeRows * (p.Dv + 1) / 4 + 31) / 32 * 32;
-    bool const staged = threads <= kStagedMaxThreads && !p.stateBf16;
-    size_t const bytes
-        = stepSharedBytes(staged, p.stripeRows, p.F, p.Dv, p.D, sizeof(T), kMapFeatures, kMapFeatures && !p.proj);
+    bool const staged = threads <= kStagedMaxThreads;
+    size_t const bytes = stepSharedBytes(staged, p.stripeRows, p.F, p.Dv, p.D, sizeof(T), kMapFeatures,
+        kMapFeatures && !p.proj, p.stateBf16 ? 2 : 4);
     // Above the 48 KB default (F = 256 staged: 67 KB; a large W~ in the decode prologue) opt in: a cheap
     // host-side call, made for the kernel about to run.
     auto launch = [&](auto kernel) {
@@ -625,8 +637,9 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
         return cudaSuccess;
     };
     cudaError_t const e = p.stateBf16
-        ? (threads <= 512 ? launch(scanStepKernel<T, 512, 1, false, kMapFeatures, true>)
-                          : launch(scanStepKernel<T, 1024, 1, false, kMapFeatures, true>))
+        ? (staged            ? launch(scanStepKernel<T, kStagedMaxThreads, 5, true, kMapFeatures, true>)
+              : threads <= 512 ? launch(scanStepKernel<T, 512, 1, false, kMapFeatures, true>)
+                               : launch(scanStepKernel<T, 1024, 1, false, kMapFeatures, true>))
         : staged         ? launch(scanStepKernel<T, kStagedMaxThreads, 5, true, kMapFeatures>)
         : threads <= 512 ? launch(scanStepKernel<T, 512, 1, false, kMapFeatures>)
                          : launch(scanStepKernel<T, 1024, 1, false, kMapFeatures>);

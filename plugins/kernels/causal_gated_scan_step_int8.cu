@@ -3,7 +3,8 @@
 //
 // Storing a row needs that row's largest updated entry, so a warp owns whole rows (lane j holds columns
 // j + 32 i) and finds it with one shuffle reduction; the fp32 kernel's float4 walk across row boundaries does
-// not fit. Each warp loads kRowsPerWarp rows before it updates any, so enough bytes are in flight. One block
+// not fit. The block's whole [F, Dv + 2] slab is copied into shared memory first (16-byte cp.async, before
+// q, k and v are read), so all its bytes are in flight at once; warps then update rows from there. One block
 // per (b, h); q^T S_old partial sums are reduced over the warps in shared memory, and the readout is the fp32
 // kernel's: q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1].
 #include "scan_common.cuh"
@@ -51,7 +52,9 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     int const F = p.F, Dv = p.Dv, cols = Dv + 1, rowBytes = Dv + 2;
     int const bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
     int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float2* const qk = reinterpret_cast<float2*>(smem); // [F] (q_f, k_f)
+    // [F * rowBytes] the state slab as stored (a multiple of 16 bytes: F % 16 == 0), then the fixed part
+    int8_t* const slab = reinterpret_cast<int8_t*>(smem);
+    float2* const qk = reinterpret_cast<float2*>(smem + F * rowBytes / 4); // [F] (q_f, k_f)
     float* const vs = smem + 2 * F;                      // [cols], vs[Dv] = 1
     float* const part = vs + cols;                       // [kInt8Warps][cols] partial q^T S_old
     float* const red = part + kInt8Warps * cols;         // [1] = q . k, [2] = max |numerator| (int bits)
@@ -59,6 +62,14 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     int8_t const* const sIn
         = p.stateIn ? static_cast<int8_t const*>(p.stateIn) + (size_t) bh * F * rowBytes : nullptr;
     int8_t* const sOut = static_cast<int8_t*>(p.stateOut) + (size_t) bh * F * rowBytes;
+    if (sIn)
+    {
+        for (int i = threadIdx.x; i < F * rowBytes / 16; i += blockDim.x)
+        {
+            cpAsync16(slab + 16 * i, sIn + 16 * i, true);
+        }
+    }
+    cpAsyncCommit();
 
     T const* const q = static_cast<T const*>(p.q) + (size_t) b * p.qkBatchStride + (size_t) h * F;
     T const* const k = static_cast<T const*>(p.k) + (size_t) b * p.qkBatchStride + (size_t) h * F;
@@ -78,7 +89,8 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     bool const gated = p.g != nullptr;
     float const gate = gated ? toFloat(static_cast<T const*>(p.g)[(size_t) b * p.gBatchStride + h]) : 0.f;
     float const keep = gated ? gate : 1.f, write = gated ? 1.f - gate : 1.f;
-    __syncthreads();
+    cpAsyncWait<0>();
+    __syncthreads(); // the slab (every thread's copies) and qk, vs; no store to the state comes before this
     if (warp == 0)
     {
         float dot = 0.f;
@@ -103,7 +115,6 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     }
     for (int f0 = warp * kRowsPerWarp; f0 < F; f0 += kInt8Warps * kRowsPerWarp)
     {
-        // every load of the group before any store: the state may be updated in place
         int8_t code[kRowsPerWarp][kPerLane];
         int exponent[kRowsPerWarp];
 #pragma unroll
@@ -111,7 +122,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
         {
             int const f = f0 + r;
             bool const present = sIn != nullptr && f < F;
-            int8_t const* const row = present ? sIn + (size_t) f * rowBytes : nullptr;
+            int8_t const* const row = present ? slab + f * rowBytes : nullptr;
 #pragma unroll
             for (int i = 0; i < kPerLane; ++i)
             {
@@ -202,29 +213,39 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
 }
 
 template <typename T, int kPerLane>
-void launchInt8Sized(StepParams const& p, size_t bytes, cudaStream_t stream)
+cudaError_t launchInt8Sized(StepParams const& p, size_t bytes, cudaStream_t stream)
 {
+    if (bytes > 48 * 1024) // F = 256, Dv = 256: 77 KB
+    {
+        cudaError_t const e = cudaFuncSetAttribute(
+            scanStepInt8Kernel<T, kPerLane>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+        if (e != cudaSuccess)
+        {
+            return e;
+        }
+    }
     scanStepInt8Kernel<T, kPerLane><<<p.B * p.H, kInt8Warps * 32, bytes, stream>>>(p);
+    return cudaGetLastError();
 }
 
 template <typename T>
 cudaError_t launchInt8(StepParams const& p, cudaStream_t stream)
 {
     int const cols = p.Dv + 1;
-    size_t const bytes = sizeof(float) * (2 * p.F + cols + kInt8Warps * cols + 32);
+    // the slab as stored (F (Dv + 2) bytes, a multiple of 16), then qk, vs, the warps' partial sums, red
+    size_t const bytes = size_t(p.F) * (p.Dv + 2) + sizeof(float) * (2 * p.F + cols + kInt8Warps * cols + 32);
     switch ((cols + 31) / 32) // Dv a multiple of 16 in [16, 256]: 1 to 9
     {
-    case 1: launchInt8Sized<T, 1>(p, bytes, stream); break;
-    case 2: launchInt8Sized<T, 2>(p, bytes, stream); break;
-    case 3: launchInt8Sized<T, 3>(p, bytes, stream); break;
-    case 4: launchInt8Sized<T, 4>(p, bytes, stream); break;
-    case 5: launchInt8Sized<T, 5>(p, bytes, stream); break;
-    case 6: launchInt8Sized<T, 6>(p, bytes, stream); break;
-    case 7: launchInt8Sized<T, 7>(p, bytes, stream); break;
-    case 8: launchInt8Sized<T, 8>(p, bytes, stream); break;
-    default: launchInt8Sized<T, kMaxColsPerLane>(p, bytes, stream); break;
+    case 1: return launchInt8Sized<T, 1>(p, bytes, stream);
+    case 2: return launchInt8Sized<T, 2>(p, bytes, stream);
+    case 3: return launchInt8Sized<T, 3>(p, bytes, stream);
+    case 4: return launchInt8Sized<T, 4>(p, bytes, stream);
+    case 5: return launchInt8Sized<T, 5>(p, bytes, stream);
+    case 6: return launchInt8Sized<T, 6>(p, bytes, stream);
+    case 7: return launchInt8Sized<T, 7>(p, bytes, stream);
+    case 8: return launchInt8Sized<T, 8>(p, bytes, stream);
+    default: return launchInt8Sized<T, kMaxColsPerLane>(p, bytes, stream);
     }
-    return cudaGetLastError();
 }
 
 } // namespace
