@@ -23,8 +23,9 @@ if command -v compute-sanitizer >/dev/null; then
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|failures" "$out/sanitizer_$tool.log"
   done
   # kernels driven from Python (the fused decode step, the residual add + layer norm, the decode linear
-  # layers, the cross-attention read, the one-kernel batch-1 model step): a bf16 subset of their tests, and the programmatic dependent launches
-  for target in decode_attention add_layer_norm decode_linear cross_read lm_decode_step; do
+  # layers, the cross-attention read, the one-kernel batch-1 model step, the reduced-state step kernels): a bf16
+  # subset of their tests, and the programmatic dependent launches
+  for target in cuda_kernels decode_attention add_layer_norm decode_linear cross_read lm_decode_step; do
     for tool in memcheck racecheck; do
       step "compute-sanitizer $tool, $target"
       PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} compute-sanitizer --tool $tool --error-exitcode 9 \

@@ -4,7 +4,8 @@
 // Storing a row needs that row's largest updated entry, so a warp owns whole rows (lane j holds columns
 // j + 32 i) and finds it with one shuffle reduction; the fp32 kernel's float4 walk across row boundaries does
 // not fit. The block's whole [F, Dv + 2] slab is copied into shared memory first (16-byte cp.async, before
-// q, k and v are read), so all its bytes are in flight at once; warps then update rows from there. One block
+// q, k and v are read), so all its bytes are in flight at once; warps update rows there, and the block stores
+// the slab back whole in 16-byte stores. One block
 // per (b, h); q^T S_old partial sums are reduced over the warps in shared memory, and the readout is the fp32
 // kernel's: q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1].
 #include "scan_common.cuh"
@@ -55,7 +56,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     // [F * rowBytes] the state slab as stored (a multiple of 16 bytes: F % 16 == 0), then the fixed part
     int8_t* const slab = reinterpret_cast<int8_t*>(smem);
     float2* const qk = reinterpret_cast<float2*>(smem + F * rowBytes / 4); // [F] (q_f, k_f)
-    float* const vs = smem + 2 * F;                      // [cols], vs[Dv] = 1
+    float* const vs = reinterpret_cast<float*>(qk + F);  // [cols], vs[Dv] = 1
     float* const part = vs + cols;                       // [kInt8Warps][cols] partial q^T S_old
     float* const red = part + kInt8Warps * cols;         // [1] = q . k, [2] = max |numerator| (int bits)
 
@@ -153,7 +154,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
             }
             int const e = rowExponent(warpMax(m));
             float const inv = exp2Int(-e);
-            int8_t* const row = sOut + (size_t) f * rowBytes;
+            int8_t* const row = slab + f * rowBytes; // back where it came from: stored whole below
 #pragma unroll
             for (int i = 0; i < kPerLane; ++i)
             {
@@ -180,6 +181,11 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
         }
     }
     __syncthreads();
+    // the new slab out in 16-byte stores, not byte stores of rows that straddle 32-byte sectors
+    for (int i = threadIdx.x; i < F * rowBytes / 16; i += blockDim.x)
+    {
+        reinterpret_cast<int4*>(sOut)[i] = reinterpret_cast<int4 const*>(slab)[i];
+    }
 
     // num[c] = keep * (q^T S_old)[c] + write * (q . k) * [v, 1][c]; then max |num| over the Dv value columns.
     float const qDotK = red[1];

@@ -645,7 +645,9 @@ int main(int argc, char** argv)
     runCase<float, __nv_bfloat16>(creator, true, true, false, Shape{3, 1, 2, 64, 48});
     runCase<__nv_bfloat16, __nv_bfloat16>(creator, true, true, true, Shape{4, 1, 16, 128, 64});
     runCase<float, __nv_bfloat16>(creator, false, true, true);
-    runCase<__nv_bfloat16, __nv_bfloat16>(creator, false, true, false, Shape{1, 1600, 2, 128, 64});
+    // fp16 activations: with bf16 ones a 4th bf16 input is taken for the gate (a reduced state needs one, config
+    // C19, so it comes 5th); ungated, the sum grows and the sequence split's other order shows through rounding
+    runCase<__half, __nv_bfloat16>(creator, false, true, false, Shape{1, 1600, 2, 128, 64});
     // the sizes of the Hopper prefill: on a compute capability 9.0 device with an sm_90a build, the workspace
     // lets it split these sequences (25 chunks, 2 (b, h)) into 3 segments. Ungated, or gates near 1 in fp16:
     // random gates forget a segment's start state within a chunk (the split's results would be bit-identical

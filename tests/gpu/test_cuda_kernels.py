@@ -156,7 +156,9 @@ def test_bf16_state_matches_float64_reference(case, dtype, path):
         torch.cuda.synchronize()
         assert got_state.dtype == torch.bfloat16 and got_state.data_ptr() == out_state.data_ptr()
         assert torch.isfinite(got.float()).all() and torch.isfinite(got_state.float()).all()
-        assert rel_err(got.cpu(), ref) <= TOL[dtype]
+        # path 1 rounds the state every step: the kernel's and the reference's may round apart by a bf16 step
+        # (2^-8 of an entry), which later outputs carry
+        assert rel_err(got.cpu(), ref) <= (max(TOL[dtype], 2.0**-8) if path == 1 else TOL[dtype])
         assert rel_err(got_state.cpu(), ref_state) <= max(TOL[dtype], BF16_STATE_TOL)
         # rounded to nearest, not truncated: on average no bias against the float64 result
         bias = (got_state.double().cpu() - ref_state).mean() / ref_state.abs().max()

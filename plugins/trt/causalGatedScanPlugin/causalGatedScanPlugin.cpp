@@ -184,10 +184,10 @@ int32_t CausalGatedScanPlugin::getOutputDataTypes(
     }
     outputTypes[0] = inputTypes[0];
     // final_state keeps initial_state's storage type (fp32 or bf16); fp32 without one. Only types are known
-    // here: a 4th input typed unlike q is the state; one typed like q is taken for the state as well (the
-    // exporter always passes one), and checkDescriptors refuses the engine if the ranks say it was the gate.
+    // here: a 4th input typed unlike q is the state, one typed like q the gate (a bf16 state with bf16
+    // activations has a gate too: a reduced state needs one, config C19, so it comes as the 5th input).
     DataType const last = inputTypes[nbInputs - 1];
-    bool const hasState = nbInputs == 5 || (nbInputs == 4 && (last != inputTypes[0] || last == DataType::kBF16));
+    bool const hasState = nbInputs == 5 || (nbInputs == 4 && last != inputTypes[0]);
     outputTypes[1] = hasState && isStateType(last) ? last : DataType::kFLOAT;
     return 0;
 }
