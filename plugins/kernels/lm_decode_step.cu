@@ -3,7 +3,9 @@
 // One block of 16 warps per multiprocessor (at most d_model and d_ffn blocks). Each block owns a slice of
 // rows of every weight matrix, and block h the state of head h; thread 0 streams them into a ring of
 // shared-memory slots by bulk copies, in the order they are used, refilling a slot as soon as it is
-// released: weights do not depend on the data, so the copies run ahead across stages and layers. Per
+// released: weights do not depend on the data, so the copies run ahead across stages and layers. The
+// LayerNorm parameters and head h's W~ travel through the same ring, and each stage's bias rows are read
+// while the block waits for the stage's inputs, so no global load is left on the critical path. Per
 // layer five stages: (A) LayerNorm + the q/k/v/gate rows, (B) head h's features, scan step and bounded
 // readout, (C) output projection + residual, (D) LayerNorm + FFN1 + GELU, (E) FFN2 + residual; then
 // LayerNorm + LM head + argmax (the last block to finish reduces the blocks' maxima). Values crossing
@@ -28,7 +30,7 @@ constexpr int kConsumerWarps = 16;
 constexpr int kConsumers = kConsumerWarps * 32;
 constexpr int kThreads = kConsumers;
 constexpr int kSlotBytes = 32768;
-constexpr int kSlots = 5;
+constexpr int kMaxSlots = 8; // the ring: as many 32 KB slots as shared memory leaves room for, 3 to 8
 constexpr int kMaxModel = 4096;
 constexpr int kMaxFfn = 8192;
 constexpr int kMaxPart = 64; // rows x segments of one tile: K = 256 gives 64 rows of one segment
@@ -54,11 +56,11 @@ __host__ __device__ inline Split splitOf(int K)
 
 struct Geometry
 {
-    int G, L, d, H, dh, D, F, f, V, qkvN, SR; // SR: state rows per ring tile
+    int G, L, d, H, dh, D, F, f, V, qkvN, SR, slots; // SR: state rows per ring tile
     int gated, gaussian, sinusoidal;
     float lnEps, eps, embedScale;
     // shared memory (bytes from the dynamic base) and workspace (8-byte words) offsets
-    int smXin, smXres, smPart, smRed, smPhi, smHead, smBars, smBytes;
+    int smXin, smXres, smPart, smRed, smPhi, smHead, smBias, smBars, smBytes;
     int wsX, wsY, wsA, wsU, wsBest, wsWords;
 };
 
@@ -67,10 +69,10 @@ __host__ __device__ inline int roundUp(int x, int m)
     return (x + m - 1) / m * m;
 }
 
-// G: the multiprocessors. The grid is at most one block each, and no more blocks than d_model or d_ffn rows:
+// G: the multiprocessors; sharedLimit: a block's shared memory (opt-in bytes). The grid is at most one block each, and no more blocks than d_model or d_ffn rows:
 // every block then owns rows of every GEMV stage and so waits for all blocks of the stage before it, which
 // keeps any block within one stage of every other and lets each value crossing blocks use one buffer.
-inline bool makeGeometry(rfa_lm_step_args_t const& a, int G, Geometry& g)
+inline bool makeGeometry(rfa_lm_step_args_t const& a, int G, int sharedLimit, Geometry& g)
 {
     G = G < a.d_model ? G : a.d_model;
     G = G < a.d_ffn ? G : a.d_ffn;
@@ -103,6 +105,10 @@ inline bool makeGeometry(rfa_lm_step_args_t const& a, int G, Geometry& g)
     {
         return false;
     }
+    if (g.D * g.dh * 2 > kSlotBytes || 4 * g.d > kSlotBytes) // W~ of a head; a LayerNorm's weight and bias
+    {
+        return false;
+    }
     g.SR = (kSlotBytes / ((g.dh + 1) * 4)) / 4 * 4; // whole rows, a multiple of 16 bytes
     g.SR = g.SR < g.F ? g.SR : g.F;
     if ((g.SR * (g.dh + 1) * 4) % 16 != 0)
@@ -111,14 +117,27 @@ inline bool makeGeometry(rfa_lm_step_args_t const& a, int G, Geometry& g)
     }
     int const widest = g.f > g.d ? g.f : g.d;
     int const xin = roundUp(widest > kConsumerWarps * (g.dh + 1) ? widest : kConsumerWarps * (g.dh + 1), 32) * 4;
-    g.smXin = kSlots * kSlotBytes;
+    g.smXin = 0; // the slots come last, once the rest is counted
     g.smXres = g.smXin + xin;
     g.smPart = g.smXres + roundUp(g.d, 32) * 4;
     g.smRed = g.smPart + kMaxPart * 4;
     g.smPhi = g.smRed + 2 * kConsumerWarps * 4;
     g.smHead = g.smPhi + roundUp(2 * g.F, 32) * 4;
-    g.smBars = g.smHead + roundUp(4 * g.dh + 8, 32) * 4;
-    g.smBytes = g.smBars + kSlots * 8;
+    g.smBias = g.smHead + roundUp(5 * g.dh + 8, 32) * 4;
+    int widestN = g.qkvN > g.f ? g.qkvN : g.f;
+    widestN = widestN > g.V ? widestN : g.V;
+    g.smBars = g.smBias + roundUp((widestN + G - 1) / G + 1, 32) * 4; // one block's bias rows of a stage
+    int const rest = g.smBars + kMaxSlots * 8;
+    g.slots = (sharedLimit - roundUp(rest, 128)) / kSlotBytes;
+    g.slots = g.slots < kMaxSlots ? g.slots : kMaxSlots;
+    if (g.slots < 3)
+    {
+        return false;
+    }
+    int const shift = g.slots * kSlotBytes;
+    g.smXin += shift, g.smXres += shift, g.smPart += shift, g.smRed += shift, g.smPhi += shift;
+    g.smHead += shift, g.smBias += shift, g.smBars += shift;
+    g.smBytes = shift + rest;
     g.wsX = 32; // the first 256 bytes: counters (ticket, generation)
     g.wsY = g.wsX + roundUp(g.d, 32);
     g.wsA = g.wsY + roundUp(g.qkvN, 32);
@@ -189,12 +208,78 @@ __device__ __forceinline__ float waitFlagged(uint64_t const* p, uint64_t w, unsi
     return __uint_as_float(static_cast<unsigned>(w));
 }
 
+template <typename T>
+__device__ __forceinline__ float load(void const* p, int64_t i)
+{
+    return toFloat<T>(static_cast<T const*>(p)[i]);
+}
+
+__device__ __forceinline__ int rowBegin(int N, int b, int G)
+{
+    return static_cast<int>(static_cast<int64_t>(N) * b / G);
+}
+
+// Block b's bias rows of a stage ([r0, r1) of a vector of N; src may be null), read into registers before the
+// block waits for the stage's inputs and stored to shared memory (dst[row - r0]) after, so their latency hides
+// behind the wait.
+template <typename T>
+struct BiasRows
+{
+    static constexpr int kAtOnce = 1; // rows past kAtOnce x 512 are read after the wait (more registers spilled)
+    void const* src;
+    int r0, r1;
+    float* dst;
+    T held[kAtOnce];
+
+    __device__ BiasRows(void const* bias, int N, int b, int G, float* smem)
+        : src(bias), r0(rowBegin(N, b, G)), r1(rowBegin(N, b + 1, G)), dst(smem)
+    {
+    }
+
+    __device__ void issue(int tid)
+    {
+#pragma unroll
+        for (int m = 0; m < kAtOnce; ++m)
+        {
+            int const i = tid + m * kConsumers;
+            if (src != nullptr && i < r1 - r0)
+            {
+                held[m] = static_cast<T const*>(src)[r0 + i];
+            }
+        }
+    }
+
+    // before a consumerSync
+    __device__ void finish(int tid)
+    {
+        if (src == nullptr)
+        {
+            return;
+        }
+#pragma unroll
+        for (int m = 0; m < kAtOnce; ++m)
+        {
+            int const i = tid + m * kConsumers;
+            if (i < r1 - r0)
+            {
+                dst[i] = toFloat<T>(held[m]);
+            }
+        }
+        for (int i = tid + kAtOnce * kConsumers; i < r1 - r0; i += kConsumers)
+        {
+            dst[i] = load<T>(src, r0 + i);
+        }
+    }
+};
+
 constexpr int kWordsAtOnce = 8;
 
 // dst[0, n) = the values of src written with `flag`; the loads of up to 8 words a thread are issued before
-// the first wait
-__device__ void loadFlagged(float* dst, uint64_t const* src, int n, unsigned flag, int tid)
+// the first wait, and the next stage's bias rows before them
+template <typename T>
+__device__ void loadFlagged(float* dst, uint64_t const* src, int n, unsigned flag, int tid, BiasRows<T>& bias)
 {
+    bias.issue(tid);
     for (int base = 0; base < n; base += kWordsAtOnce * kConsumers)
     {
         uint64_t w[kWordsAtOnce];
@@ -217,13 +302,8 @@ __device__ void loadFlagged(float* dst, uint64_t const* src, int n, unsigned fla
             }
         }
     }
+    bias.finish(tid);
     consumerSync();
-}
-
-template <typename T>
-__device__ __forceinline__ float load(void const* p, int64_t i)
-{
-    return toFloat<T>(static_cast<T const*>(p)[i]);
 }
 
 // eight 16-bit weights (one 16-byte chunk) . eight fp32 inputs
@@ -255,82 +335,102 @@ __device__ __forceinline__ bool better(float a, int ia, float b, int ib)
     return ia < ib;
 }
 
-__device__ __forceinline__ int rowBegin(int N, int b, int G)
-{
-    return static_cast<int>(static_cast<int64_t>(N) * b / G);
-}
-
 __device__ __forceinline__ int tilesOfRows(int N, int K, int b, int G)
 {
     int const perTile = kSlotBytes / (2 * K);
     return (rowBegin(N, b + 1, G) - rowBegin(N, b, G) + perTile - 1) / perTile;
 }
 
-// The order in which block b reads its tiles: per layer its rows of the q/k/v/gate weight, its head's state
-// (blocks b < H), its rows of the output projection, FFN1 and FFN2; then its rows of the LM head.
+// One tile: up to two bulk copies, the second placed right after the first.
+struct Tile
+{
+    void const* src[2];
+    uint32_t bytes[2];
+};
+
+// The order in which block b reads its tiles: per layer the attention LayerNorm's weight and bias, its rows
+// of the q/k/v/gate weight, head b's W~ and state (blocks b < H), its rows of the output projection, the
+// FFN LayerNorm's weight and bias, its rows of FFN1 and FFN2; then the final LayerNorm and its rows of the
+// LM head.
 struct Schedule
 {
-    int tA, tB, tC, tD, tE, perLayer, total;
+    int tA, tW, tB, tC, tD, tE, perLayer, total;
 
     __device__ void init(Geometry const& g, int b)
     {
         tA = tilesOfRows(g.qkvN, g.d, b, g.G);
+        tW = b < g.H ? 1 : 0;
         tB = b < g.H ? (g.F + g.SR - 1) / g.SR : 0;
         tC = tilesOfRows(g.d, g.d, b, g.G);
         tD = tilesOfRows(g.f, g.d, b, g.G);
         tE = tilesOfRows(g.d, g.f, b, g.G);
-        perLayer = tA + tB + tC + tD + tE;
-        total = g.L * perLayer + tilesOfRows(g.V, g.d, b, g.G);
+        perLayer = 1 + tA + tW + tB + tC + 1 + tD + tE;
+        total = g.L * perLayer + 1 + tilesOfRows(g.V, g.d, b, g.G);
     }
 
     template <typename T>
-    __device__ static void rows(void const* w, int N, int K, int b, int G, int j, void const*& src, uint32_t& bytes)
+    __device__ static Tile rows(void const* w, int N, int K, int b, int G, int j)
     {
         int const perTile = kSlotBytes / (2 * K);
         int const row = rowBegin(N, b, G) + j * perTile;
         int const n = min(perTile, rowBegin(N, b + 1, G) - row);
-        src = static_cast<T const*>(w) + static_cast<int64_t>(row) * K;
-        bytes = static_cast<uint32_t>(n * K * 2);
+        return {{static_cast<T const*>(w) + static_cast<int64_t>(row) * K, nullptr}, {static_cast<uint32_t>(n * K * 2), 0u}};
+    }
+
+    __device__ static Tile layerNorm(Geometry const& g, void const* weight, void const* bias)
+    {
+        return {{weight, bias}, {static_cast<uint32_t>(2 * g.d), static_cast<uint32_t>(2 * g.d)}};
     }
 
     template <typename T>
-    __device__ void tile(Geometry const& g, rfa_lm_step_args_t const& a, int b, int i, void const*& src,
-        uint32_t& bytes) const
+    __device__ Tile tile(Geometry const& g, rfa_lm_step_args_t const& a, int b, int i) const
     {
         int const l = i / perLayer;
         if (l >= g.L)
         {
-            rows<T>(a.lm_head_weight, g.V, g.d, b, g.G, i - g.L * perLayer, src, bytes);
-            return;
+            int const j = i - g.L * perLayer;
+            return j == 0 ? layerNorm(g, a.ln_f_weight, a.ln_f_bias) : rows<T>(a.lm_head_weight, g.V, g.d, b, g.G, j - 1);
         }
         rfa_lm_step_layer_t const& p = a.layers[l];
         int j = i - l * perLayer;
+        if (j == 0)
+        {
+            return layerNorm(g, p.ln_attn_weight, p.ln_attn_bias);
+        }
+        j -= 1;
         if (j < tA)
         {
-            rows<T>(p.qkvg_weight, g.qkvN, g.d, b, g.G, j, src, bytes);
-            return;
+            return rows<T>(p.qkvg_weight, g.qkvN, g.d, b, g.G, j);
         }
         j -= tA;
+        if (j < tW)
+        {
+            return {{static_cast<T const*>(p.w_tilde) + static_cast<int64_t>(b) * g.D * g.dh, nullptr},
+                {static_cast<uint32_t>(g.D * g.dh * 2), 0u}};
+        }
+        j -= tW;
         if (j < tB)
         {
             int const r = j * g.SR, n = min(g.SR, g.F - r);
-            src = a.states[l] + (static_cast<int64_t>(b) * g.F + r) * (g.dh + 1);
-            bytes = static_cast<uint32_t>(n * (g.dh + 1) * 4);
-            return;
+            return {{a.states[l] + (static_cast<int64_t>(b) * g.F + r) * (g.dh + 1), nullptr},
+                {static_cast<uint32_t>(n * (g.dh + 1) * 4), 0u}};
         }
         j -= tB;
         if (j < tC)
         {
-            rows<T>(p.o_weight, g.d, g.d, b, g.G, j, src, bytes);
-            return;
+            return rows<T>(p.o_weight, g.d, g.d, b, g.G, j);
         }
         j -= tC;
+        if (j == 0)
+        {
+            return layerNorm(g, p.ln_ffn_weight, p.ln_ffn_bias);
+        }
+        j -= 1;
         if (j < tD)
         {
-            rows<T>(p.ffn1_weight, g.f, g.d, b, g.G, j, src, bytes);
-            return;
+            return rows<T>(p.ffn1_weight, g.f, g.d, b, g.G, j);
         }
-        rows<T>(p.ffn2_weight, g.d, g.f, b, g.G, j - tD, src, bytes);
+        return rows<T>(p.ffn2_weight, g.d, g.f, b, g.G, j - tD);
     }
 };
 
@@ -350,31 +450,35 @@ __device__ __forceinline__ void warpBest(float& bestVal, int& bestIdx)
     }
 }
 
-// The ring of shared-memory slots: tile t goes to slot t % kSlots. Thread 0 issues the bulk copy of tile
-// t + kSlots as soon as the consumers have released tile t's slot; weights and the state do not depend on
+// The ring of shared-memory slots: tile t goes to slot t % slots. Thread 0 issues the bulk copy of tile
+// t + slots as soon as the consumers have released tile t's slot; weights and the state do not depend on
 // the step's data, so the copies run ahead across stages and layers.
 struct Ring
 {
     char* slots;
     uint64_t* full;
+    int n; // slots
     int t;
     Schedule schedule;
 
     template <typename T>
-    __device__ void issue(Geometry const& g, rfa_lm_step_args_t const& a, int b, int i)
+    // not inlined: only thread 0 runs it, and inlined at every release it cost the consumers registers (spills)
+    __device__ __noinline__ void issue(Geometry const& g, rfa_lm_step_args_t const& a, int b, int i)
     {
-        void const* src = nullptr;
-        uint32_t bytes = 0;
-        schedule.tile<T>(g, a, b, i, src, bytes);
-        int const s = i % kSlots;
-        tmaExpectTx(&full[s], bytes);
-        bulkLoad(slots + s * kSlotBytes, src, bytes, &full[s]);
+        Tile const tile = schedule.tile<T>(g, a, b, i);
+        int const s = i % n;
+        tmaExpectTx(&full[s], tile.bytes[0] + tile.bytes[1]);
+        bulkLoad(slots + s * kSlotBytes, tile.src[0], tile.bytes[0], &full[s]);
+        if (tile.bytes[1] != 0)
+        {
+            bulkLoad(slots + s * kSlotBytes + tile.bytes[0], tile.src[1], tile.bytes[1], &full[s]);
+        }
     }
 
     __device__ char const* waitFull()
     {
-        int const s = t % kSlots;
-        mbarrierWait(&full[s], (t / kSlots) & 1);
+        int const s = t % n;
+        mbarrierWait(&full[s], (t / n) & 1);
         return slots + s * kSlotBytes;
     }
 
@@ -382,10 +486,10 @@ struct Ring
     template <typename T>
     __device__ void release(Geometry const& g, rfa_lm_step_args_t const& a, int b, int tid)
     {
-        if (tid == 0 && t + kSlots < schedule.total)
+        if (tid == 0 && t + n < schedule.total)
         {
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // the reads above, before the copy
-            issue<T>(g, a, b, t + kSlots);
+            issue<T>(g, a, b, t + n);
         }
         ++t;
     }
@@ -416,10 +520,10 @@ __device__ float blockSum(float v, float* red, int tid)
     return total;
 }
 
-// xin = LayerNorm(xres) (biased variance, as torch)
+// xin = LayerNorm(xres) (biased variance, as torch); its weight and bias are the ring's next tile
 template <typename T>
-__device__ void layerNorm(Geometry const& g, float const* xres, float* xin, void const* w, void const* bias, float* red,
-    int tid)
+__device__ void layerNorm(Geometry const& g, rfa_lm_step_args_t const& a, int b, float const* xres, float* xin,
+    Ring& ring, float* red, int tid)
 {
     float s = 0.f;
     for (int i = tid; i < g.d; i += kConsumers)
@@ -434,18 +538,21 @@ __device__ void layerNorm(Geometry const& g, float const* xres, float* xin, void
         v += c * c;
     }
     float const rstd = rsqrtf(blockSum(v, red, tid) / g.d + g.lnEps);
+    T const* w = reinterpret_cast<T const*>(ring.waitFull());
+    T const* bias = w + g.d;
     for (int i = tid; i < g.d; i += kConsumers)
     {
-        xin[i] = (xres[i] - mean) * rstd * load<T>(w, i) + load<T>(bias, i);
+        xin[i] = (xres[i] - mean) * rstd * toFloat<T>(w[i]) + toFloat<T>(bias[i]);
     }
     consumerSync();
+    ring.release<T>(g, a, b, tid);
 }
 
-// rows [r0, r1) of the stage's weight (this block's share, streamed through the ring) . xin -> epi(row, sum)
+// rows [r0, r1) of the stage's weight (this block's share, streamed through the ring) . xin + bias[row - r0]
+// (bias: shared memory, or null) -> epi(row, sum)
 template <typename T, int CH, typename Epilogue>
 __device__ void gemvRows(Geometry const& g, rfa_lm_step_args_t const& a, int b, float const* xin, int K, int S, int r0,
-    int r1, Ring& ring, float* part, int tid,
-    Epilogue const& epi)
+    int r1, Ring& ring, float* part, float const* bias, int tid, Epilogue const& epi)
 {
     int const warp = tid / 32, lane = tid & 31;
     int const rowsAtOnce = kConsumerWarps / S;
@@ -492,29 +599,31 @@ __device__ void gemvRows(Geometry const& g, rfa_lm_step_args_t const& a, int b, 
             {
                 v += part[tid * S + s];
             }
-            epi(row0 + tid, v);
+            epi(row0 + tid, bias != nullptr ? v + bias[row0 + tid - r0] : v);
         }
         consumerSync();
     }
 }
 
+// bias: the stage's BiasRows, already in shared memory
 template <typename T, typename Epilogue>
 __device__ void gemv(Geometry const& g, rfa_lm_step_args_t const& a, float const* xin, int N, int K, int b, int G,
-    Ring& ring, float* part, int tid, Epilogue const& epi)
+    Ring& ring, float* part, BiasRows<T> const& bias, int tid, Epilogue const& epi)
 {
     Split const sp = splitOf(K);
     int const r0 = rowBegin(N, b, G), r1 = rowBegin(N, b + 1, G);
+    float const* bs = bias.src != nullptr ? bias.dst : nullptr;
     switch (sp.CH)
     {
-    case 1: gemvRows<T, 1>(g, a, b, xin, K, sp.S, r0, r1, ring, part, tid, epi); break;
-    case 2: gemvRows<T, 2>(g, a, b, xin, K, sp.S, r0, r1, ring, part, tid, epi); break;
-    case 3: gemvRows<T, 3>(g, a, b, xin, K, sp.S, r0, r1, ring, part, tid, epi); break;
-    default: gemvRows<T, 4>(g, a, b, xin, K, sp.S, r0, r1, ring, part, tid, epi); break;
+    case 1: gemvRows<T, 1>(g, a, b, xin, K, sp.S, r0, r1, ring, part, bs, tid, epi); break;
+    case 2: gemvRows<T, 2>(g, a, b, xin, K, sp.S, r0, r1, ring, part, bs, tid, epi); break;
+    case 3: gemvRows<T, 3>(g, a, b, xin, K, sp.S, r0, r1, ring, part, bs, tid, epi); break;
+    default: gemvRows<T, 4>(g, a, b, xin, K, sp.S, r0, r1, ring, part, bs, tid, epi); break;
     }
 }
 
-// Stage B for block h < H: the features of q and k, the gated update of head h's state (in place, its rows
-// streamed through the ring), and the readout out = num / max(den, eps max|num|) (docs/op_contract.md; 0
+// Stage B for block h < H: the features of q and k (head h's W~ the ring's next tile), the gated update of
+// head h's state (in place, its rows streamed through the ring after W~), and the readout out = num / max(den, eps max|num|) (docs/op_contract.md; 0
 // where that bound is not positive) into the workspace.
 template <typename T>
 __device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rfa_lm_step_layer_t const& p, float* state, uint64_t const* y,
@@ -526,10 +635,13 @@ __device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rf
     float* k = head + dh;
     float* v = head + 2 * dh;
     float* num = head + 3 * dh + 4;
+    float* sig = head + 4 * dh + 8;
     if (tid < dh)
     {
+        T const sigma = static_cast<T const*>(p.sigma)[h * dh + tid];
         uint64_t const wq = loadWord(y + h * dh + tid), wk = loadWord(y + g.d + h * dh + tid);
         uint64_t const wv = loadWord(y + 2 * g.d + h * dh + tid);
+        sig[tid] = toFloat<T>(sigma);
         q[tid] = waitFlagged(y + h * dh + tid, wq, flagIn);
         k[tid] = waitFlagged(y + g.d + h * dh + tid, wk, flagIn);
         v[tid] = waitFlagged(y + 2 * g.d + h * dh + tid, wv, flagIn);
@@ -566,38 +678,55 @@ __device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rf
     consumerSync();
     float const invQ = head[3 * dh + 1], invK = head[3 * dh + 2];
     float const scale = g.gaussian ? rsqrtf(float(g.D)) : sqrtf(2.f / float(g.D));
-    // one projection per row of W~: both features of the gaussian map at once
-    for (int row = warp; row < g.D; row += kConsumerWarps)
+    // one projection per row of W~ (both features of the gaussian map at once), a warp's eight rows side by
+    // side so that their reductions overlap; lane j then maps row warp + 16 j
+    T const* wTilde = reinterpret_cast<T const*>(ring.waitFull());
+    constexpr int kRowsPerWarp = 128 / kConsumerWarps; // D <= 128
+    float pq[kRowsPerWarp], pk[kRowsPerWarp];
+#pragma unroll
+    for (int j = 0; j < kRowsPerWarp; ++j)
     {
-        float pq = 0.f, pk = 0.f;
-        for (int i = lane; i < dh; i += 32)
+        int const row = warp + j * kConsumerWarps;
+        pq[j] = 0.f;
+        pk[j] = 0.f;
+        if (row < g.D)
         {
-            float const w = load<T>(p.w_tilde, (h * g.D + row) * dh + i) * load<T>(p.sigma, h * dh + i);
-            pq = fmaf(w, q[i], pq);
-            pk = fmaf(w, k[i], pk);
-        }
-        pq = warpSum(pq) * invQ;
-        pk = warpSum(pk) * invK;
-        if (lane == 0)
-        {
-            if (g.gaussian)
+            for (int i = lane; i < dh; i += 32)
             {
-                float sq, cq, sk, ck;
-                sincosf(pq, &sq, &cq);
-                sincosf(pk, &sk, &ck);
-                phi[row] = sq * scale;
-                phi[g.D + row] = cq * scale;
-                phi[g.F + row] = sk * scale;
-                phi[g.F + g.D + row] = ck * scale;
-            }
-            else
-            {
-                phi[row] = fmaxf(pq, 0.f) * scale;
-                phi[g.F + row] = fmaxf(pk, 0.f) * scale;
+                float const w = toFloat<T>(wTilde[row * dh + i]) * sig[i];
+                pq[j] = fmaf(w, q[i], pq[j]);
+                pk[j] = fmaf(w, k[i], pk[j]);
             }
         }
     }
+    float myQ = 0.f, myK = 0.f;
+#pragma unroll
+    for (int j = 0; j < kRowsPerWarp; ++j)
+    {
+        float const sq = warpSum(pq[j]) * invQ, sk = warpSum(pk[j]) * invK;
+        myQ = lane == j ? sq : myQ;
+        myK = lane == j ? sk : myK;
+    }
+    if (int const row = warp + lane * kConsumerWarps; lane < kRowsPerWarp && row < g.D)
+    {
+        if (g.gaussian)
+        {
+            float sq, cq, sk, ck;
+            sincosf(myQ, &sq, &cq);
+            sincosf(myK, &sk, &ck);
+            phi[row] = sq * scale;
+            phi[g.D + row] = cq * scale;
+            phi[g.F + row] = sk * scale;
+            phi[g.F + g.D + row] = ck * scale;
+        }
+        else
+        {
+            phi[row] = fmaxf(myQ, 0.f) * scale;
+            phi[g.F + row] = fmaxf(myK, 0.f) * scale;
+        }
+    }
     consumerSync();
+    ring.release<T>(g, a, h, tid);
     float const gate = head[3 * dh];
     float* S = state + static_cast<int64_t>(h) * g.F * width;
     constexpr int kMaxCols = 5; // dh + 1 <= 129 columns over 32 lanes
@@ -666,20 +795,20 @@ __device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rf
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const g, rfa_lm_step_args_t const a)
+__global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(__grid_constant__ Geometry const g, __grid_constant__ rfa_lm_step_args_t const a)
 {
     extern __shared__ __align__(128) char smem[];
     int const tid = threadIdx.x, b = blockIdx.x;
-    Ring ring{smem, reinterpret_cast<uint64_t*>(smem + g.smBars), 0, {}};
+    Ring ring{smem, reinterpret_cast<uint64_t*>(smem + g.smBars), g.slots, 0, {}};
     ring.schedule.init(g, b);
     if (tid == 0)
     {
-        for (int s = 0; s < kSlots; ++s)
+        for (int s = 0; s < g.slots; ++s)
         {
             mbarrierInit(&ring.full[s], 1);
         }
         fenceMbarrierInit();
-        for (int i = 0; i < kSlots && i < ring.schedule.total; ++i)
+        for (int i = 0; i < g.slots && i < ring.schedule.total; ++i)
         {
             ring.issue<T>(g, a, b, i);
         }
@@ -694,6 +823,7 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const
     float* red = reinterpret_cast<float*>(smem + g.smRed);
     float* phi = reinterpret_cast<float*>(smem + g.smPhi);
     float* head = reinterpret_cast<float*>(smem + g.smHead);
+    float* smBias = reinterpret_cast<float*>(smem + g.smBias);
     uint64_t* wsX = ws + g.wsX;
     uint64_t* wsY = ws + g.wsY;
     uint64_t* wsA = ws + g.wsA;
@@ -718,6 +848,8 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const
     // it was and gives NaN logits and next token -1.
     bool bad = false;
     {
+        BiasRows<T> biasA(a.layers[0].qkvg_bias, g.qkvN, b, g.G, smBias);
+        biasA.issue(tid);
         int64_t const token = a.token[0];
         bad = token < 0 || token >= g.V;
         float const position = static_cast<float>(a.position[0]);
@@ -733,6 +865,7 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const
             }
             xres[i] = x;
         }
+        biasA.finish(tid);
         consumerSync();
     }
 
@@ -741,15 +874,16 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const
         rfa_lm_step_layer_t const& p = a.layers[l];
         int const s0 = 5 * l;
         // (A) q, k, v and gate logits
+        BiasRows<T> biasA(p.qkvg_bias, g.qkvN, b, g.G, smBias);
         if (l > 0)
         {
-            loadFlagged(xres, wsX, g.d, flag(s0 - 1), tid);
+            loadFlagged(xres, wsX, g.d, flag(s0 - 1), tid, biasA);
             stamp(4 + 2 * (s0 - 1));
         }
-        layerNorm<T>(g, xres, xin, p.ln_attn_weight, p.ln_attn_bias, red, tid);
+        layerNorm<T>(g, a, b, xres, xin, ring, red, tid);
         unsigned const fA = flag(s0);
-        gemv<T>(g, a, xin, g.qkvN, g.d, b, g.G, ring, part, tid,
-            [&](int row, float v) { storeFlagged(wsY + row, v + load<T>(p.qkvg_bias, row), fA); });
+        gemv<T>(g, a, xin, g.qkvN, g.d, b, g.G, ring, part, biasA, tid,
+            [&](int row, float v) { storeFlagged(wsY + row, v, fA); });
         stamp(3 + 2 * s0);
         // (B) features, scan step and readout of head b
         if (b < g.H)
@@ -759,43 +893,41 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const
         }
         stamp(3 + 2 * (s0 + 1));
         // (C) output projection, residual
-        loadFlagged(xin, wsA, g.d, flag(s0 + 1), tid);
+        BiasRows<T> biasC(p.o_bias, g.d, b, g.G, smBias);
+        loadFlagged(xin, wsA, g.d, flag(s0 + 1), tid, biasC);
         stamp(4 + 2 * (s0 + 1));
         unsigned const fC = flag(s0 + 2);
-        gemv<T>(g, a, xin, g.d, g.d, b, g.G, ring, part, tid,
-            [&](int row, float v) { storeFlagged(wsX + row, xres[row] + v + load<T>(p.o_bias, row), fC); });
+        gemv<T>(g, a, xin, g.d, g.d, b, g.G, ring, part, biasC, tid,
+            [&](int row, float v) { storeFlagged(wsX + row, xres[row] + v, fC); });
         stamp(3 + 2 * (s0 + 2));
         // (D) LayerNorm, FFN1 and exact GELU
-        loadFlagged(xres, wsX, g.d, fC, tid);
+        BiasRows<T> biasD(p.ffn1_bias, g.f, b, g.G, smBias);
+        loadFlagged(xres, wsX, g.d, fC, tid, biasD);
         stamp(4 + 2 * (s0 + 2));
-        layerNorm<T>(g, xres, xin, p.ln_ffn_weight, p.ln_ffn_bias, red, tid);
+        layerNorm<T>(g, a, b, xres, xin, ring, red, tid);
         unsigned const fD = flag(s0 + 3);
-        gemv<T>(g, a, xin, g.f, g.d, b, g.G, ring, part, tid, [&](int row, float v) {
-            float const u = v + load<T>(p.ffn1_bias, row);
-            storeFlagged(wsU + row, 0.5f * u * (1.f + erff(u * 0.70710678118654752f)), fD);
-        });
+        gemv<T>(g, a, xin, g.f, g.d, b, g.G, ring, part, biasD, tid,
+            [&](int row, float u) { storeFlagged(wsU + row, 0.5f * u * (1.f + erff(u * 0.70710678118654752f)), fD); });
         stamp(3 + 2 * (s0 + 3));
         // (E) FFN2 and residual
-        loadFlagged(xin, wsU, g.f, fD, tid);
+        BiasRows<T> biasE(p.ffn2_bias, g.d, b, g.G, smBias);
+        loadFlagged(xin, wsU, g.f, fD, tid, biasE);
         stamp(4 + 2 * (s0 + 3));
         unsigned const fE = flag(s0 + 4);
-        gemv<T>(g, a, xin, g.d, g.f, b, g.G, ring, part, tid,
-            [&](int row, float v) { storeFlagged(wsX + row, xres[row] + v + load<T>(p.ffn2_bias, row), fE); });
+        gemv<T>(g, a, xin, g.d, g.f, b, g.G, ring, part, biasE, tid,
+            [&](int row, float v) { storeFlagged(wsX + row, xres[row] + v, fE); });
         stamp(3 + 2 * (s0 + 4));
     }
 
     // final LayerNorm, LM head, argmax over the logits as rounded to T
-    loadFlagged(xres, wsX, g.d, flag(5 * g.L - 1), tid);
+    BiasRows<T> biasV(a.lm_head_bias, g.V, b, g.G, smBias);
+    loadFlagged(xres, wsX, g.d, flag(5 * g.L - 1), tid, biasV);
     stamp(4 + 2 * (5 * g.L - 1));
-    layerNorm<T>(g, xres, xin, a.ln_f_weight, a.ln_f_bias, red, tid);
+    layerNorm<T>(g, a, b, xres, xin, ring, red, tid);
     float bestVal = -INFINITY;
     int bestIdx = 0x7fffffff;
     T* logits = static_cast<T*>(a.logits);
-    gemv<T>(g, a, xin, g.V, g.d, b, g.G, ring, part, tid, [&](int row, float v) {
-        if (a.lm_head_bias != nullptr)
-        {
-            v += load<T>(a.lm_head_bias, row);
-        }
+    gemv<T>(g, a, xin, g.V, g.d, b, g.G, ring, part, biasV, tid, [&](int row, float v) {
         if (bad)
         {
             v = NAN;
@@ -870,22 +1002,24 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(Geometry const
 #else // kernels of compute capability 9.0 only; rfa_lm_step_check refuses older devices
 
 template <typename T>
-__global__ void lmDecodeStepKernel(Geometry const, rfa_lm_step_args_t const)
+__global__ void lmDecodeStepKernel(__grid_constant__ Geometry const, __grid_constant__ rfa_lm_step_args_t const)
 {
 }
 
 #endif
 
-inline int multiprocessors()
+// false where the geometry does not fit this device
+inline bool geometryOnDevice(rfa_lm_step_args_t const& a, Geometry& g)
 {
-    int device = 0, count = 0;
+    int device = 0, count = 0, shared = 0;
     if (cudaGetDevice(&device) != cudaSuccess
-        || cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+        || cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess
+        || cudaDeviceGetAttribute(&shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
     {
         cudaGetLastError();
-        return 0;
+        return false;
     }
-    return count;
+    return makeGeometry(a, count, shared, g);
 }
 
 template <typename T>
@@ -957,7 +1091,7 @@ int checkArgs(rfa_lm_step_args_t const* a, Geometry* out)
         return RFA_ERR_ARCH;
     }
     Geometry g{};
-    if (!rfa::lmstep::makeGeometry(*a, rfa::lmstep::multiprocessors(), g))
+    if (!rfa::lmstep::geometryOnDevice(*a, g))
     {
         return RFA_ERR_SHAPE;
     }
@@ -986,7 +1120,7 @@ int rfa_lm_step_check(rfa_lm_step_args_t const* a)
 size_t rfa_lm_step_workspace_size(rfa_lm_step_args_t const* a)
 {
     Geometry g{};
-    if (a == nullptr || !rfa::lmstep::makeGeometry(*a, rfa::lmstep::multiprocessors(), g))
+    if (a == nullptr || !rfa::lmstep::geometryOnDevice(*a, g))
     {
         return 0;
     }

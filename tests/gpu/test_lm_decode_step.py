@@ -1,6 +1,8 @@
 """The fused batch-1 decode step of a whole model (one persistent kernel) against the float64 reference, and
 the model's use of it."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -118,3 +120,23 @@ def test_models_the_kernel_does_not_take_fall_back():
     bf16 = model.bfloat16()
     assert not lm_step_kernel_supports(bf16.step_weights(), token.int(), position, states)  # int32 token
     assert not lm_step_kernel_supports(bf16.step_weights(), token, position, states[:-1])  # a state missing
+
+
+def test_lm_head_bias():
+    """The LM head's bias (none of the bundled models has one) reaches the logits and their argmax."""
+    model, ref, ref_states = model_and_prefix("gated-gaussian-bf16", prefix=3)
+    weights, ref_weights = model.step_weights(), ref.step_weights()
+    g = torch.Generator().manual_seed(2)
+    bias = torch.randn(weights.lm_head_weight.shape[0], generator=g, dtype=torch.float64).cuda()
+    weights = dataclasses.replace(weights, lm_head_bias=bias.to(weights.lm_head_weight.dtype))
+    ref_weights = dataclasses.replace(ref_weights, lm_head_bias=bias.to(weights.lm_head_weight.dtype).double())
+    states = [s.float() for s in ref_states]
+    token, position = torch.tensor([5], device="cuda"), torch.tensor([3], device="cuda")
+    next_token = torch.empty_like(token)
+    with torch.no_grad():
+        logits = cuda_lm_decode_step_(weights, token, position, states, next_token)
+        want, _ = naive_lm_decode_step(ref_weights, token, position, ref_states)
+        unbiased, _ = naive_lm_decode_step(ref.step_weights(), token, position, ref_states)
+    assert rel_err(logits, want) <= LOGIT_TOL[torch.bfloat16]
+    assert rel_err(logits, unbiased) > 10 * LOGIT_TOL[torch.bfloat16]  # the bias is not negligible
+    assert next_token.item() == logits.float().argmax().item()
