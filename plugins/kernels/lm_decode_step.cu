@@ -28,7 +28,7 @@ namespace lmstep
 
 constexpr int kConsumerWarps = 16;
 constexpr int kConsumers = kConsumerWarps * 32;
-constexpr int kThreads = kConsumers;
+constexpr int kThreads = kConsumers + 32; // and one producer warp, whose lane 0 issues the ring's copies
 constexpr int kSlotBytes = 32768;
 constexpr int kMaxSlots = 8; // the ring: as many 32 KB slots as shared memory leaves room for, 3 to 8
 constexpr int kMaxModel = 4096;
@@ -127,7 +127,7 @@ inline bool makeGeometry(rfa_lm_step_args_t const& a, int G, int sharedLimit, Ge
     int widestN = g.qkvN > g.f ? g.qkvN : g.f;
     widestN = widestN > g.V ? widestN : g.V;
     g.smBars = g.smBias + roundUp((widestN + G - 1) / G + 1, 32) * 4; // one block's bias rows of a stage
-    int const rest = g.smBars + kMaxSlots * 8;
+    int const rest = g.smBars + 2 * kMaxSlots * 8; // full and empty barriers
     g.slots = (sharedLimit - roundUp(rest, 128)) / kSlotBytes;
     g.slots = g.slots < kMaxSlots ? g.slots : kMaxSlots;
     if (g.slots < 3)
@@ -458,20 +458,26 @@ __device__ __forceinline__ void warpBest(float& bestVal, int& bestIdx)
     }
 }
 
-// The ring of shared-memory slots: tile t goes to slot t % slots. Thread 0 issues the bulk copy of tile
-// t + slots as soon as the consumers have released tile t's slot; weights and the state do not depend on
-// the step's data, so the copies run ahead across stages and layers.
+__device__ __forceinline__ void mbarrierArrive(uint64_t* bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smemAddr(bar)) : "memory");
+}
+
+// The ring of shared-memory slots: tile t goes to slot t % slots. The producer warp issues the bulk copy of
+// tile t + slots as soon as the consumers have released tile t's slot (its `empty` barrier); weights and the
+// state do not depend on the step's data, so the copies run ahead across stages and layers, and issuing
+// them costs the consumers nothing.
 struct Ring
 {
     char* slots;
     uint64_t* full;
+    uint64_t* empty;
     int n; // slots
     int t;
     Schedule schedule;
 
     template <typename T>
-    // not inlined: only thread 0 runs it, and inlined at every release it cost the consumers registers (spills)
-    __device__ __noinline__ void issue(Geometry const& g, rfa_lm_step_args_t const& a, int b, int i)
+    __device__ void issue(Geometry const& g, rfa_lm_step_args_t const& a, int b, int i)
     {
         Tile const tile = schedule.tile<T>(g, a, b, i);
         int const s = i % n;
@@ -483,6 +489,21 @@ struct Ring
         }
     }
 
+    // the producer's whole work: every tile of the step, in order, each into a released slot
+    template <typename T>
+    __device__ void produce(Geometry const& g, rfa_lm_step_args_t const& a, int b)
+    {
+        for (int i = 0; i < schedule.total; ++i)
+        {
+            if (i >= n)
+            {
+                mbarrierWait(&empty[i % n], (i / n - 1) & 1);
+                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // the consumers' reads, before the copy
+            }
+            issue<T>(g, a, b, i);
+        }
+    }
+
     __device__ char const* waitFull()
     {
         int const s = t % n;
@@ -491,13 +512,11 @@ struct Ring
     }
 
     // after a consumerSync that follows the last read of tile t's slot
-    template <typename T>
-    __device__ void release(Geometry const& g, rfa_lm_step_args_t const& a, int b, int tid)
+    __device__ void release(int tid)
     {
-        if (tid == 0 && t + n < schedule.total)
+        if (tid == 0)
         {
-            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // the reads above, before the copy
-            issue<T>(g, a, b, t + n);
+            mbarrierArrive(&empty[t % n]);
         }
         ++t;
     }
@@ -553,7 +572,7 @@ __device__ void layerNorm(Geometry const& g, rfa_lm_step_args_t const& a, int b,
         xin[i] = (xres[i] - mean) * rstd * toFloat<T>(w[i]) + toFloat<T>(bias[i]);
     }
     consumerSync();
-    ring.release<T>(g, a, b, tid);
+    ring.release(tid);
 }
 
 // rows [r0, r1) of the stage's weight (this block's share, streamed through the ring) . xin + bias[row - r0]
@@ -599,7 +618,7 @@ __device__ void gemvRows(Geometry const& g, rfa_lm_step_args_t const& a, int b, 
             }
         }
         consumerSync();
-        ring.release<T>(g, a, b, tid);
+        ring.release(tid);
         if (tid < n)
         {
             float v = 0.f;
@@ -734,7 +753,7 @@ __device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rf
         }
     }
     consumerSync();
-    ring.release<T>(g, a, h, tid);
+    ring.release(tid);
     float const gate = head[3 * dh];
     float* S = state + static_cast<int64_t>(h) * g.F * width;
     constexpr int kMaxCols = 5; // dh + 1 <= 129 columns over 32 lanes
@@ -764,7 +783,7 @@ __device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rf
             }
         }
         consumerSync(); // every read of the slot is done
-        ring.release<T>(g, a, h, tid);
+        ring.release(tid);
     }
     // red: [kConsumerWarps][width], the warps' parts of [phi_q^T S | phi_q . z], summed in warp order
 #pragma unroll
@@ -807,21 +826,27 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(__grid_constan
 {
     extern __shared__ __align__(128) char smem[];
     int const tid = threadIdx.x, b = blockIdx.x;
-    Ring ring{smem, reinterpret_cast<uint64_t*>(smem + g.smBars), g.slots, 0, {}};
+    uint64_t* bars = reinterpret_cast<uint64_t*>(smem + g.smBars);
+    Ring ring{smem, bars, bars + kMaxSlots, g.slots, 0, {}};
     ring.schedule.init(g, b);
     if (tid == 0)
     {
         for (int s = 0; s < g.slots; ++s)
         {
             mbarrierInit(&ring.full[s], 1);
+            mbarrierInit(&ring.empty[s], 1);
         }
         fenceMbarrierInit();
-        for (int i = 0; i < g.slots && i < ring.schedule.total; ++i)
-        {
-            ring.issue<T>(g, a, b, i);
-        }
     }
-    consumerSync();
+    __syncthreads(); // the only barrier of all threads: consumers use named barrier 1 from here on
+    if (tid >= kConsumers)
+    {
+        if (tid == kConsumers)
+        {
+            ring.produce<T>(g, a, b);
+        }
+        return;
+    }
 
     uint64_t* ws = static_cast<uint64_t*>(a.workspace);
     unsigned* counters = static_cast<unsigned*>(a.workspace); // [0] ticket, [1] generation
