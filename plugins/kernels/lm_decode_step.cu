@@ -1,8 +1,8 @@
 // The batch-1 decode step of a whole RFA language model in one persistent kernel (lm_decode_step.h).
 //
-// One block of 16 warps per multiprocessor (at most d_model and d_ffn blocks). Each block owns a slice of
-// rows of every weight matrix, and block h the state of head h; thread 0 streams them into a ring of
-// shared-memory slots by bulk copies, in the order they are used, refilling a slot as soon as it is
+// One block of 16 consumer warps and a producer warp per multiprocessor (at most d_model and d_ffn blocks).
+// Each block owns a slice of rows of every weight matrix, and block h the state of head h; the producer
+// streams them into a ring of shared-memory slots by bulk copies, in the order they are used, refilling a slot as soon as it is
 // released: weights do not depend on the data, so the copies run ahead across stages and layers. The
 // LayerNorm parameters and head h's W~ travel through the same ring, and each stage's bias rows are read
 // while the block waits for the stage's inputs, so no global load is left on the critical path. Per

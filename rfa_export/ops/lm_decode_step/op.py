@@ -1,6 +1,6 @@
 """lm_decode_step_: the one entry point of the fused batch-1 decode step of a whole model; None where the
 kernel cannot run (the model then composes the step from its layers). Opt-in (RFA_LM_STEP_KERNEL=1): its
-GPU tests pass, but it is slower than the layer-by-layer step (BENCHMARKS.md, the one-kernel B1 step)."""
+GPU tests pass, but it is still slower than the layer-by-layer step (BENCHMARKS.md, the one-kernel B1 step)."""
 
 import os
 from typing import List, Optional
