@@ -59,9 +59,9 @@ def time_graph(step, warmup=3, reps=50):
 
 
 @torch.no_grad()
-def rfa_step_ms(model, batch, layer_by_layer=False, state_dtype=torch.float32):
-    """model.step with greedy decoding (at batch 1 one kernel for the whole step, ops/lm_decode_step);
-    layer_by_layer: the model's forward instead, one or more kernels per layer (the path of larger batches).
+def rfa_step_ms(model, batch, one_kernel=False, state_dtype=torch.float32):
+    """model.step with greedy decoding, the model's default path (one or more kernels per layer);
+    one_kernel: at batch 1 the opt-in step in one kernel (RFA_LM_STEP_KERNEL=1, ops/lm_decode_step).
     state_dtype bfloat16 / int8: the state stored as bf16 / int8 rows (config state_dtype; the one-kernel B1 step
     takes fp32 only)."""
     from rfa_export.ops.causal_gated_scan.state_storage import narrow_state
@@ -71,14 +71,18 @@ def rfa_step_ms(model, batch, layer_by_layer=False, state_dtype=torch.float32):
     token = torch.randint(0, CONFIG.vocab_size, (batch,), device="cuda")
     pos = torch.zeros(batch, dtype=torch.long, device="cuda")
 
-    def step():
-        if layer_by_layer:
-            logits, _ = model(token[:, None], states, pos[:, None], inplace_state=True)
-            token.copy_(logits[:, 0].argmax(-1))
-        else:  # the kernels update the state in place, the argmax lands in token
-            model.step(token, states, pos, inplace_state=True, next_token=token)
+    def step():  # the kernels update the state in place, the argmax lands in token
+        model.step(token, states, pos, inplace_state=True, next_token=token)
 
-    return time_graph(step)
+    previous = os.environ.pop("RFA_LM_STEP_KERNEL", None)
+    if one_kernel:  # read when the step is captured
+        os.environ["RFA_LM_STEP_KERNEL"] = "1"
+    try:
+        return time_graph(step)
+    finally:
+        os.environ.pop("RFA_LM_STEP_KERNEL", None)
+        if previous is not None:
+            os.environ["RFA_LM_STEP_KERNEL"] = previous
 
 
 class StaticCacheStep(torch.nn.Module):
@@ -178,7 +182,6 @@ def main():
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--timeline", action="store_true", help="also record where the B1 one-kernel step spends its time")
     args = ap.parse_args()
-    os.environ["RFA_LM_STEP_KERNEL"] = "1"  # the one-kernel B1 step (opt-in, ops/lm_decode_step/op.py)
     contexts = [int(c) for c in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     torch.manual_seed(0)
@@ -187,14 +190,15 @@ def main():
     rows = []
     for batch in batches:
         rfa_ms, rfa_gb = measure(rfa_step_ms, rfa, batch)  # the state does not grow with the context
-        layers_ms = measure(rfa_step_ms, rfa, batch, True)[0] if batch == 1 else rfa_ms
-        bf16_ms, bf16_gb = measure(rfa_step_ms, rfa, batch, batch == 1, torch.bfloat16)
-        int8_ms, int8_gb = measure(rfa_step_ms, rfa, batch, batch == 1, torch.int8)
+        one_kernel_ms = measure(rfa_step_ms, rfa, batch, True)[0] if batch == 1 else None
+        bf16_ms, bf16_gb = measure(rfa_step_ms, rfa, batch, False, torch.bfloat16)
+        int8_ms, int8_gb = measure(rfa_step_ms, rfa, batch, False, torch.int8)
         if batch == 1:
-            print(f"B=1 RFA one-kernel step {rfa_ms * 1e3:.1f} µs, layer by layer {layers_ms * 1e3:.1f} µs", flush=True)
+            print(f"B=1 RFA step {rfa_ms * 1e3:.1f} µs (default path), one-kernel step {one_kernel_ms * 1e3:.1f} µs",
+                  flush=True)
         for context in contexts:
             soft_ms, soft_gb = measure(softmax_step_ms, soft, batch, context)
-            rows.append({"batch": batch, "context": context, "rfa_ms": rfa_ms, "rfa_layer_by_layer_ms": layers_ms,
+            rows.append({"batch": batch, "context": context, "rfa_ms": rfa_ms, "rfa_one_kernel_ms": one_kernel_ms,
                          "rfa_peak_gib": rfa_gb, "rfa_bf16_state_ms": bf16_ms, "rfa_bf16_state_peak_gib": bf16_gb,
                          "rfa_int8_state_ms": int8_ms, "rfa_int8_state_peak_gib": int8_gb,
                          "softmax_ms": soft_ms, "softmax_peak_gib": soft_gb, "speedup": soft_ms / rfa_ms})
