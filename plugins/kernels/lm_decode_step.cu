@@ -199,18 +199,10 @@ __device__ __forceinline__ uint64_t loadWord(uint64_t const* p)
     return w;
 }
 
-#ifndef RFA_LM_STEP_SPIN_NS
-#define RFA_LM_STEP_SPIN_NS 0 // a pause between polls (ns), 0: none
-#endif
-
 __device__ __forceinline__ float waitFlagged(uint64_t const* p, uint64_t w, unsigned flag)
 {
     while (static_cast<unsigned>(w >> 32) != flag)
     {
-        if (RFA_LM_STEP_SPIN_NS > 0)
-        {
-            __nanosleep(RFA_LM_STEP_SPIN_NS);
-        }
         w = loadWord(p);
     }
     return __uint_as_float(static_cast<unsigned>(w));
