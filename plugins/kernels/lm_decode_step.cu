@@ -642,8 +642,9 @@ __device__ void gemv(Geometry const& g, rfa_lm_step_args_t const& a, float const
 }
 
 // Stage B for block h < H: the features of q and k (head h's W~ the ring's next tile), the gated update of
-// head h's state (in place, its rows streamed through the ring after W~), and the readout out = num / max(den, eps max|num|) (docs/op_contract.md; 0
-// where that bound is not positive) into the workspace.
+// head h's state (in place, its rows streamed through the ring after W~), and the readout
+// out = num / max(den, eps max|num|) (docs/op_contract.md; 0 where that bound is not positive) into the
+// workspace.
 template <typename T>
 __device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rfa_lm_step_layer_t const& p, float* state, uint64_t const* y,
     uint64_t* out, unsigned flagIn, unsigned flagOut, Ring& ring, float* head, float* phi, float* red, int h, int tid,
@@ -899,7 +900,7 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(__grid_constan
         rfa_lm_step_layer_t const& p = a.layers[l];
         int const s0 = 5 * l;
         // (A) q, k, v and gate logits
-        BiasRows<T> biasA(p.qkvg_bias, g.qkvN, b, g.G, smBias);
+        BiasRows<T> biasA(p.qkvg_bias, g.qkvN, b, g.G, smBias); // layer 0's: read with the embedding above
         if (l > 0)
         {
             loadFlagged(xres, wsX, g.d, flag(s0 - 1), tid, biasA);
