@@ -503,13 +503,11 @@ struct Ring
         return slots + s * kSlotBytes;
     }
 
-    // after a consumerSync that follows the last read of tile t's slot
-    __device__ void release(int tid)
+    // by every consumer thread after its last read of tile t's slot (the empty barrier counts them all, so each
+    // thread's reads are ordered before its own arrival: what compute-sanitizer's racecheck follows)
+    __device__ void release(int)
     {
-        if (tid == 0)
-        {
-            mbarrierArrive(&empty[t % n]);
-        }
+        mbarrierArrive(&empty[t % n]);
         ++t;
     }
 };
@@ -827,7 +825,7 @@ __global__ void __launch_bounds__(kThreads, 1) lmDecodeStepKernel(__grid_constan
         for (int s = 0; s < g.slots; ++s)
         {
             mbarrierInit(&ring.full[s], 1);
-            mbarrierInit(&ring.empty[s], 1);
+            mbarrierInit(&ring.empty[s], kConsumers);
         }
         fenceMbarrierInit();
     }
