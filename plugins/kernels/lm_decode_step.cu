@@ -505,7 +505,7 @@ struct Ring
 
     // by every consumer thread after its last read of tile t's slot (the empty barrier counts them all, so each
     // thread's reads are ordered before its own arrival: what compute-sanitizer's racecheck follows)
-    __device__ void release(int)
+    __device__ void release()
     {
         mbarrierArrive(&empty[t % n]);
         ++t;
@@ -562,7 +562,7 @@ __device__ void layerNorm(Geometry const& g, rfa_lm_step_args_t const& a, int b,
         xin[i] = (xres[i] - mean) * rstd * toFloat<T>(w[i]) + toFloat<T>(bias[i]);
     }
     consumerSync();
-    ring.release(tid);
+    ring.release();
 }
 
 // rows [r0, r1) of the stage's weight (this block's share, streamed through the ring) . xin + bias[row - r0]
@@ -608,7 +608,7 @@ __device__ void gemvRows(Geometry const& g, rfa_lm_step_args_t const& a, int b, 
             }
         }
         consumerSync();
-        ring.release(tid);
+        ring.release();
         if (tid < n)
         {
             float v = 0.f;
@@ -744,7 +744,7 @@ __device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rf
         }
     }
     consumerSync();
-    ring.release(tid);
+    ring.release();
     float const gate = head[3 * dh];
     float* S = state + static_cast<int64_t>(h) * g.F * width;
     constexpr int kMaxCols = 5; // dh + 1 <= 129 columns over 32 lanes
@@ -774,7 +774,7 @@ __device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rf
             }
         }
         consumerSync(); // every read of the slot is done
-        ring.release(tid);
+        ring.release();
     }
     // red: [kConsumerWarps][width], the warps' parts of [phi_q^T S | phi_q . z], summed in warp order
 #pragma unroll
