@@ -22,6 +22,10 @@ namespace rfa
 {
 
 constexpr int kStagedMaxThreads = 288; // Dv <= 64 with 16-row passes
+// The op's step on a bf16 state: its slab is half the shared memory, so 7 blocks of 288 threads fit a
+// multiprocessor at 32 registers (5: 40). Not the decode prologue's kernel, which spills at 32 and was 5%
+// slower in the model's B64 step (BENCHMARKS.md).
+constexpr int kStagedBf16MinBlocks = 7;
 
 // The staged slab's traffic on sm_90 (measurements: BENCHMARKS.md, "Step kernel design choices"):
 // - the loads go out as 128-byte-aligned warp requests with a whole-line L2 hint (a pass of 16 rows is
@@ -267,8 +271,9 @@ __device__ __forceinline__ StateQuad<kBf16State> narrowQuad(float4 x)
     }
 }
 
-// kBf16State: the state is bf16 storage. Staged, its slab holds the bf16 quads as stored (8-byte cp.async per
-// thread, no bulk copies: the bulk path stores the fp32 slab back whole).
+// kBf16State: the state is bf16 storage. Staged, its slab holds the bf16 quads as stored; in the bulk path the
+// updated quads go back into their slots and the slab is stored whole, as for fp32. Otherwise each thread
+// copies its own quads by 8-byte cp.async and stores them itself.
 template <typename T, int kMaxThreads, int kMinBlocks, bool kStaged, bool kMapFeatures, bool kBf16State = false>
 __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepParams p)
 {
@@ -276,14 +281,15 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     using Elem = std::conditional_t<kBf16State, __nv_bfloat16, float>;
     // Not in the decode prologue's kernel: its blocks launch early, beside the q/k/v GEMM before them, and
     // there the prefetch and the bulk store made the model's step slower (BENCHMARKS.md).
-    constexpr bool kBulk = kStaged && kBulkSlabCopies && !kMapFeatures && !kBf16State;
+    constexpr bool kBulk = kStaged && kBulkSlabCopies && !kMapFeatures;
     extern __shared__ __align__(16) float smem[];
     int const F = p.F, Dv = p.Dv, cols = Dv + 1;
     int const bh = blockIdx.x, b = bh / p.H, h = bh % p.H;
     // staged: [F * cols] state slab first (16-byte aligned for cp.async)
     float4* const slab = reinterpret_cast<float4*>(smem);
     Quad* const quadSlab = reinterpret_cast<Quad*>(smem); // the same slab as stored (bf16: half the bytes)
-    float* const fixed = kStaged ? smem + F * cols * int(sizeof(Elem)) / 4 : smem;
+    int const slabBytes = F * cols * int(sizeof(Elem)); // a multiple of 16 (F % 16 == 0)
+    float* const fixed = kStaged ? smem + slabBytes / 4 : smem;
     float2* qk = reinterpret_cast<float2*>(fixed); // [F + 1] (q_f, k_f); entry F only pads the row + 1 read
     float* vs = fixed + 2 * (F + 1);                // [cols], vs[Dv] = 1
     // [stripeRows][cols] partial sums: not in the staged slab, which the bulk store may still be reading
@@ -343,15 +349,16 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         if constexpr (kBulk)
         {
             staggerFirstWave<kMinBlocks>(sms);
-            // Float4 i by thread i mod blockDim: every warp copies 512 bytes from a 128-byte boundary where
-            // F is a multiple of 32 (a slab is F (Dv + 1) 4 bytes, Dv + 1 odd; otherwise every other slab
-            // starts 64 bytes past one).
-            int const slabFloat4s = F * cols / 4;
+            // 16 bytes i by thread i mod blockDim: every warp copies 512 bytes from a 128-byte boundary where
+            // F is a multiple of 32 (fp32; 64 for bf16) (a slab is F (Dv + 1) elements, Dv + 1 odd; otherwise
+            // every other slab starts 64 bytes past one).
+            int const slabFloat4s = slabBytes / 16;
+            float4 const* const slabIn = reinterpret_cast<float4 const*>(sIn);
             for (int i = threadIdx.x; i < slabFloat4s; i += blockDim.x)
             {
                 if (sIn)
                 {
-                    cpAsync16Line(slab + i, sIn + i);
+                    cpAsync16Line(slab + i, slabIn + i);
                 }
                 else
                 {
@@ -391,7 +398,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             int const ahead = bh + (int) (sms + sms / 4);
             if (threadIdx.x == 0 && sIn && ahead < (int) gridDim.x)
             {
-                prefetchL2(static_cast<float const*>(p.stateIn) + (size_t) ahead * F * cols, F * cols * sizeof(float));
+                prefetchL2(static_cast<Elem const*>(p.stateIn) + (size_t) ahead * F * cols, slabBytes);
             }
         }
     }
@@ -485,7 +492,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         float4 const result = make_float4(upd[0], upd[1], upd[2], upd[3]);
         if constexpr (kBulk)
         {
-            slab[pass * passThreads + t] = result; // the slot this thread has just read
+            quadSlab[pass * passThreads + t] = narrowQuad<kBf16State>(result); // the slot this thread has just read
         }
         else
         {
@@ -510,7 +517,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             __syncthreads();
             if (threadIdx.x == 0)
             {
-                bulkStore(sOut, slab, F * cols * sizeof(float));
+                bulkStore(sOut, slab, slabBytes);
                 tmaStoreCommit();
             }
         }
@@ -637,7 +644,8 @@ cudaError_t launchStepTyped(StepParams p, cudaStream_t stream)
         return cudaSuccess;
     };
     cudaError_t const e = p.stateBf16
-        ? (staged            ? launch(scanStepKernel<T, kStagedMaxThreads, 5, true, kMapFeatures, true>)
+        ? (staged            ? launch(scanStepKernel<T, kStagedMaxThreads, kMapFeatures ? 5 : kStagedBf16MinBlocks, true,
+                                   kMapFeatures, true>)
               : threads <= 512 ? launch(scanStepKernel<T, 512, 1, false, kMapFeatures, true>)
                                : launch(scanStepKernel<T, 1024, 1, false, kMapFeatures, true>))
         : staged         ? launch(scanStepKernel<T, kStagedMaxThreads, 5, true, kMapFeatures>)
