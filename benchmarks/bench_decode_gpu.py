@@ -33,7 +33,8 @@ CONFIG = RFAConfig(vocab_size=32000, d_model=1024, n_heads=16, n_layers=8, d_ffn
                    gated=True, positional="none")
 
 
-def time_graph(step, warmup=3, reps=50):
+def capture_graph(step, warmup=3):
+    """step() captured as a CUDA graph (after warm-up runs on a side stream) and replayed warmup times."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -46,6 +47,11 @@ def time_graph(step, warmup=3, reps=50):
     for _ in range(warmup):
         graph.replay()
     torch.cuda.synchronize()
+    return graph
+
+
+def time_graph(step, warmup=3, reps=50):
+    graph = capture_graph(step, warmup)
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -58,12 +64,8 @@ def time_graph(step, warmup=3, reps=50):
     return times[len(times) // 2]
 
 
-@torch.no_grad()
-def rfa_step_ms(model, batch, one_kernel=False, state_dtype=torch.float32):
-    """model.step with greedy decoding, the model's default path (one or more kernels per layer);
-    one_kernel: at batch 1 the opt-in step in one kernel (RFA_LM_STEP_KERNEL=1, ops/lm_decode_step).
-    state_dtype bfloat16 / int8: the state stored as bf16 / int8 rows (config state_dtype; the one-kernel B1 step
-    takes fp32 only)."""
+def rfa_step(model, batch, state_dtype=torch.float32):
+    """A closure running model.step once with greedy decoding on random states of `state_dtype`."""
     from rfa_export.ops.causal_gated_scan.state_storage import narrow_state
 
     states = [narrow_state(torch.rand(batch, *CONFIG.state_shape, device="cuda") * 0.01, state_dtype)
@@ -74,6 +76,16 @@ def rfa_step_ms(model, batch, one_kernel=False, state_dtype=torch.float32):
     def step():  # the kernels update the state in place, the argmax lands in token
         model.step(token, states, pos, inplace_state=True, next_token=token)
 
+    return step
+
+
+@torch.no_grad()
+def rfa_step_ms(model, batch, one_kernel=False, state_dtype=torch.float32):
+    """model.step with greedy decoding, the model's default path (one or more kernels per layer);
+    one_kernel: at batch 1 the opt-in step in one kernel (RFA_LM_STEP_KERNEL=1, ops/lm_decode_step).
+    state_dtype bfloat16 / int8: the state stored as bf16 / int8 rows (config state_dtype; the one-kernel B1 step
+    takes fp32 only)."""
+    step = rfa_step(model, batch, state_dtype)
     previous = os.environ.pop("RFA_LM_STEP_KERNEL", None)
     if one_kernel:  # read when the step is captured
         os.environ["RFA_LM_STEP_KERNEL"] = "1"
@@ -115,15 +127,20 @@ class StaticCacheStep(torch.nn.Module):
         return linear(h, self.m.lm_head.weight, self.m.lm_head.bias)[:, 0]
 
 
-@torch.no_grad()
-def softmax_step_ms(model, batch, context):
+def softmax_step(model, batch, context):
+    """A closure running one softmax decode step with greedy decoding over a cache filled to `context`."""
     step_module = StaticCacheStep(model, batch, context)
     token = torch.randint(0, CONFIG.vocab_size, (batch,), device="cuda")
 
     def step():
         token.copy_(step_module(token).argmax(-1))
 
-    return time_graph(step)
+    return step
+
+
+@torch.no_grad()
+def softmax_step_ms(model, batch, context):
+    return time_graph(softmax_step(model, batch, context))
 
 
 STAGES = ["A: LayerNorm + q/k/v/gate", "B: features + scan step", "C: readout + output projection",

@@ -1,6 +1,6 @@
 """Our CausalGatedScan CUDA kernels vs fla and onnxruntime-gpu on the shapes of ../shared/docs/anchors.md.
 
-    python benchmarks/bench_scan_kernels_gpu.py [--json results.json]
+    python benchmarks/bench_scan_kernels_gpu.py [--json results.json] [--cases prefill,decode,graph]
 
 Side by side in one run (triton.testing.do_bench medians, same inputs):
   prefill  B8 T4096 and B1 T16384, H16 F128 Dv64, bf16 activations, fp32 state:
@@ -150,10 +150,14 @@ def row(name, make, *args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
+    ap.add_argument("--cases", default="prefill,decode,graph", help="which of prefill, decode and graph to run")
     args = ap.parse_args()
+    kinds = set(args.cases.split(","))
+    if not kinds <= {"prefill", "decode", "graph"}:
+        ap.error(f"--cases: unknown {', '.join(sorted(kinds - {'prefill', 'decode', 'graph'}))}")
     results = {"gpu": torch.cuda.get_device_name(), "rows": []}
     cases = [("prefill", 8, 4096), ("prefill", 1, 16384), ("decode", 256, 1), ("decode", 1, 1)]
-    for kind, B, T in cases:
+    for kind, B, T in (c for c in cases if c[0] in kinds):
         x = inputs(B, T)
         fla = fla_prefill if kind == "prefill" else fla_step
         rows = [row("ours", ours, *x)]
@@ -165,7 +169,8 @@ def main():
         rows += [row("fla", fla, *x), row("onnxruntime-gpu LinearAttention fp32", ort_linear_attention, *x)]
         for name, ms, note in rows:
             results["rows"].append({"case": f"{kind} B{B} T{T}", "impl": name, "ms": ms, "note": note})
-    results["rows"].append({"case": "graph step B1 (per layer, 8 layers)", "impl": "ours", "ms": graphed_step_per_layer(), "note": ""})
+    if "graph" in kinds:
+        results["rows"].append({"case": "graph step B1 (per layer, 8 layers)", "impl": "ours", "ms": graphed_step_per_layer(), "note": ""})
     print(f"# {results['gpu']}, H16 F128 Dv64, bf16 activations, fp32 state (median of triton do_bench)")
     print("| case | implementation | time | note |\n|---|---|---|---|")
     for r in results["rows"]:
