@@ -26,7 +26,7 @@ import torch
 
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFAConfig, RFALanguageModel
-from rfa_export.model.linear_layers import feed_forward, linear
+from rfa_export.model.linear_layers import feed_forward, linear, linear_argmax
 from rfa_export.model.residual_norm import residual_norm
 
 CONFIG = RFAConfig(vocab_size=32000, d_model=1024, n_heads=16, n_layers=8, d_ffn=4096, num_features=64,
@@ -110,6 +110,7 @@ class StaticCacheStep(torch.nn.Module):
         self.pe = torch.zeros(1, 1, cfg.d_model, device="cuda", dtype=torch.bfloat16)
 
     def forward(self, token):
+        """The logits; their argmax (greedy decoding's next token) written into `token`, as the RFA step does."""
         B = token.shape[0]
         d = self.m.config.d_model
         x = self.m.embed(token[:, None]) * math.sqrt(d) + self.pe
@@ -124,7 +125,7 @@ class StaticCacheStep(torch.nn.Module):
             y = linear(y.transpose(1, 2).reshape(B, 1, d), block.o_proj.weight, block.o_proj.bias, partial_sums=True)
             x, h = residual_norm(x, y, block.ln_ffn)
             x, h = residual_norm(x, feed_forward(block.ffn, h, partial_sums=True), norms[i + 1])
-        return linear(h, self.m.lm_head.weight, self.m.lm_head.bias)[:, 0]
+        return linear_argmax(h[:, 0], self.m.lm_head.weight, self.m.lm_head.bias, token)
 
 
 def softmax_step(model, batch, context):
@@ -133,7 +134,7 @@ def softmax_step(model, batch, context):
     token = torch.randint(0, CONFIG.vocab_size, (batch,), device="cuda")
 
     def step():
-        token.copy_(step_module(token).argmax(-1))
+        step_module(token)
 
     return step
 

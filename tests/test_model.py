@@ -232,3 +232,17 @@ def test_inplace_state_step_matches_functional_step():
     assert all(a is b for a, b in zip(same, copy))
     assert torch.equal(got, want)
     assert all(torch.equal(a, b) for a, b in zip(copy, want_state))
+
+
+@torch.no_grad()
+def test_greedy_step_writes_the_logits_argmax_into_next_token():
+    """step(..., next_token=t): the same logits and state as without, t = their argmax (here t is the input)."""
+    model = RFALanguageModel(small_config()).eval()
+    ids = torch.randint(0, 256, (3, 12))
+    _, state = model(ids[:, :11])
+    pos = torch.full((3,), 11)
+    want, want_state = model.step(ids[:, 11], state, pos)
+    token = ids[:, 11].clone()
+    got, got_state = model.step(token, state, pos, next_token=token)
+    assert torch.equal(got, want) and all(torch.equal(a, b) for a, b in zip(got_state, want_state))
+    assert torch.equal(token, want.argmax(-1))

@@ -11,7 +11,7 @@ from ..ops.causal_gated_scan.state_storage import narrow_state
 from ..ops.positions import sinusoidal_positions
 from .attention import CausalRFASelfAttention
 from .config import RFAConfig
-from .linear_layers import feed_forward, linear
+from .linear_layers import feed_forward, linear, linear_argmax
 from .residual_norm import residual_norm
 
 State = List[torch.Tensor]
@@ -132,6 +132,11 @@ class RFALanguageModel(nn.Module):
         Returns:
             logits [B, T, vocab], the new state.
         """
+        h, new_state = self._final_hidden(input_ids, state, position_ids, attention_mask, inplace_state)
+        return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
+
+    def _final_hidden(self, input_ids, state, position_ids, attention_mask, inplace_state) -> Tuple[torch.Tensor, State]:
+        """forward up to the LM head: the final layer norm's output [B, T, d_model] and the new state."""
         B, T = input_ids.shape
         x = self.embed(input_ids) * math.sqrt(self.config.d_model)
         if self.config.positional == "sinusoidal":
@@ -148,7 +153,7 @@ class RFALanguageModel(nn.Module):
             if state is None and self.config.state_dtype != "float32":
                 s = narrow_state(s, self.state_dtype)  # from an empty context the scan returns its accumulation dtype
             new_state.append(s)
-        return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
+        return h, new_state
 
     def step(self, token_ids: torch.Tensor, state: State, positions: torch.Tensor, inplace_state: bool = False,
              next_token: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, State]:
@@ -162,11 +167,10 @@ class RFALanguageModel(nn.Module):
             logits = None if weights is None else lm_decode_step_(weights, token_ids, positions, state, next_token)
             if logits is not None:
                 return logits, state
-        logits, state = self.forward(token_ids[:, None], state, positions[:, None], inplace_state=inplace_state)
-        logits = logits[:, 0]
-        if next_token is not None:
-            next_token.copy_(logits.argmax(-1))
-        return logits, state
+        h, state = self._final_hidden(token_ids[:, None], state, positions[:, None], None, inplace_state)
+        if next_token is None:
+            return linear(h[:, 0], self.lm_head.weight, self.lm_head.bias), state
+        return linear_argmax(h[:, 0], self.lm_head.weight, self.lm_head.bias, next_token), state
 
     def step_weights(self) -> Optional[LMStepWeights]:
         """The parameters as the fused decode step takes them (cached while no parameter changes), or None

@@ -11,7 +11,8 @@ from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFALanguageModel
 from rfa_export.ops.add_layer_norm import cuda_add_layer_norm
 from rfa_export.ops.decode_linear import (decode_linear_kernel_supports, decode_linear_projection_parts,
-                                         decode_linear_splits, naive_decode_linear, triton_decode_linear,
+                                         decode_linear_splits, linear_argmax, naive_decode_linear,
+                                         triton_decode_linear, triton_decode_linear_argmax,
                                          triton_decode_linear_partials, triton_decode_linear_projected)
 
 pytestmark = pytest.mark.gpu
@@ -42,6 +43,67 @@ def test_kernel_matches_float64_reference(dtype, M, K, N, gelu, with_bias):
     assert y.shape == (M, N) and y.dtype == dtype and torch.isfinite(y).all()
     ref = naive_decode_linear(xc.double().cpu(), wc.double().cpu(), None if bc is None else bc.double().cpu(), gelu)
     assert rel_err(y.double().cpu(), ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("pdl", [True, False], ids=["dependent_launch", "plain"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("M", [1, 5, 64])
+@pytest.mark.parametrize("K, N", [(1024, 32000), (100, 33), (64, 5000)])
+def test_argmax_kernel_matches_the_outputs_argmax(pdl, dtype, M, K, N, monkeypatch):
+    """The fused argmax is torch.argmax of the stored output, ties going to the first column, whatever strip
+    the tied columns fall in; the output itself matches the float64 reference."""
+    monkeypatch.setattr(triton_linear, "USE_PDL", pdl)
+    g = torch.Generator().manual_seed(M * 7 + K + N)
+    x = torch.randn(M, K, generator=g) * 0.1
+    w = torch.randn(N, K, generator=g) / K ** 0.5
+    b = torch.randn(N, generator=g)
+    x0 = torch.randn(K, generator=g)
+    x[0::2] += x0
+    x[1::2] -= x0
+    # ties: weight row 3 along x0 and copies of it (and of its bias) in other strips, so that in even rows
+    # their equal outputs are the largest, in odd rows the smallest (the argmax lies elsewhere)
+    w[3] = 8 * x0 / x0.norm()
+    for col in (N - 1, 17, 4):
+        w[col], b[col] = w[3], b[3]
+    xc, wc, bc = (t.to("cuda", dtype) for t in (x, w, b))
+    out = torch.full((M,), -7, device="cuda", dtype=torch.int64)
+    y = triton_decode_linear_argmax(xc, wc, bc, out)
+    torch.cuda.synchronize()
+    ref = naive_decode_linear(xc.double().cpu(), wc.double().cpu(), bc.double().cpu())
+    assert rel_err(y.double().cpu(), ref) <= TOL[dtype]
+    assert torch.equal(out.cpu(), y.float().argmax(-1).cpu())
+    assert (out[0::2] == 3).all()  # the tied maximum's first column
+
+
+def test_argmax_kernel_counts_nan_as_largest_and_keeps_leading_dims():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 64, generator=g).to("cuda", torch.bfloat16)
+    w = torch.randn(3000, 64, generator=g).to("cuda", torch.bfloat16)
+    b = torch.zeros(3000, device="cuda", dtype=torch.bfloat16)
+    b[2100] = float("nan")
+    out = torch.empty((2, 3), device="cuda", dtype=torch.int64)
+    y = linear_argmax(x, w, b, out)
+    assert y.shape == (2, 3, 3000)
+    assert (out == 2100).all() and torch.equal(out, y.argmax(-1))
+    with pytest.raises(ValueError, match="out_index must be a dense int64 tensor of shape"):
+        triton_decode_linear_argmax(x, w, b, torch.empty(6, device="cuda", dtype=torch.int64))
+
+
+def test_model_greedy_step_takes_the_fused_argmax(monkeypatch):
+    """RFALanguageModel.step(..., next_token=t) writes the argmax of the logits it returns, through the fused
+    kernel, also where next_token is the step's own input."""
+    model, cfg, ids = small_language_model(RFALanguageModel)
+    model = model.to("cuda", torch.bfloat16)
+    calls = []
+    real = linear_layers.triton_decode_linear_argmax
+    monkeypatch.setattr(linear_layers, "triton_decode_linear_argmax", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        token = ids[:, 0].cuda().clone()
+        ref, _ = model.step(token.clone(), model.initial_state(2, "cuda"), torch.zeros(2, dtype=torch.long, device="cuda"))
+        logits, _ = model.step(token, model.initial_state(2, "cuda"), torch.zeros(2, dtype=torch.long, device="cuda"),
+                               next_token=token)
+    assert calls == [1]
+    assert torch.equal(logits, ref) and torch.equal(token, ref.argmax(-1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])

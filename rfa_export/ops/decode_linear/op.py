@@ -1,5 +1,5 @@
-"""linear and linear_projecting_features: the entry points of the linear layers; they pick the decode-sized
-Triton kernel or F.linear."""
+"""linear, linear_argmax and linear_projecting_features: the entry points of the linear layers; they pick the
+decode-sized Triton kernel or F.linear."""
 
 from typing import NamedTuple, Optional, Tuple, Union
 
@@ -8,7 +8,8 @@ from torch.nn import functional as F
 
 from ..dispatch import native_inference
 from .triton_linear import (decode_linear_kernel_supports, decode_linear_projection_parts, decode_linear_splits,
-                            triton_decode_linear, triton_decode_linear_partials, triton_decode_linear_projected)
+                            triton_decode_linear, triton_decode_linear_argmax, triton_decode_linear_partials,
+                            triton_decode_linear_projected)
 
 
 class PartialSums(NamedTuple):
@@ -47,6 +48,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], 
         if splits > 1:
             return PartialSums(triton_decode_linear_partials(x, weight, splits), bias, x.dtype)
     return triton_decode_linear(x, weight, bias, gelu)
+
+
+def linear_argmax(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  out_index: torch.Tensor) -> torch.Tensor:
+    """linear(x, weight, bias), with its argmax over the last dimension written into out_index (int64,
+    x.shape[:-1]; greedy decoding's next token). On the decode path the argmax comes out of the linear
+    layer's kernel and one small kernel after it (triton_decode_linear_argmax; NaN counts as +inf there),
+    not a reduction over the stored output."""
+    if _decode_path(x, weight, bias) and out_index.dtype == torch.int64 and out_index.is_contiguous() \
+            and out_index.shape == x.shape[:-1] and out_index.device == x.device:
+        return triton_decode_linear_argmax(x, weight, bias, out_index)
+    y = linear(x, weight, bias)
+    out_index.copy_(y.argmax(-1))
+    return y
 
 
 def linear_projecting_features(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], sigma: torch.Tensor,

@@ -4,7 +4,9 @@ Decoding runs each linear layer on a handful of rows: cuBLAS then spends more ti
 a separate split-K reduction (and a separate GELU) than in reading the weights. This kernel gives each
 program a strip of output columns over all rows and the whole K, with the bias and GELU in the epilogue;
 for a deep, narrow layer (few strips), triton_decode_linear_partials gives each program a range of K
-instead and leaves fp32 partial sums for the next kernel to add.
+instead and leaves fp32 partial sums for the next kernel to add. triton_decode_linear_argmax also leaves each
+program's largest output per row, which one small kernel reduces to the rows' argmax (greedy decoding's next
+token without a separate reduction over the logits).
 On Hopper it is a programmatic dependent launch (plugins/kernels/dependent_launch.cuh says what that is):
 it may start while the kernel before it finishes, reading its bias (and for up to 4 rows its first weights)
 before waiting for that kernel; the q/k/v GEMM of a decode step asks for its weights into L2 there too.
@@ -39,8 +41,9 @@ if triton is not None:
 
     @triton.jit
     def _decode_linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, K_SPLIT,
-                              proj_ptr, sigma_ptr, wt_ptr, H, D,
+                              proj_ptr, sigma_ptr, wt_ptr, H, D, best_ptr, best_index_ptr,
                               HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PDL: tl.constexpr, PARTIAL: tl.constexpr,
+                              ARGMAX: tl.constexpr,
                               PRELOAD: tl.constexpr, PROJ: tl.constexpr, DH: tl.constexpr, FD: tl.constexpr,
                               PREFETCH: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # program (i, j): output columns [i BN, (i + 1) BN) over K [j K_SPLIT, (j + 1) K_SPLIT); PARTIAL:
@@ -95,6 +98,15 @@ if triton is not None:
                 acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
             y = acc.to(y_ptr.dtype.element_ty)
             tl.store(y_ptr + rm[:, None] * N + rn[None, :], y, mask=out_ok)
+            if ARGMAX:
+                # the strip's largest stored (rounded) output per row and its first column; NaN counts as +inf
+                yf = y.to(tl.float32)
+                yf = tl.where(n_ok[None, :], tl.where(yf != yf, float("inf"), yf), float("-inf"))
+                best = tl.max(yf, axis=1)
+                first = tl.min(tl.where(yf == best[:, None], rn[None, :], N), axis=1)
+                slot = rm * tl.num_programs(0) + tl.program_id(0)
+                tl.store(best_ptr + slot, best, mask=m_ok)
+                tl.store(best_index_ptr + slot, first, mask=m_ok)
             if PROJ:
                 # this tile's share of the projections of the decode step's random features, from the
                 # stored (rounded) q or k: fp32 products, tf32x3 keeps them to fp32 accuracy
@@ -106,6 +118,21 @@ if triton is not None:
                 dst = proj_ptr + slot * (D + 1)
                 tl.store(dst[:, None] + rd[None, :], partial, mask=(m_ok & is_proj)[:, None] & d_ok[None, :])
                 tl.store(dst + D, squares, mask=m_ok & is_proj)
+
+
+    @triton.jit
+    def _argmax_finish_kernel(best_ptr, best_index_ptr, out_ptr, P, PDL: tl.constexpr, BP: tl.constexpr):
+        # row m: the largest of its P strips' best outputs, the first column holding it (strips in order)
+        m = tl.program_id(0)
+        if PDL:
+            tl.extra.cuda.gdc_wait()
+            tl.extra.cuda.gdc_launch_dependents()
+        rp = tl.arange(0, BP)
+        ok = rp < P
+        best = tl.load(best_ptr + m * P + rp, mask=ok, other=float("-inf"))
+        index = tl.load(best_index_ptr + m * P + rp, mask=ok, other=2**31 - 1)
+        top = tl.max(best, axis=0)
+        tl.store(out_ptr + m, tl.min(tl.where(best == top, index, 2**31 - 1), axis=0).to(tl.int64))
 
 
 def _pdl_capable(device: torch.device) -> bool:
@@ -143,8 +170,9 @@ def _k_range(K: int, splits: int) -> int:
     return K if splits == 1 else triton.cdiv(triton.cdiv(K, splits), 128) * 128
 
 
-def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None) -> None:
-    """projection: (proj, sigma, w_tilde) for triton_decode_linear_projected."""
+def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, argmax=None) -> None:
+    """projection: (proj, sigma, w_tilde) for triton_decode_linear_projected; argmax: (best, best_index) for
+    triton_decode_linear_argmax."""
     N, K = weight.shape
     M = x.numel() // K
     BN, BK, stages = _tiles(N, k_range)
@@ -156,9 +184,11 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None) -> 
                 and weight.data_ptr() % 16 == 0)
     proj, sigma, w_tilde = projection if projection is not None else (out, out, out)
     H, D, DH = w_tilde.shape if projection is not None else (1, 1, BN)
+    best, best_index = argmax if argmax is not None else (out, out)
     _decode_linear_kernel[(triton.cdiv(N, BN), triton.cdiv(K, k_range))](
         x, weight, bias if bias is not None else weight, out, M, N, K, k_range, proj, sigma, w_tilde, H, D,
-        HAS_BIAS=bias is not None, GELU=gelu, PDL=pdl, PARTIAL=k_range < K, PRELOAD=preload,
+        best, best_index, HAS_BIAS=bias is not None, GELU=gelu, PDL=pdl, PARTIAL=k_range < K,
+        ARGMAX=argmax is not None, PRELOAD=preload,
         PROJ=projection is not None, PREFETCH=prefetch, DH=DH, FD=max(16, triton.next_power_of_2(D)),
         BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK, num_warps=4, num_stages=stages, launch_pdl=pdl)
 
@@ -169,6 +199,28 @@ def triton_decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     has checked decode_linear_kernel_supports."""
     y = torch.empty((*x.shape[:-1], weight.shape[0]), device=x.device, dtype=x.dtype)
     _launch(x, weight, bias, y, gelu, weight.shape[1])
+    return y
+
+
+def triton_decode_linear_argmax(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                                out_index: torch.Tensor) -> torch.Tensor:
+    """triton_decode_linear's output y, and y.argmax(-1) written into out_index (int64, x.shape[:-1], dense, on
+    x's device): the first column of each row's largest output, NaN counted as +inf. Two kernels: the linear
+    layer, which also leaves each column strip's best output per row, then one program per row over those.
+    The caller has checked decode_linear_kernel_supports."""
+    N, K = weight.shape
+    M = x.numel() // K
+    if out_index.dtype != torch.int64 or out_index.shape != x.shape[:-1] or not out_index.is_contiguous() \
+            or out_index.device != x.device:
+        raise ValueError(f"out_index must be a dense int64 tensor of shape {tuple(x.shape[:-1])} on {x.device}")
+    y = torch.empty((*x.shape[:-1], N), device=x.device, dtype=x.dtype)
+    strips = triton.cdiv(N, _tiles(N, K)[0])
+    best = torch.empty((M, strips), device=x.device, dtype=torch.float32)
+    best_index = torch.empty((M, strips), device=x.device, dtype=torch.int32)
+    _launch(x, weight, bias, y, False, K, argmax=(best, best_index))
+    pdl = USE_PDL and _pdl_capable(x.device)
+    _argmax_finish_kernel[(M,)](best, best_index, out_index, strips, PDL=pdl,
+                                BP=max(16, triton.next_power_of_2(strips)), num_warps=4, launch_pdl=pdl)
     return y
 
 
