@@ -8,8 +8,8 @@ the softmax model over a KV cache of --context positions), each captured as one 
 step's first kernel, its duration, and its share of the step's span: the time from the end of what ran
 before it (or its own start, whichever is later) to its own end. Kernels launched as programmatic dependent
 launches overlap their predecessors, so shares are smaller than durations; the span is the sum of the shares
-and the idle gaps. Writes step_kernels.json and step_kernels.png (the B1 steps' kernels on a time axis) to
---out.
+and the idle gaps. Writes step_kernels.json and step_kernels.png (the B1 steps' kernels on a time axis: each
+kernel's whole duration pale, its share solid) to --out; --plot JSON redraws the plot from such a file.
 """
 
 import argparse
@@ -110,7 +110,7 @@ def report(label, result):
               f"(duration {a['duration_us']:7.1f} µs)", flush=True)
 
 
-def plot(results, out):
+def plot(results, out, gpu=""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,10 +123,12 @@ def plot(results, out):
     colour = {n: colours[i % len(colours)] for i, n in enumerate(names)}
     for ax, (label, r) in zip(axes[:, 0], b1):
         for k in r["kernels"]:
-            ax.barh(k["index"] % 3, k["duration_us"], left=k["start_us"], height=0.8, color=colour[k["name"]])
+            end = k["start_us"] + k["duration_us"]
+            ax.barh(k["index"] % 3, k["duration_us"], left=k["start_us"], height=0.8, color=colour[k["name"]], alpha=0.3)
+            ax.barh(k["index"] % 3, k["share_us"], left=end - k["share_us"], height=0.8, color=colour[k["name"]])
         ax.set_yticks([])
         ax.set_xlim(0, max(r["span_us"] for _, r in b1) * 1.01)
-        ax.set_title(f"{label}: {r['span_us']:.0f} µs, {r['kernels_per_step']} kernels", fontsize=9)
+        ax.set_title(f"{label}: {r['span_us']:.0f} µs, {r['kernels_per_step']} kernels {gpu}", fontsize=9)
     axes[-1, 0].set_xlabel("µs from the step's first kernel (rows only separate neighbours)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colour[n]) for n in names]
     fig.legend(handles, names, ncol=3, fontsize=7, loc="lower center")
@@ -140,7 +142,13 @@ def main():
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--context", type=int, default=1024, help="the softmax model's KV cache length")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--plot", type=Path, help="only redraw step_kernels.png (into --out) from this JSON")
     args = ap.parse_args()
+    if args.plot:
+        data = json.loads(args.plot.read_text())
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(data["steps"], args.out / "step_kernels.png", f"({data['gpu']})")
+        return
     torch.manual_seed(0)
     rfa = RFALanguageModel(CONFIG).eval().to("cuda", torch.bfloat16)
     soft = SoftmaxLanguageModel(CONFIG).eval().to("cuda", torch.bfloat16)
@@ -157,7 +165,7 @@ def main():
     (args.out / "step_kernels.json").write_text(json.dumps(
         {"gpu": torch.cuda.get_device_name(), "config": CONFIG.to_dict(), "steps": results}, indent=2))
     try:
-        plot(results, args.out / "step_kernels.png")
+        plot(results, args.out / "step_kernels.png", f"({torch.cuda.get_device_name()})")
     except ImportError:
         print("matplotlib not installed: no plot")
 
