@@ -1,5 +1,5 @@
 """y = x W^T + b (optionally exact GELU) for decode-sized inputs: plain PyTorch reference and a Triton kernel;
-`linear` and `linear_projecting_features` (op.py) choose between them."""
+`linear`, `linear_argmax` and `linear_projecting_features` (op.py) choose between them."""
 
 from .naive import naive_decode_linear
 from .op import PartialSums, linear, linear_argmax, linear_projecting_features

@@ -7,9 +7,9 @@ import torch
 from torch.nn import functional as F
 
 from ..dispatch import native_inference
-from .triton_linear import (decode_linear_kernel_supports, decode_linear_projection_parts, decode_linear_splits,
-                            triton_decode_linear, triton_decode_linear_argmax, triton_decode_linear_partials,
-                            triton_decode_linear_projected)
+from .triton_linear import (argmax_index_fits, decode_linear_kernel_supports, decode_linear_projection_parts,
+                            decode_linear_splits, triton_decode_linear, triton_decode_linear_argmax,
+                            triton_decode_linear_partials, triton_decode_linear_projected)
 
 
 class PartialSums(NamedTuple):
@@ -56,8 +56,7 @@ def linear_argmax(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     x.shape[:-1]; greedy decoding's next token). On the decode path the argmax comes out of the linear
     layer's kernel and one small kernel after it (triton_decode_linear_argmax; NaN counts as +inf there),
     not a reduction over the stored output."""
-    if _decode_path(x, weight, bias) and out_index.dtype == torch.int64 and out_index.is_contiguous() \
-            and out_index.shape == x.shape[:-1] and out_index.device == x.device:
+    if _decode_path(x, weight, bias) and argmax_index_fits(x, out_index):
         return triton_decode_linear_argmax(x, weight, bias, out_index)
     y = linear(x, weight, bias)
     out_index.copy_(y.argmax(-1))

@@ -202,6 +202,13 @@ def triton_decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     return y
 
 
+def argmax_index_fits(x: torch.Tensor, out_index: torch.Tensor) -> bool:
+    """True when out_index can receive the argmax of a linear layer of x: dense int64 of shape x.shape[:-1] on
+    x's device."""
+    return (out_index.dtype == torch.int64 and out_index.shape == x.shape[:-1] and out_index.is_contiguous()
+            and out_index.device == x.device)
+
+
 def triton_decode_linear_argmax(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                                 out_index: torch.Tensor) -> torch.Tensor:
     """triton_decode_linear's output y, and y.argmax(-1) written into out_index (int64, x.shape[:-1], dense, on
@@ -210,8 +217,7 @@ def triton_decode_linear_argmax(x: torch.Tensor, weight: torch.Tensor, bias: Opt
     The caller has checked decode_linear_kernel_supports."""
     N, K = weight.shape
     M = x.numel() // K
-    if out_index.dtype != torch.int64 or out_index.shape != x.shape[:-1] or not out_index.is_contiguous() \
-            or out_index.device != x.device:
+    if not argmax_index_fits(x, out_index):
         raise ValueError(f"out_index must be a dense int64 tensor of shape {tuple(x.shape[:-1])} on {x.device}")
     y = torch.empty((*x.shape[:-1], N), device=x.device, dtype=x.dtype)
     strips = triton.cdiv(N, _tiles(N, K)[0])
