@@ -160,8 +160,9 @@ class RFALanguageModel(nn.Module):
         """One decoding step. token_ids: [B]; positions: [B] -> logits [B, vocab], new state.
 
         next_token: an int64 [B] tensor (it may be token_ids) that receives the logits' argmax. At batch 1
-        on CUDA with inplace_state, the whole step is one kernel (ops/lm_decode_step) where it supports the
-        model; a token outside the vocabulary then gives NaN logits, next token -1 and an unchanged state."""
+        on CUDA with inplace_state and RFA_LM_STEP_KERNEL=1 (opt-in: slower than the default so far), the whole
+        step is one kernel (ops/lm_decode_step) where it supports the model; a token outside the vocabulary
+        then gives NaN logits, next token -1 and an unchanged state."""
         if inplace_state and state is not None and token_ids.shape[0] == 1 and token_ids.is_cuda:
             weights = self.step_weights()
             logits = None if weights is None else lm_decode_step_(weights, token_ids, positions, state, next_token)
