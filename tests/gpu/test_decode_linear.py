@@ -291,3 +291,16 @@ def test_models_split_deep_layers_into_the_residual_norm(model_class, d_model, s
         out, _ = model.to("cuda", torch.bfloat16)(ids.cuda())
     assert calls == [False] + [split_output_projection, True] * cfg.n_layers
     assert rel_err(out.double().cpu(), ref) <= 5e-2
+
+
+def test_wide_k_tiles_only_where_measured_and_where_they_fit():
+    """256-deep K tiles: from 32 rows, for layers not split over K and 32 columns a program wide (q/k/v and FFN1
+    of a d_model 1024 model), only where shared memory holds their stages."""
+    hopper = 227 * 1024
+    assert triton_linear._tiles(4096, 1024, 64, True, hopper) == (32, 256, 4)  # FFN1 at B64
+    assert triton_linear._tiles(3088, 1024, 32, True, hopper) == (32, 256, 4)  # q/k/v at B32
+    assert triton_linear._tiles(4096, 1024, 16, True, hopper) == (32, 128, 4)  # fewer rows
+    assert triton_linear._tiles(4096, 1024, 64, True, 160 * 1024) == (32, 128, 4)  # an A100's shared memory
+    assert triton_linear._tiles(1024, 1024, 64, False, hopper) == (16, 128, 4)  # split: each range stays 128 deep
+    assert triton_linear._tiles(32000, 1024, 64, True, hopper) == (64, 128, 3)  # the LM head: no gain measured
+    assert triton_linear._tiles(4096, 512, 64, True, hopper) == (32, 128, 4)

@@ -31,6 +31,8 @@ PROJ_PRECISION = tl.constexpr("tf32x3") if triton is not None else None  # 3 TF3
 MAX_PROJECTION_PARTS = 4  # the decode step kernel's limit (rfa_decode_args_t::proj_parts)
 PRELOAD_MAX_ROWS = 4  # up to this many rows the first two weight tiles are read before the wait (_launch)
 PREFETCH_PROJECTION_WEIGHTS = True  # see triton_decode_linear_projected; tests compare with it off
+WIDE_K_TILE_MIN_ROWS = 32  # see _tiles
+_SHARED_MEMORY = {}
 
 if triton is not None:
     @triton.jit
@@ -156,13 +158,31 @@ def decode_linear_kernel_supports(x: torch.Tensor, weight: torch.Tensor, bias: O
     return torch.cuda.get_device_capability(x.device)[0] >= 8
 
 
-def _tiles(N: int, K: int):
-    """(BN, BK, num_stages) for N output columns and a range of K per program, tuned on the H200 for 1-64
-    rows and the widths of a d_model 1024 decoder (split over K, each program's range is 1024 deep: BK 128
-    there took 15 us less per model step than 256)."""
+def _tiles(N: int, K: int, M: int = 1, whole_k: bool = True, shared_memory: int = 0):
+    """(BN, BK, num_stages) for N output columns, a range of K per program and M rows, tuned on the H200 for
+    1-64 rows and the widths of a d_model 1024 decoder (split over K, each program's range is 1024 deep: BK 128
+    there took 15 us less per model step than 256). From WIDE_K_TILE_MIN_ROWS rows a layer not split over K and
+    32 columns a program wide (q/k/v, FFN1) reads K 256 deep where the device's shared memory per block
+    (`shared_memory` bytes) holds its stages (H100, B64 step: 462.6 -> 446.4 us; BENCHMARKS.md)."""
     BN = 16 if N <= 1024 else 32 if N <= 8192 else 64
     BK = 256 if K >= 4096 else 128
-    return BN, min(BK, max(16, triton.next_power_of_2(K))), 3 if BN == 64 else 4
+    stages = 3 if BN == 64 else 4
+    if BK == 128 and whole_k and BN == 32 and K >= 1024 and M >= WIDE_K_TILE_MIN_ROWS:
+        BM = max(16, triton.next_power_of_2(M))
+        if stages * (BM + BN) * 256 * 2 <= shared_memory:
+            BK = 256
+    return BN, min(BK, max(16, triton.next_power_of_2(K))), stages
+
+
+def _shared_memory(device: torch.device) -> int:
+    """Bytes of shared memory a block may use on this device (Triton's own figure; 0 where it cannot say)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SHARED_MEMORY:
+        try:
+            _SHARED_MEMORY[index] = int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
+        except Exception:  # noqa: BLE001 - any failure only means no wide tile
+            _SHARED_MEMORY[index] = 0
+    return _SHARED_MEMORY[index]
 
 
 def _k_range(K: int, splits: int) -> int:
@@ -175,7 +195,7 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, arg
     triton_decode_linear_argmax."""
     N, K = weight.shape
     M = x.numel() // K
-    BN, BK, stages = _tiles(N, k_range)
+    BN, BK, stages = _tiles(N, k_range, M, k_range >= K, _shared_memory(x.device))
     pdl = USE_PDL and _pdl_capable(x.device)
     # early weight reads pay off at a few rows; with more they compete with the kernel before for memory
     preload = pdl and M <= PRELOAD_MAX_ROWS
