@@ -5,6 +5,7 @@ import sys
 import time
 
 from ..runtime.loading import BACKENDS
+from .arg_types import positive_int
 
 DESCRIPTION = """Generate text from a prompt with the exported model (onnxruntime, TensorRT) or its checkpoint
 (PyTorch). Prints only the generated text on stdout, as it is generated; timings go to stderr.
@@ -15,22 +16,12 @@ DESCRIPTION = """Generate text from a prompt with the exported model (onnxruntim
 """
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
-    return v
-
-
 def add_parser(sub):
     p = sub.add_parser("generate", help="generate text with an export or a checkpoint", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="export directory (not needed for --backend torch)")
     p.add_argument("--prompt", required=True, help="prompt text (tokenized by the model's tokenizer)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=100)
+    p.add_argument("--max-new-tokens", type=positive_int, default=100)
     p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--checkpoint", metavar="MODEL.pt", help="the checkpoint, for --backend torch")
     p.add_argument("--tokenizer", metavar="tokenizer.json",

@@ -4,6 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .arg_types import positive_int
+
 DESCRIPTION = """Serve a language model over HTTP with the OpenAI completions API: POST /v1/completions (text or token
 ids, max_tokens, temperature, top_p, top_k, seed, stop, n, stream), GET /v1/models, GET /health, GET /metrics.
 One scheduler thread runs every request in one continuously batched decode: a request joins at the next step
@@ -18,16 +20,6 @@ and leaves when it ends or its client goes away; up to --max-batch run at once, 
 """
 
 
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def add_parser(sub):
     p = sub.add_parser("serve", help="serve a model over HTTP (OpenAI completions API)", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,13 +31,13 @@ def add_parser(sub):
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model-name", help="the model id clients ask for (default: the export or checkpoint name)")
-    p.add_argument("--max-batch", type=_positive, default=64, help="sequences decoded together (default 64)")
-    p.add_argument("--max-queue", type=_positive, default=256, help="requests waiting for a slot before 429 (default 256)")
-    p.add_argument("--max-tokens-limit", type=_positive, default=4096, help="the largest max_tokens accepted (default 4096)")
-    p.add_argument("--max-prompt-tokens", type=_positive, default=65536, help="the longest prompt accepted (default 65536)")
-    p.add_argument("--threads", type=_positive, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--max-batch", type=positive_int, default=64, help="sequences decoded together (default 64)")
+    p.add_argument("--max-queue", type=positive_int, default=256, help="requests waiting for a slot before 429 (default 256)")
+    p.add_argument("--max-tokens-limit", type=positive_int, default=4096, help="the largest max_tokens accepted (default 4096)")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=65536, help="the longest prompt accepted (default 65536)")
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--ray", action="store_true", help="serve through Ray Serve (pip install 'rfa-export[ray]')")
-    p.add_argument("--replicas", type=_positive, default=1, help="--ray: replicas, each with its own scheduler")
+    p.add_argument("--replicas", type=positive_int, default=1, help="--ray: replicas, each with its own scheduler")
     p.set_defaults(run=run)
     return p
 

@@ -4,6 +4,8 @@ import argparse
 import sys
 import time
 
+from .arg_types import positive_int
+
 DESCRIPTION = """Translate with an encoder-decoder export (onnxruntime) or its checkpoint (PyTorch): one line of
 output per --source, in order; timings go to stderr. Greedy by default; --beams N for beam search (the self
 states are reordered with the beams, the cross states stay one per source); --temperature for sampling.
@@ -14,24 +16,14 @@ states are reordered with the beams, the cross states stay one per source); --te
 """
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def add_parser(sub):
     p = sub.add_parser("translate", help="decode an encoder-decoder export or checkpoint", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="export directory (not needed for --backend torch)")
     p.add_argument("--source", action="append", required=True, metavar="TEXT", help="source text (repeatable)")
-    p.add_argument("--beams", type=_positive_int, default=1, help="beam search with this many beams (default 1: greedy)")
+    p.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams (default 1: greedy)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam scores are divided by length ** this")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=200)
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
     p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
     p.add_argument("--checkpoint", metavar="MODEL.pt", help="the checkpoint, for --backend torch")
     p.add_argument("--tokenizer", metavar="tokenizer.json", help="--backend torch: the checkpoint's tokenizer.json")

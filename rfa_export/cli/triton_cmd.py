@@ -2,6 +2,8 @@
 
 import argparse
 
+from .arg_types import positive_int
+
 DESCRIPTION = """Write a Triton Inference Server model repository for a language-model export: REPO/<name>/1/model.onnx
 (the export's graph with Triton's START, READY and CORRID sequence controls wired in: START makes the graph read
 zeros instead of the state it is given) and REPO/<name>/config.pbtxt (onnxruntime backend, the sequence batcher
@@ -13,24 +15,14 @@ says how to launch tritonserver on it.
 """
 
 
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def add_parser(sub):
     p = sub.add_parser("triton", help="write a Triton model repository (implicit state)", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", metavar="OUT_DIR", help="a language-model export directory")
     p.add_argument("-o", "--output", dest="repo", metavar="REPO", required=True, help="the model repository")
     p.add_argument("--name", help="the model's name in the repository (default: the export folder's name)")
-    p.add_argument("--max-batch", type=_positive, default=64, help="max_batch_size (default 64)")
-    p.add_argument("--idle-us", type=_positive, default=60_000_000,
+    p.add_argument("--max-batch", type=positive_int, default=64, help="max_batch_size (default 64)")
+    p.add_argument("--idle-us", type=positive_int, default=60_000_000,
                    help="max_sequence_idle_microseconds: a sequence idle this long is dropped (default 60 s)")
     p.add_argument("--cpu", action="store_true", help="instance_group KIND_CPU (default KIND_GPU)")
     p.add_argument("--plugin-library", help="path on the server of librfa_trt_plugin_autoreg.so (the self-registering build: onnxruntime's TensorRT "

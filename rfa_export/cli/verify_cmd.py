@@ -4,6 +4,8 @@ import argparse
 import json
 import sys
 
+from .arg_types import non_negative_int
+
 DESCRIPTION = """Run OUT_DIR/model.onnx in onnxruntime (CPU) and MODEL.pt in PyTorch (float64) on the same
 inputs — random tokens at each --lengths and a batch of real English text — as a prefill followed by
 --decode-steps single-token steps that feed each backend's state back. Prints max abs / rel error per
@@ -30,23 +32,13 @@ def _lengths(text: str):
     return values
 
 
-def _positive(text: str):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
-
-
 def add_parser(sub):
     p = sub.add_parser("verify", help="compare an export with its checkpoint", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", metavar="OUT_DIR")
     p.add_argument("--checkpoint", required=True, metavar="MODEL.pt")
     p.add_argument("--lengths", type=_lengths, default=[1, 7, 64], help="prefill lengths (default 1,7,64)")
-    p.add_argument("--decode-steps", type=_positive, default=20, help="decode steps after each prefill (default 20)")
+    p.add_argument("--decode-steps", type=non_negative_int, default=20, help="decode steps after each prefill (default 20)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tolerance", type=float, default=None, help="override the documented relative tolerance")
