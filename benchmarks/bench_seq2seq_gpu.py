@@ -8,11 +8,12 @@ Both models: d_model 512, 8 heads (head dim 64), 6 encoder + 6 decoder layers, F
 (the fused CUDA decode step) and cross attention reading one state per source and layer, F = 128 random
 features. Softmax: a static bf16 KV cache for self-attention filled to the target position, and the encoder's
 cached keys and values for cross attention (SDPA); like RFA's cross states they are one per source, read by
-its beams (queries grouped per source, no copy). Both compute the sinusoidal position of the step. One decoder step (all layers, the LM head and the argmax
-that picks the next token) is captured as a CUDA graph and replayed; its median latency over 50 replays is
-measured at target position T/2 (the softmax step grows with the position, RFA's does not), so decode
-tokens/s = decoder rows (batch x beams) / latency is the rate over a whole target of length T. Source length
-S = target length T in every case. Writes seq2seq.json and seq2seq.png to --out.
+its beams (queries grouped per source, no copy). Both compute the sinusoidal position of the step. One decoder
+step (all layers, the LM head and the argmax that picks the next token, fused into the LM head's kernel for both
+models) is captured as a CUDA graph and replayed; its median latency over 50 replays is measured at target
+position T/2 (the softmax step grows with the position, RFA's does not), so decode tokens/s = decoder rows
+(batch x beams) / latency is the rate over a whole target of length T. Source length S = target length T in
+every case. Writes seq2seq.json and seq2seq.png to --out.
 """
 
 import argparse
@@ -25,7 +26,7 @@ from torch.nn import functional as F
 
 from rfa_export.baselines import SoftmaxSeq2Seq
 from rfa_export.format.config import RFASeq2SeqConfig
-from rfa_export.model.linear_layers import feed_forward, linear
+from rfa_export.model.linear_layers import feed_forward, linear_argmax
 from rfa_export.model.lm import sinusoidal_positions
 from rfa_export.model.residual_norm import residual_norm
 from rfa_export.model.seq2seq import RFASeq2Seq
@@ -71,9 +72,8 @@ def rfa_step_ms(model: RFASeq2Seq, batch: int, beams: int, position: int):
     token = torch.randint(3, CONFIG.tgt_vocab_size, (rows,), device="cuda")
     pos = torch.full((rows,), position, dtype=torch.long, device="cuda")
 
-    def step():
-        logits, _ = model.step(token, states, cross, pos, inplace_state=True)
-        token.copy_(logits.argmax(-1))
+    def step():  # greedy: the argmax lands in token (the LM head's own kernel on the decode path)
+        model.step(token, states, cross, pos, inplace_state=True, next_token=token)
 
     return time_graph(step)
 
@@ -108,7 +108,7 @@ class SoftmaxStep(torch.nn.Module):
             x, h = residual_norm(x, y, block.ln_cross)
             x, h = residual_norm(x, block.cross_attn.read(h, self.cross[i], partial_sums=True), block.ln_ffn)
             x, h = residual_norm(x, feed_forward(block.ffn, h, partial_sums=True), norms[i + 1])
-        return linear(h, self.m.lm_head.weight, self.m.lm_head.bias)[:, 0]
+        return linear_argmax(h[:, 0], self.m.lm_head.weight, self.m.lm_head.bias, token)
 
 
 @torch.no_grad()
@@ -117,7 +117,7 @@ def softmax_step_ms(model, batch, beams, source, position):
     token = torch.randint(3, CONFIG.tgt_vocab_size, (batch * beams,), device="cuda")
 
     def step():
-        token.copy_(step_module(token).argmax(-1))
+        step_module(token)
 
     return time_graph(step)
 

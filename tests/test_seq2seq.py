@@ -69,6 +69,18 @@ def test_step_decoding_equals_the_parallel_forward(kw):
     assert rel_err(torch.stack(steps, 1), full) <= 1e-5
 
 
+def test_greedy_step_writes_the_argmax_of_its_logits():
+    """step(..., next_token=t): the same logits, and their argmax in t, also where t is the step's own input."""
+    model = small_model()
+    src = torch.randint(0, 256, (3, 12))
+    with torch.no_grad():
+        _, cross = model.encode(src)
+        token = torch.randint(0, model.config.tgt_vocab_size, (3,))
+        ref, _ = model.step(token.clone(), model.initial_state(3), cross, torch.zeros(3, dtype=torch.long))
+        logits, _ = model.step(token, model.initial_state(3), cross, torch.zeros(3, dtype=torch.long), next_token=token)
+    assert torch.equal(logits, ref) and torch.equal(token, ref.argmax(-1))
+
+
 def test_ragged_sources_and_targets_are_exact():
     """Right-padded sources and target prefixes of different lengths: each row equals its source and prefix
     decoded alone."""

@@ -12,7 +12,7 @@ from torch import nn
 from ..format.config import RFASeq2SeqConfig
 from ..ops.causal_gated_scan.state_storage import narrow_state
 from .attention import CausalRFASelfAttention, RFAAttention
-from .linear_layers import feed_forward, linear
+from .linear_layers import feed_forward, linear, linear_argmax
 from .lm import sinusoidal_positions
 from .residual_norm import residual_norm
 
@@ -177,6 +177,12 @@ class RFASeq2Seq(nn.Module):
         Returns:
             logits [B, T, tgt_vocab], the new self states.
         """
+        h, new_state = self._decoder_hidden(tgt_ids, cross_states, state, position_ids, attention_mask, inplace_state)
+        return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
+
+    def _decoder_hidden(self, tgt_ids, cross_states, state, position_ids, attention_mask,
+                        inplace_state) -> Tuple[torch.Tensor, State]:
+        """decode up to the LM head: the final layer norm's output [B, T, d_model] and the new self states."""
         x = self._embed(self.tgt_embed, tgt_ids, position_ids)
         norms = [block.ln_self for block in self.decoder] + [self.ln_f]
         _, h = residual_norm(x, None, norms[0])
@@ -187,7 +193,7 @@ class RFASeq2Seq(nn.Module):
             if state is None and self.config.state_dtype != "float32":
                 s = narrow_state(s, self.state_dtype)  # from no state the scan returns its accumulation dtype
             new_state.append(s)
-        return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
+        return h, new_state
 
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor, src_mask: Optional[torch.Tensor] = None,
                 tgt_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -196,8 +202,13 @@ class RFASeq2Seq(nn.Module):
         return self.decode(tgt_ids, cross, attention_mask=tgt_mask)[0]
 
     def step(self, token_ids: torch.Tensor, state: State, cross_states: State, positions: torch.Tensor,
-             inplace_state: bool = False) -> Tuple[torch.Tensor, State]:
-        """One decoding step: token_ids [B], positions [B] -> logits [B, tgt_vocab], new self states."""
-        logits, state = self.decode(token_ids[:, None], cross_states, state, positions[:, None],
-                                    inplace_state=inplace_state)
-        return logits[:, 0], state
+             inplace_state: bool = False, next_token: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, State]:
+        """One decoding step: token_ids [B], positions [B] -> logits [B, tgt_vocab], new self states.
+
+        next_token: an int64 [B] tensor (it may be token_ids) that receives the logits' argmax (greedy
+        decoding), from the LM head's own kernel on the decode path (ops/decode_linear's linear_argmax)."""
+        h, state = self._decoder_hidden(token_ids[:, None], cross_states, state, positions[:, None], None,
+                                        inplace_state)
+        if next_token is None:
+            return linear(h[:, 0], self.lm_head.weight, self.lm_head.bias), state
+        return linear_argmax(h[:, 0], self.lm_head.weight, self.lm_head.bias, next_token), state

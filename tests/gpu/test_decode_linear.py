@@ -106,6 +106,27 @@ def test_model_greedy_step_takes_the_fused_argmax(monkeypatch):
     assert torch.equal(logits, ref) and torch.equal(token, ref.argmax(-1))
 
 
+def test_seq2seq_greedy_step_takes_the_fused_argmax(monkeypatch):
+    """RFASeq2Seq.step(..., next_token=t) likewise: the argmax of its logits through the fused kernel."""
+    from rfa_export.format.config import RFASeq2SeqConfig
+    from rfa_export.model.seq2seq import RFASeq2Seq
+
+    torch.manual_seed(0)
+    model = RFASeq2Seq(RFASeq2SeqConfig(d_model=128, n_heads=2, n_encoder_layers=2, n_decoder_layers=2, d_ffn=256,
+                                        num_features=64)).eval().to("cuda", torch.bfloat16)
+    calls = []
+    real = linear_layers.triton_decode_linear_argmax
+    monkeypatch.setattr(linear_layers, "triton_decode_linear_argmax", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        _, cross = model.encode(torch.randint(0, 256, (3, 10), device="cuda"))
+        token = torch.randint(0, model.config.tgt_vocab_size, (3,), device="cuda")
+        pos = torch.zeros(3, dtype=torch.long, device="cuda")
+        ref, _ = model.step(token.clone(), model.initial_state(3, "cuda"), cross, pos)
+        logits, _ = model.step(token, model.initial_state(3, "cuda"), cross, pos, next_token=token)
+    assert calls == [1]
+    assert torch.equal(logits, ref) and torch.equal(token, ref.argmax(-1))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("M", [1, 7, 64])
 @pytest.mark.parametrize("H, dh, D, extra", [(16, 64, 64, 16), (2, 64, 48, 0), (3, 32, 128, 5)])
