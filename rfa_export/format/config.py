@@ -98,8 +98,58 @@ def state_shape_of(n_heads: int, feature_size: int, head_dim: int, state_dtype: 
     return (n_heads, feature_size, head_dim + (2 if state_dtype == "int8" else 1))
 
 
+class _AttentionModelConfig:
+    """What the language-model and encoder-decoder configs share: the attention's field checks, the shapes
+    they imply, and the dict form. Subclasses are frozen dataclasses with d_model, n_heads, d_ffn, feature_map,
+    num_features, positional and state_dtype."""
+
+    def _check_attention_fields(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"config field d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if self.feature_map not in FEATURE_MAPS:
+            raise ConfigError(f"config field feature_map must be one of {', '.join(FEATURE_MAPS)}, got {self.feature_map!r}")
+        if self.positional not in POSITIONAL_SCHEMES:
+            raise ConfigError(f"config field positional must be one of {', '.join(POSITIONAL_SCHEMES)}, got {self.positional!r}")
+        if self.positional == "sinusoidal" and self.d_model < 2:
+            raise ConfigError(f"config field positional 'sinusoidal' needs d_model >= 2 (a sin/cos pair), got {self.d_model}")
+
+    def _check_layer_sizes(self) -> None:
+        check_tensor_size("attention projections", (self.d_model, self.d_model))
+        check_tensor_size("ffn weights", (self.d_ffn, self.d_model))
+        check_tensor_size("phi.w_tilde", (self.n_heads, self.num_features, self.head_dim))
+        check_tensor_size("the state of one layer and sequence", self.state_shape)
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def feature_size(self) -> int:
+        """F, the size of phi(x) per head."""
+        return FEATURE_MAPS[self.feature_map].feature_size(self.num_features)
+
+    @property
+    def state_shape(self) -> tuple:
+        """A (decoder) layer's self state without the batch axis, stored as state_dtype."""
+        return state_shape_of(self.n_heads, self.feature_size, self.head_dim, self.state_dtype)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any):
+        if not isinstance(data, dict):
+            raise ConfigError(f"config must be a dict, got {type(data).__name__}")
+        if not all(isinstance(k, str) for k in data):
+            raise ConfigError("config keys must be strings")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"config has unknown fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class RFAConfig:
+class RFAConfig(_AttentionModelConfig):
     vocab_size: int = 256
     d_model: int = 256
     n_heads: int = 4
@@ -122,51 +172,13 @@ class RFAConfig:
         for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ffn", "num_features", "dropout",
                      "normaliser_eps", "layer_norm_eps"):
             check_range("config", name, getattr(self, name))
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"config field d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
-        if self.feature_map not in FEATURE_MAPS:
-            raise ConfigError(f"config field feature_map must be one of {', '.join(FEATURE_MAPS)}, got {self.feature_map!r}")
-        if self.positional not in POSITIONAL_SCHEMES:
-            raise ConfigError(f"config field positional must be one of {', '.join(POSITIONAL_SCHEMES)}, got {self.positional!r}")
-        if self.positional == "sinusoidal" and self.d_model < 2:
-            raise ConfigError(f"config field positional 'sinusoidal' needs d_model >= 2 (a sin/cos pair), got {self.d_model}")
+        self._check_attention_fields()
         check_tensor_size("embed.weight", (self.vocab_size, self.d_model))
-        check_tensor_size("attention projections", (self.d_model, self.d_model))
-        check_tensor_size("ffn weights", (self.d_ffn, self.d_model))
-        check_tensor_size("phi.w_tilde", (self.n_heads, self.num_features, self.head_dim))
-        check_tensor_size("the state of one layer and sequence", self.state_shape)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def feature_size(self) -> int:
-        """F, the size of phi(x) per head."""
-        return FEATURE_MAPS[self.feature_map].feature_size(self.num_features)
-
-    @property
-    def state_shape(self) -> tuple:
-        return state_shape_of(self.n_heads, self.feature_size, self.head_dim, self.state_dtype)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "RFAConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"config must be a dict, got {type(data).__name__}")
-        if not all(isinstance(k, str) for k in data):
-            raise ConfigError("config keys must be strings")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"config has unknown fields: {', '.join(unknown)}")
-        return cls(**data)
+        self._check_layer_sizes()
 
 
 @dataclass(frozen=True)
-class RFASeq2SeqConfig:
+class RFASeq2SeqConfig(_AttentionModelConfig):
     """An encoder-decoder: a non-causal RFA encoder, a decoder of causal gated RFA self-attention and RFA cross
     attention over the encoder's output (summarised once per source into a fixed-size state per layer).
     Byte-level by default: ids 0-255 are bytes, 256 begins and 257 ends a target."""
@@ -199,14 +211,7 @@ class RFASeq2SeqConfig:
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "n_encoder_layers", "n_decoder_layers",
                      "d_ffn", "num_features", "dropout", "normaliser_eps", "layer_norm_eps", "max_source_length"):
             check_range("config", name, getattr(self, name))
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"config field d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
-        if self.feature_map not in FEATURE_MAPS:
-            raise ConfigError(f"config field feature_map must be one of {', '.join(FEATURE_MAPS)}, got {self.feature_map!r}")
-        if self.positional not in POSITIONAL_SCHEMES:
-            raise ConfigError(f"config field positional must be one of {', '.join(POSITIONAL_SCHEMES)}, got {self.positional!r}")
-        if self.positional == "sinusoidal" and self.d_model < 2:
-            raise ConfigError(f"config field positional 'sinusoidal' needs d_model >= 2 (a sin/cos pair), got {self.d_model}")
+        self._check_attention_fields()
         if self.shared_vocab and self.src_vocab_size != self.tgt_vocab_size:
             raise ConfigError(f"config field shared_vocab needs src_vocab_size == tgt_vocab_size, got "
                               f"{self.src_vocab_size} and {self.tgt_vocab_size}")
@@ -218,39 +223,9 @@ class RFASeq2SeqConfig:
             raise ConfigError("config fields bos_token_id and eos_token_id must differ")
         for name, vocab in (("source embedding", self.src_vocab_size), ("target embedding", self.tgt_vocab_size)):
             check_tensor_size(name, (vocab, self.d_model))
-        check_tensor_size("attention projections", (self.d_model, self.d_model))
-        check_tensor_size("ffn weights", (self.d_ffn, self.d_model))
-        check_tensor_size("phi.w_tilde", (self.n_heads, self.num_features, self.head_dim))
-        check_tensor_size("the state of one layer and sequence", self.state_shape)
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
-    @property
-    def feature_size(self) -> int:
-        return FEATURE_MAPS[self.feature_map].feature_size(self.num_features)
-
-    @property
-    def state_shape(self) -> tuple:
-        """A decoder layer's self state without the batch axis, stored as state_dtype."""
-        return state_shape_of(self.n_heads, self.feature_size, self.head_dim, self.state_dtype)
+        self._check_layer_sizes()
 
     @property
     def cross_state_shape(self) -> tuple:
         """A decoder layer's cross state without the batch axis: (H, F, Dv + 1) float32."""
         return state_shape_of(self.n_heads, self.feature_size, self.head_dim, "float32")
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "RFASeq2SeqConfig":
-        if not isinstance(data, dict):
-            raise ConfigError(f"config must be a dict, got {type(data).__name__}")
-        if not all(isinstance(k, str) for k in data):
-            raise ConfigError("config keys must be strings")
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"config has unknown fields: {', '.join(unknown)}")
-        return cls(**data)
