@@ -155,7 +155,8 @@ def test_verify_and_inspect(exports, capsys):
 
 def reference_beam_search(model, source, k, steps, eos):
     """Every hypothesis recomputed from scratch with the parallel forward (no state reuse or reordering), with
-    the selection rules of Seq2SeqDecoder.beam_search; scores not normalised (length_penalty 0)."""
+    the selection rules of Seq2SeqDecoder.beam_search; scores not normalised (length_penalty 0), so a source is
+    done once k hypotheses ended and the best live one's score is no better than the k-th of them."""
     src = torch.tensor([source])
     beams, finished = [([], 0.0)], []
     for step in range(steps):
@@ -174,10 +175,11 @@ def reference_beam_search(model, source, k, steps, eos):
             live.append((seq + [t], score))
             if len(live) == k:
                 break
-        if len(finished) >= k:
-            break
-        if step == steps - 1:
+        if step == steps - 1 or not live:
             finished += live
+            break
+        if len(finished) >= k and live[0][1] <= sorted(f[1] for f in finished)[-k]:
+            break
         beams = live
     return sorted(finished, key=lambda c: -c[1])[:k]
 
@@ -234,6 +236,21 @@ def test_the_bundled_model_translates_held_out_numbers(bundled):
     exact = sum(r.text == t for r, (_, t) in zip(results, pairs)) / len(pairs)
     assert exact >= report["rfa_heldout_greedy"]["exact_match"] - 0.08, exact
     assert bundled.generate(["421,305"], 80)[0].text == number_words(421305)
+
+
+def test_beam_search_runs_on_while_a_live_hypothesis_can_win(bundled):
+    """Wrong, shorter translations of 421,305 end first; the source must not stop there while the live
+    greedy translation (log-prob about -0.01) can still beat them: 4 beams find it, with the recomputed
+    reference's hypotheses and scores (length_penalty 0)."""
+    model = bundled.backend.model
+    hyps = bundled.beam_search(["421,305"], 4, 80, length_penalty=0.0)[0]
+    assert bundled.decode_text(hyps[0][0]) == number_words(421305) and hyps[0][1] > -0.1
+    ref = reference_beam_search(model.float(), list(b"421,305"), 4, 80, model.config.eos_token_id)
+    assert [h[0] for h in hyps] == [r[0] for r in ref]
+    np.testing.assert_allclose([h[1] for h in hyps], [r[1] for r in ref], rtol=1e-4, atol=1e-4)
+    normalised = bundled.beam_search(["421,305"], 4, 80)[0]  # length_penalty 1
+    assert bundled.decode_text(normalised[0][0]) == number_words(421305)
+    assert [h[1] for h in normalised] == sorted((h[1] for h in normalised), reverse=True)
 
 
 def test_translate_cli(tmp_path, bundled, capsys):

@@ -387,7 +387,9 @@ class Seq2SeqDecoder:
                     length_penalty: float = 1.0) -> List[List[Tuple[List[int], float]]]:
         """Per source, the num_beams best (tokens, score) hypotheses, best first; score = sum of log-probs /
         n ** length_penalty, n the tokens generated (an ending EOS counts, and is not in the tokens). A source
-        stops once it has num_beams ended hypotheses or reaches max_new_tokens. Only self states are reordered."""
+        stops at max_new_tokens, or once it has num_beams ended hypotheses and its best live one, ended at the
+        next token, would score no better than the num_beams-th of them (log-probs only add up to less: exact
+        for length_penalty <= 0). Only self states are reordered."""
         num_beams = check_int("num_beams", num_beams, 1, self.backend.vocab_size)
         check_max_new(max_new_tokens)
         if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool) or not np.isfinite(length_penalty):
@@ -400,6 +402,17 @@ class Seq2SeqDecoder:
 
         def normalised(score, count):
             return score / max(1, count) ** length_penalty
+
+        def settled(src, best_live_score, live_length):
+            """True once no live hypothesis of src can end above its num_beams-th best ended one."""
+            if len(finished[src]) < num_beams:
+                return False
+            kth = sorted((normalised(sc, c) for _, sc, c in finished[src]), reverse=True)[num_beams - 1]
+            # a live hypothesis of live_length tokens ends with at most the score it has now, live_length + 1
+            # tokens or more counted: an exact bound where length_penalty <= 0; above 0 a longer ending could
+            # still normalise better, and it is scored at live_length + 1 all the same (the usual heuristic:
+            # bounded by max_new_tokens instead, beams would run on for many steps for rare gains)
+            return normalised(best_live_score, live_length + 1) <= kth
 
         for step in range(max_new_tokens):
             if not np.isfinite(logits).all():
@@ -421,9 +434,10 @@ class Seq2SeqDecoder:
                     chosen.append((g * per + parent, token, seq + [token], score))
                     if len(chosen) == num_beams:
                         break
-                if len(finished[src]) >= num_beams or not chosen or step == max_new_tokens - 1:
-                    if step == max_new_tokens - 1 or not chosen:
-                        finished[src] += [(seq, score, len(seq)) for _, _, seq, score in chosen]
+                if not chosen or step == max_new_tokens - 1:
+                    finished[src] += [(seq, score, len(seq)) for _, _, seq, score in chosen]
+                    continue
+                if settled(src, chosen[0][3], len(chosen[0][2])):
                     continue
                 while len(chosen) < num_beams:  # keep every source at num_beams rows
                     chosen.append(chosen[-1])
