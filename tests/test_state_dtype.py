@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from helpers import rel_err, scan_inputs
-from rfa_export.format.config import ConfigError, RFAConfig
+from rfa_export.format.config import ConfigError, RFAConfig, RFASeq2SeqConfig
 from rfa_export.model.lm import RFALanguageModel
+from rfa_export.model.seq2seq import RFASeq2Seq
 from rfa_export.ops.causal_gated_scan import (causal_gated_scan, causal_gated_scan_, check_scan_inputs,
                                               chunk_causal_gated_scan, naive_causal_gated_scan)
 from rfa_export.ops.causal_gated_scan.state_storage import int8_row_exponent, narrow_state, widen_state
@@ -173,6 +174,32 @@ def _float64_decode(model, ids):
             logits.append(out[:, 0])
     assert all(s.dtype == model.state_dtype for s in state)
     return torch.stack(logits, 1), state
+
+
+@pytest.mark.parametrize("kind", ["lm", "seq2seq"])
+def test_with_state_dtype_keeps_each_weights_dtype_and_copies_it(kind):
+    """A converted model is the same model in the same dtypes (float64 and bfloat16 weights here), sharing no
+    storage, with the new state dtype: not a float32 model on the CPU."""
+    if kind == "lm":
+        model = _model("float32")
+    else:
+        torch.manual_seed(0)
+        model = RFASeq2Seq(RFASeq2SeqConfig(d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=2, d_ffn=64,
+                                            num_features=8)).eval()
+    model.double()
+    first, *_ = model.parameters()
+    first.data = first.data.to(torch.bfloat16)
+    next(p for n, p in model.named_parameters() if n.endswith("bias")).requires_grad_(False)
+    converted = model.with_state_dtype("int8")
+    assert converted.config.state_dtype == "int8" and model.config.state_dtype == "float32"
+    assert converted.training == model.training
+    before, after = model.state_dict(), converted.state_dict()
+    assert before.keys() == after.keys()
+    for name, t in before.items():
+        assert after[name].dtype == t.dtype and after[name].device == t.device, name
+        assert torch.equal(after[name], t) and after[name].data_ptr() != t.data_ptr(), name
+    assert all(p.requires_grad == model.get_parameter(n).requires_grad for n, p in converted.named_parameters())
+    assert len(list(converted.parameters())) == len(list(model.parameters()))  # tied embeddings stay tied
 
 
 @pytest.mark.parametrize("state_dtype", REDUCED)

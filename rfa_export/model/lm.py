@@ -12,6 +12,7 @@ from ..ops.positions import sinusoidal_positions
 from .attention import CausalRFASelfAttention
 from .config import RFAConfig
 from .linear_layers import feed_forward, linear, linear_argmax
+from .rebuild import rebuilt
 from .residual_norm import residual_norm
 
 State = List[torch.Tensor]
@@ -96,13 +97,12 @@ class RFALanguageModel(nn.Module):
 
     def with_state_dtype(self, state_dtype: str) -> "RFALanguageModel":
         """This model storing its state as state_dtype ("float32", "bfloat16" or "int8"; the config is checked
-        again: a reduced-precision state needs a gate). The same object when nothing changes, otherwise a copy sharing no parameters."""
+        again: a reduced-precision state needs a gate). The same object when nothing changes, otherwise a copy
+        sharing no parameters, each on its device and in its dtype."""
         config = RFAConfig.from_dict({**self.config.to_dict(), "state_dtype": state_dtype})
         if config == self.config:
             return self
-        converted = RFALanguageModel(config)
-        converted.load_state_dict(self.state_dict())
-        return converted.train(self.training)
+        return rebuilt(self, config)
 
     def initial_state(self, batch_size: int, device=None) -> State:
         """Zeros, one tensor [B, *config.state_shape] of state_dtype per layer."""

@@ -14,6 +14,7 @@ from ..ops.causal_gated_scan.state_storage import narrow_state
 from .attention import CausalRFASelfAttention, RFAAttention
 from .linear_layers import feed_forward, linear, linear_argmax
 from .lm import sinusoidal_positions
+from .rebuild import rebuilt
 from .residual_norm import residual_norm
 
 State = List[torch.Tensor]
@@ -126,13 +127,12 @@ class RFASeq2Seq(nn.Module):
 
     def with_state_dtype(self, state_dtype: str) -> "RFASeq2Seq":
         """This model storing its self states as state_dtype (the config is checked again: a reduced-precision
-        state needs a gate). The same object when nothing changes, otherwise a copy sharing no parameters."""
+        state needs a gate). The same object when nothing changes, otherwise a copy sharing no parameters,
+        each on its device and in its dtype."""
         config = RFASeq2SeqConfig.from_dict({**self.config.to_dict(), "state_dtype": state_dtype})
         if config == self.config:
             return self
-        converted = RFASeq2Seq(config)
-        converted.load_state_dict(self.state_dict())
-        return converted.train(self.training)
+        return rebuilt(self, config)
 
     def initial_state(self, batch_size: int, device=None) -> State:
         """The decoder's self states: zeros, one tensor [B, *config.state_shape] of state_dtype per layer."""
