@@ -201,6 +201,24 @@ def test_beam_search_reorders_the_self_state_only(exports):
         np.testing.assert_allclose([h[1] for h in hyps], [r[1] for r in ref], rtol=1e-6)  # logits reach the host as fp32
 
 
+def test_beam_search_with_fewer_candidates_than_beams_lists_each_hypothesis_once():
+    """A 4-token target vocabulary and 4 beams: the first step has 3 live candidates besides EOS. The padding row
+    that keeps the source at 4 rows must never be expanded, so the hypotheses are distinct and those of the
+    recomputing reference (which runs with 3 rows). The LM head is scaled down so that the padding row's children
+    would compete (with these seeds, a repeated row listed [0, 0] twice)."""
+    model = small_model(seed=2, shared_vocab=False, tgt_vocab_size=4, bos_token_id=2, eos_token_id=3,
+                        tie_embeddings=False).double()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(0.3)
+    decoder = Seq2SeqDecoder(TorchSeq2SeqBackend(model, dtype="fp64"))
+    for source in ([5, 9, 200], [17]):
+        hyps = decoder.beam_search([source], 4, 4, length_penalty=0.0)[0]
+        assert len({tuple(h[0]) for h in hyps}) == len(hyps) == 4
+        ref = reference_beam_search(model, source, 4, 4, model.config.eos_token_id)
+        assert [h[0] for h in hyps] == [r[0] for r in ref]
+        np.testing.assert_allclose([h[1] for h in hyps], [r[1] for r in ref], rtol=1e-6)  # fp32 logits
+
+
 def test_cross_states_are_one_per_source_whatever_the_beams(exports):
     """The decoder reads one cross state per source for all its beams: a step of 3 sources x 4 beams gets
     cross states of batch 3, and its logits equal each row run alone against its source's cross state."""

@@ -428,6 +428,8 @@ class Seq2SeqDecoder:
                 for flat in order:
                     parent, token = divmod(int(flat), logp.shape[1])
                     seq, score = beams[src][parent][0], float(totals[parent, token])
+                    if score == -np.inf:  # only a padding row's children are left
+                        break
                     if token == self.eos:
                         finished[src].append((seq, score, len(seq) + 1))
                         continue
@@ -439,8 +441,9 @@ class Seq2SeqDecoder:
                     continue
                 if settled(src, chosen[0][3], len(chosen[0][2])):
                     continue
-                while len(chosen) < num_beams:  # keep every source at num_beams rows
-                    chosen.append(chosen[-1])
+                while len(chosen) < num_beams:  # keep every source at num_beams rows: padding that is never chosen
+                    parent, token, seq, _ = chosen[-1]
+                    chosen.append((parent, token, seq, -np.inf))
                 beams[src] = [(seq, score) for _, _, seq, score in chosen]
                 parents += [p for p, _, _, _ in chosen]
                 tokens += [t for _, t, _, _ in chosen]
