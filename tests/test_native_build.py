@@ -41,7 +41,7 @@ def test_kernels_build_with_the_c_abi(build):
     assert lib.is_file() and (out / "rfa_kernel_tests").is_file()
     symbols = exported_symbols(lib)
     for name in ("rfa_causal_gated_scan", "rfa_causal_gated_scan_path", "rfa_scan_check", "rfa_scan_workspace_size",
-                 "rfa_scan_workspace_bound", "rfa_status_string"):
+                 "rfa_scan_state_workspace_size", "rfa_scan_workspace_bound", "rfa_status_string"):
         assert f" T {name}\n" in symbols
 
 
@@ -57,6 +57,21 @@ def test_plugin_libraries_or_a_plain_skip_message(build):
     assert "nvinfer" not in subprocess.run(["ldd", str(plugin)], capture_output=True, text=True).stdout
     assert "getPluginRegistry" in exported_symbols(autoreg, undefined=True)  # resolved from libnvinfer at load
     assert (out / "rfa_trt_plugin_tests").is_file()
+
+
+def test_an_int8_state_prefill_asks_for_its_fp32_copy(build):
+    """rfa_scan_state_workspace_size (a pure function: no GPU needed): an int8-row state's fp32 copy,
+    [B, H, F, Dv + 1] float32 rounded up to 256 bytes; nothing for fp32 (0) and bf16 (2) states."""
+    import ctypes
+
+    out, _ = build
+    size = ctypes.CDLL(str(out / "librfa_kernels.so")).rfa_scan_state_workspace_size
+    size.argtypes, size.restype = [ctypes.c_int] * 5, ctypes.c_size_t
+    int8 = 3
+    assert size(2, 3, 64, 48, int8) == 2 * 3 * 64 * 49 * 4  # already a multiple of 256
+    assert size(1, 1, 16, 16, int8) == 1280  # 1,088 bytes, rounded up
+    assert size(64, 16, 128, 64, int8) == 64 * 16 * 128 * 65 * 4
+    assert size(2, 3, 64, 48, 0) == size(2, 3, 64, 48, 2) == 0
 
 
 def wgmma_enabled(out: Path) -> bool:

@@ -22,8 +22,7 @@ int checkArgs(rfa_scan_args_t const* a)
     {
         return status;
     }
-    if (a->state_dtype != RFA_FLOAT32 && a->state_dtype != RFA_BFLOAT16
-        && !(a->state_dtype == RFA_INT8 && a->T == 1))
+    if (a->state_dtype != RFA_FLOAT32 && a->state_dtype != RFA_BFLOAT16 && a->state_dtype != RFA_INT8)
     {
         return RFA_ERR_DTYPE;
     }
@@ -114,10 +113,6 @@ int runScan(rfa_scan_args_t const* args, int path, void* workspace, size_t works
     {
         return status;
     }
-    if (args->state_dtype == RFA_INT8 && path != 1)
-    {
-        return RFA_ERR_DTYPE; // int8 rows need a whole row per store: the step kernel's layout only
-    }
     if (path == 1)
     {
         for (int t = 0; t < args->T; ++t)
@@ -131,6 +126,28 @@ int runScan(rfa_scan_args_t const* args, int path, void* workspace, size_t works
         }
         return RFA_OK;
     }
+    // An int8-row state: the chunked kernel runs on its fp32 copy in the first bytes of the workspace
+    // (int8 rows are stored a whole row at a time, which only the step kernel's layout does).
+    bool const int8State = args->state_dtype == RFA_INT8;
+    size_t const stateBytes = rfa_scan_state_workspace_size(args->B, args->H, args->F, args->Dv, args->state_dtype);
+    if (int8State && (workspace == nullptr || workspaceBytes < stateBytes))
+    {
+        return RFA_ERR_WORKSPACE;
+    }
+    if (int8State && !aligned16(workspace))
+    {
+        return RFA_ERR_ALIGNMENT;
+    }
+    size_t const rows = size_t(args->B) * args->H * args->F;
+    float* const wide = int8State ? static_cast<float*>(workspace) : nullptr;
+    if (int8State && args->initial_state != nullptr)
+    {
+        int const s = launchStatus(rfa::launchWidenInt8Rows(args->initial_state, wide, rows, args->Dv + 1, stream));
+        if (s != RFA_OK)
+        {
+            return s;
+        }
+    }
     rfa::ChunkParams p{};
     p.B = args->B;
     p.T = args->T;
@@ -143,13 +160,18 @@ int runScan(rfa_scan_args_t const* args, int path, void* workspace, size_t works
     p.v = args->v;
     p.g = args->g;
     bool const bf16State = args->state_dtype == RFA_BFLOAT16;
-    p.stateIn = {args->initial_state, bf16State};
+    p.stateIn = {int8State ? (args->initial_state ? wide : nullptr) : args->initial_state, bf16State};
     p.out = args->out;
-    p.stateOut = {args->final_state, bf16State};
+    p.stateOut = {int8State ? wide : args->final_state, bf16State};
     p.mmaSyncOnly = path == 2;
-    p.workspace = workspace;
-    p.workspaceBytes = workspaceBytes;
-    return launchStatus(rfa::launchChunk(p, args->dtype, stream));
+    p.workspace = workspace != nullptr && workspaceBytes > stateBytes ? static_cast<char*>(workspace) + stateBytes : nullptr;
+    p.workspaceBytes = p.workspace != nullptr ? workspaceBytes - stateBytes : 0;
+    int const s = launchStatus(rfa::launchChunk(p, args->dtype, stream));
+    if (s != RFA_OK || !int8State)
+    {
+        return s;
+    }
+    return launchStatus(rfa::launchNarrowInt8Rows(wide, args->final_state, rows, args->Dv + 1, stream));
 }
 
 } // namespace
@@ -186,6 +208,16 @@ size_t rfa_scan_workspace_size(int B, int T, int H, int F, int Dv, int dtype)
     return rfa_scan_check(B, T, H, F, Dv, dtype) == RFA_OK ? rfa::chunkWgmmaWorkspaceBytes(F, Dv, dtype) : 0;
 }
 
+size_t rfa_scan_state_workspace_size(int B, int H, int F, int Dv, int state_dtype)
+{
+    if (state_dtype != RFA_INT8 || B < 1 || H < 1 || F < 1 || Dv < 1)
+    {
+        return 0;
+    }
+    size_t const bytes = size_t(B) * H * F * (Dv + 1) * sizeof(float);
+    return (bytes + 255) / 256 * 256;
+}
+
 size_t rfa_scan_workspace_bound(int dtype)
 {
     return rfa::chunkWgmmaWorkspaceBound(dtype);
@@ -217,12 +249,12 @@ char const* rfa_status_string(int status)
     switch (status)
     {
     case RFA_OK: return "ok";
-    case RFA_ERR_DTYPE: return "dtype must be fp32, fp16 or bf16, and the state fp32 or bf16 (int8 rows: single steps only)";
+    case RFA_ERR_DTYPE: return "dtype must be fp32, fp16 or bf16, and the state fp32, bf16 or int8 rows";
     case RFA_ERR_SHAPE: return "B, T and H must be >= 1";
     case RFA_ERR_FEATURES: return "F must be a multiple of 16 in [16, 256]";
     case RFA_ERR_VALUES: return "Dv must be a multiple of 16 in [16, 256]";
     case RFA_ERR_NULL: return "a required pointer is null";
-    case RFA_ERR_WORKSPACE: return "workspace too small";
+    case RFA_ERR_WORKSPACE: return "an int8-row state with T > 1 needs rfa_scan_state_workspace_size bytes of workspace";
     case RFA_ERR_ALIGNMENT: return "tensor pointers must be 16-byte aligned";
     case RFA_ERR_LAUNCH: return "CUDA launch failed";
     case RFA_ERR_FEATURE_DIMS: return "random features: dh and D must be in [1, 128]";

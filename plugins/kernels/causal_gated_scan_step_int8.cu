@@ -8,6 +8,7 @@
 // the slab back whole in 16-byte stores. One block
 // per (b, h); q^T S_old partial sums are reduced over the warps in shared memory, and the readout is the fp32
 // kernel's: q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1].
+#include "int8_rows.cuh"
 #include "scan_common.cuh"
 #include "scan_launch.h"
 
@@ -22,27 +23,6 @@ namespace
 constexpr int kInt8Warps = 8;
 constexpr int kRowsPerWarp = 4;
 constexpr int kMaxColsPerLane = 9; // Dv + 1 <= 257 columns over 32 lanes
-constexpr int kCodeMax = 127;
-constexpr int kExponentMin = -120, kExponentMax = 120;
-
-// 2^e as a float, e in [-126, 127]: exact, no libm call.
-__device__ __forceinline__ float exp2Int(int e)
-{
-    return __int_as_float((e + 127) << 23);
-}
-
-// The least e with 127 * 2^e >= m, clamped to [kExponentMin, kExponentMax]; an all-zero row takes the least.
-__device__ __forceinline__ int rowExponent(float m)
-{
-    if (!(m > 0.f))
-    {
-        return kExponentMin;
-    }
-    int E = 0;
-    float const mant = frexpf(m, &E); // m = mant * 2^E, mant in [0.5, 1)
-    int const e = E - 7 + (mant > float(kCodeMax) / 128.f ? 1 : 0);
-    return min(max(e, kExponentMin), kExponentMax);
-}
 
 // kPerLane = ceil((Dv + 1) / 32) columns per lane: registers sized to the row, so short rows leave room
 // for more resident blocks.
@@ -140,7 +120,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
             {
                 break;
             }
-            float const scale = exp2Int(min(max(exponent[r], -126), 127)); // a contract state has |e| <= 120
+            float const scale = int8RowScale(static_cast<signed char>(exponent[r]));
             float2 const x = qk[f];
             float upd[kPerLane];
             float m = 0.f;
@@ -152,7 +132,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
                 acc[i] = fmaf(x.x, old, acc[i]);
                 m = fmaxf(m, fabsf(upd[i])); // columns past cols hold 0
             }
-            int const e = rowExponent(warpMax(m));
+            int const e = int8RowExponent(warpMax(m));
             float const inv = exp2Int(-e);
             int8_t* const row = slab + f * rowBytes; // back where it came from: stored whole below
 #pragma unroll
@@ -161,8 +141,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
                 int const c = lane + 32 * i;
                 if (c < cols)
                 {
-                    float const qv = fminf(fmaxf(rintf(upd[i] * inv), -float(kCodeMax)), float(kCodeMax));
-                    row[c] = int8_t(qv);
+                    row[c] = int8Code(upd[i], inv);
                 }
             }
             if (lane == 0)

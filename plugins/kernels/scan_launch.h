@@ -69,6 +69,9 @@ cudaError_t launchStepInt8(StepParams const& p, int dtype, cudaStream_t stream);
 // The step kernel with the decode prologue (p.wTilde set).
 cudaError_t launchDecodeStep(StepParams const& p, int dtype, cudaStream_t stream);
 cudaError_t launchChunk(ChunkParams const& p, int dtype, cudaStream_t stream);
+// int8-row states around the chunked kernels (int8_rows.cu): [rows, cols + 1] int8 rows <-> [rows, cols] fp32.
+cudaError_t launchWidenInt8Rows(void const* in, float* out, size_t rows, int cols, cudaStream_t stream);
+cudaError_t launchNarrowInt8Rows(float const* in, void* out, size_t rows, int cols, cudaStream_t stream);
 
 // The tensor-core prefill (causal_gated_scan_chunk_mma.cu) for the sizes it is built for; launchChunk
 // uses it when chunkMmaSupports says so.

@@ -174,19 +174,30 @@ def test_torch_op_takes_a_bf16_state_on_cuda():
     assert rel_err(out.cpu(), ref) <= 1e-5 and rel_err(state.cpu(), ref_state) <= BF16_STATE_TOL
 
 
+INT8_CASES = [  # B, T, H, F, Dv, gate, a fresh (all-zero) state
+    (3, 1, 2, 64, 64, "random", False), (2, 1, 3, 16, 16, "near1", False), (1, 1, 2, 256, 256, "random", False),
+    (5, 1, 1, 128, 32, "random", False), (2, 1, 2, 32, 112, "near0", False),  # the step kernel, every Dv class
+    (2, 65, 3, 64, 48, "random", False), (3, 40, 2, 32, 256, "near0", True),   # prefills
+    (1, 1600, 2, 128, 64, "near1", False),  # bf16: the Hopper prefill splits it in the workspace after the state
+]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("B, H, F, Dv, gate", [(3, 2, 64, 64, "random"), (2, 3, 16, 16, "near1"), (1, 2, 256, 256, "random"),
-                                               (5, 1, 128, 32, "random"), (2, 2, 32, 112, "near0")])
-def test_int8_state_step_matches_float64_reference(B, H, F, Dv, gate, dtype):
-    """The int8-row step kernel (causal_gated_scan_step_int8.cu): each row widened, updated in fp32 and stored
-    again with its least exponent, codes rounded to nearest; in place and not; every Dv up to 256 columns."""
+@pytest.mark.parametrize("B, T, H, F, Dv, gate, zeros", INT8_CASES)
+def test_int8_state_matches_float64_reference(B, T, H, F, Dv, gate, zeros, dtype):
+    """An int8-row state. A step (causal_gated_scan_step_int8.cu): each row widened, updated in fp32 and stored
+    again with its least exponent, codes rounded to nearest. A prefill (T > 1): widened into the workspace, the
+    chunked kernel on that fp32 copy, narrowed once (int8_rows.cu), and refused without the workspace. Every
+    entry within half its row's code step of the unrounded float64 state (plus fp32's error, or for a prefill
+    the dtype's), in place and not."""
     from rfa_export.ops.causal_gated_scan.state_storage import narrow_state, widen_state
 
-    q, k, v, g, s = scan_inputs(B, 1, H, F, Dv, gate=gate, initial_state=True, seed=B + F + Dv)
-    s8 = narrow_state(s, torch.int8)
+    q, k, v, g, s = scan_inputs(B, T, H, F, Dv, gate=gate, initial_state=True, seed=B + F + Dv + T - 1)
+    s8 = narrow_state(torch.zeros_like(s) if zeros else s, torch.int8)
     low = [t.to(dtype) for t in (q, k, v, g)]
     ref, ref_state = naive_causal_gated_scan(*[t.double() for t in low], widen_state(s8, Dv, torch.float64))
     half_step = torch.exp2(narrow_state(ref_state, torch.int8)[..., -1:].double()) / 2
+    computed = 1e-6 * ref_state.abs().amax(-1, keepdim=True) if T == 1 else TOL[dtype] * ref_state.abs().max()
     dev = [t.cuda() for t in low]
     for in_place in (False, True):
         state_in = s8.cuda()
@@ -199,14 +210,19 @@ def test_int8_state_step_matches_float64_reference(B, H, F, Dv, gate, dtype):
         stored = got_state.cpu()
         assert int(stored[..., :-1].abs().max()) <= 127
         err = (widen_state(stored, Dv, torch.float64) - ref_state).abs()
-        assert bool((err <= half_step * (1 + 1e-3) + 1e-6 * ref_state.abs().amax(-1, keepdim=True)).all())
+        assert bool((err <= half_step * (1 + 1e-3) + computed).all())
         # the exponents are the least that fit (a tie in fp32 may move a row by one)
         want = narrow_state(ref_state, torch.int8)[..., -1]
         assert int((stored[..., -1].int() - want.int()).abs().max()) <= 1
+    if T > 1:
+        with pytest.raises(RuntimeError, match="rfa_scan_state_workspace_size"):
+            cuda_causal_gated_scan(*dev, s8.cuda(), path=0,
+                                   out_state=torch.empty((B, H, F, Dv + 2), device="cuda", dtype=torch.int8))
 
 
 def test_torch_op_takes_an_int8_state_on_cuda():
-    """Prefill (T > 1: widened around the fp32 chunked kernel) and steps (the int8 step kernel) against float64."""
+    """Prefill (T > 1: widened into the workspace around the fp32 chunked kernel) and steps (the int8 step
+    kernel) against float64."""
     from rfa_export.ops.causal_gated_scan.state_storage import narrow_state, widen_state
 
     q, k, v, g, s = scan_inputs(2, 33, 2, 64, 32, gate="random", initial_state=True)

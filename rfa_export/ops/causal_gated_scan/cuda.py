@@ -32,6 +32,8 @@ def _bind(lib) -> None:
     lib.rfa_scan_check.argtypes = [ctypes.c_int] * 6
     lib.rfa_scan_workspace_size.argtypes = [ctypes.c_int] * 6
     lib.rfa_scan_workspace_size.restype = ctypes.c_size_t
+    lib.rfa_scan_state_workspace_size.argtypes = [ctypes.c_int] * 5
+    lib.rfa_scan_state_workspace_size.restype = ctypes.c_size_t
 
 
 def _load():
@@ -46,17 +48,16 @@ def kernels_unavailable_reason() -> Optional[str]:
     return load_error()
 
 
-STATE_DTYPES = (torch.float32, torch.bfloat16)  # the kernels' state storage (docs/op_contract.md)
-# the step kernel's (T = 1) besides: int8 rows, which a store needs whole (rfa_scan_args_t::state_dtype codes)
+# the kernels' state storage (docs/op_contract.md), as rfa_scan_args_t::state_dtype codes: fp32, bf16, int8 rows
 STATE_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 2, torch.int8: 3}
 
 
 def kernel_supports(q: torch.Tensor, v: torch.Tensor, state: Optional[torch.Tensor] = None) -> bool:
-    """Whether the kernels take these inputs: an int8-row state only for a single step (T = 1)."""
+    """Whether the kernels take these inputs."""
     lib = load_kernels_for(q, _bind)
     if lib is None or not q.is_cuda or q.dtype not in DTYPE_CODES:
         return False
-    if state is not None and not (state.dtype in STATE_DTYPES or (state.dtype == torch.int8 and q.shape[1] == 1)):
+    if state is not None and state.dtype not in STATE_DTYPE_CODES:
         return False
     B, T, H, F = q.shape
     return lib.rfa_scan_check(B, max(T, 1), H, F, v.shape[-1], DTYPE_CODES[q.dtype]) == 0
@@ -65,13 +66,15 @@ def kernel_supports(q: torch.Tensor, v: torch.Tensor, state: Optional[torch.Tens
 _workspace_bytes = {}  # (device index, F, Dv, dtype code) -> rfa_scan_workspace_size (independent of B, T, H)
 
 
-def _workspace(lib, q: torch.Tensor, F: int, Dv: int) -> Tuple[Optional[torch.Tensor], int]:
-    """The scan's optional workspace (it lets the Hopper prefill split long sequences of few (b, h) across the
-    GPU), from the caching allocator on the current stream; (None, 0) where the kernels use none."""
+def _workspace(lib, q: torch.Tensor, Dv: int, state_dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], int]:
+    """A prefill's workspace, from the caching allocator on the current stream: an int8-row state's fp32 copy
+    (needed) and then what lets the Hopper prefill split long sequences of few (b, h) across the GPU
+    (optional); (None, 0) where the kernels use none."""
+    B, _, H, F = q.shape
     key = (q.device.index, F, Dv, DTYPE_CODES[q.dtype])
     if key not in _workspace_bytes:
         _workspace_bytes[key] = int(lib.rfa_scan_workspace_size(1, 2, 1, F, Dv, key[3]))
-    nbytes = _workspace_bytes[key]
+    nbytes = _workspace_bytes[key] + int(lib.rfa_scan_state_workspace_size(B, H, F, Dv, STATE_DTYPE_CODES[state_dtype]))
     if nbytes == 0:
         return None, 0
     return torch.empty(nbytes, dtype=torch.uint8, device=q.device), nbytes
@@ -89,9 +92,10 @@ def cuda_causal_gated_scan(
     out: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The native kernels (same contract as naive_causal_gated_scan). path None = dispatch (step kernel for
-    T == 1, chunked otherwise, with the workspace that lets the Hopper prefill split long sequences of few
-    (b, h)), 0 = chunked (no workspace: no split), 1 = one step launch per time step, 2 = chunked with the
-    mma.sync prefill where the Hopper wgmma one would run (comparisons). `out_state` may be
+    T == 1, chunked otherwise, with the workspace that an int8-row state's prefill needs and that lets the
+    Hopper prefill split long sequences of few (b, h)), 0 = chunked (no workspace: no split, no int8 state),
+    1 = one step launch per time step, 2 = chunked with the mma.sync prefill where the Hopper wgmma one would
+    run (comparisons). `out_state` may be
     `initial_state` itself for an in-place update; `out` / `out_state` are written, never read (tests poison
     them first)."""
     lib = require_kernels(_bind)
@@ -112,7 +116,7 @@ def cuda_causal_gated_scan(
                      STATE_DTYPE_CODES[state_dtype])
     stream = torch.cuda.current_stream(q.device).cuda_stream
     if path is None:
-        workspace, nbytes = _workspace(lib, q, F, Dv) if T > 1 else (None, 0)
+        workspace, nbytes = _workspace(lib, q, Dv, state_dtype) if T > 1 else (None, 0)
         status = lib.rfa_causal_gated_scan(ctypes.byref(args), data_ptr(workspace), nbytes, ctypes.c_void_p(stream))
     else:
         status = lib.rfa_causal_gated_scan_path(ctypes.byref(args), int(path), ctypes.c_void_p(stream))

@@ -8,7 +8,7 @@ from .chunk import chunk_causal_gated_scan
 from .cuda import cuda_causal_gated_scan, kernel_supports
 from .naive import final_state_dtype
 from .readout import DEFAULT_EPS
-from .state_storage import narrow_state, state_columns, widen_state
+from .state_storage import state_columns
 from .validate import check_scan_inputs
 
 
@@ -34,20 +34,10 @@ def causal_gated_scan(
     check_scan_inputs(q, k, v, g, initial_state)
     if q.is_cuda and q.shape[1] > 0 and kernel_supports(q, v, initial_state):
         return cuda_causal_gated_scan(q, k, v, g, initial_state, eps)
-    if _int8_prefill_on_cuda(q, v, initial_state):
-        out, state = cuda_causal_gated_scan(q, k, v, g, widen_state(initial_state, v.shape[-1], torch.float32), eps)
-        return out, narrow_state(state, torch.int8)
     out, state = chunk_causal_gated_scan(q, k, v, g, initial_state, eps)
     if initial_state is not None and state.data_ptr() == initial_state.data_ptr():
         state = state.clone()
     return out, state
-
-
-def _int8_prefill_on_cuda(q, v, state) -> bool:
-    """An int8-row state with T > 1 on CUDA: the chunked kernels store no int8 rows, so the state is widened to
-    fp32 around them (once per call: a prefill's cost is its T steps, not the state)."""
-    return (q.is_cuda and q.shape[1] > 1 and state is not None and state.dtype == torch.int8
-            and kernel_supports(q, v, None))
 
 
 @causal_gated_scan.register_fake
@@ -103,10 +93,6 @@ def causal_gated_scan_(
     check_scan_inputs(q, k, v, g, state)
     if q.is_cuda and q.shape[1] > 0 and kernel_supports(q, v, state):
         out, _ = cuda_causal_gated_scan(q, k, v, g, state, eps, out_state=state)
-        return out
-    if _int8_prefill_on_cuda(q, v, state):
-        out, new = cuda_causal_gated_scan(q, k, v, g, widen_state(state, v.shape[-1], torch.float32), eps)
-        state.copy_(narrow_state(new, torch.int8))
         return out
     out, new = chunk_causal_gated_scan(q, k, v, g, state, eps)
     state.copy_(new)

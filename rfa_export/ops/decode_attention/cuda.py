@@ -7,8 +7,9 @@ from typing import Optional
 import torch
 
 from ...format.feature_maps import FEATURE_MAPS
-from ..causal_gated_scan.cuda import STATE_DTYPES
 from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, data_ptr, load_kernels_for, require_kernels
+
+FUSED_STEP_STATE_DTYPES = (torch.float32, torch.bfloat16)  # the fused step stores no int8 rows (docs/op_contract.md)
 
 
 class _DecodeArgs(ctypes.Structure):
@@ -63,7 +64,7 @@ def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind,
     F = FEATURE_MAPS[kind].feature_size(D)
     if w_tilde.shape != (H, D, dh) or sigma.shape != (H, dh) or not (sigma.is_contiguous() and w_tilde.is_contiguous()):
         return False
-    if (state is None or state.dtype not in STATE_DTYPES or state.shape != (B, H, F, dh + 1)
+    if (state is None or state.dtype not in FUSED_STEP_STATE_DTYPES or state.shape != (B, H, F, dh + 1)
             or not state.is_contiguous()):
         return False
     if keep is not None and (keep.dtype != torch.int64 or keep.shape != (B,) or not keep.is_contiguous()):
