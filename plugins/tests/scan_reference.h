@@ -298,4 +298,82 @@ std::vector<double> fromStorage(std::vector<T> const& x)
     return r;
 }
 
+// int8-row states (docs/op_contract.md, "State dtype"), computed in float64 from the rule itself: a row of
+// `cols` entries becomes cols codes and one exponent e, the least with 127 * 2^e >= max |x|, in [-120, 120].
+inline int int8RowExponent(double m)
+{
+    int e = -120;
+    while (e < 120 && 127.0 * std::ldexp(1.0, e) < m)
+    {
+        ++e;
+    }
+    return e;
+}
+
+inline std::vector<int8_t> toInt8Rows(std::vector<double> const& x, int cols)
+{
+    size_t const rows = x.size() / cols;
+    std::vector<int8_t> r(rows * (cols + 1));
+    for (size_t i = 0; i < rows; ++i)
+    {
+        double m = 0;
+        for (int c = 0; c < cols; ++c)
+        {
+            m = std::max(m, std::fabs(x[i * cols + c]));
+        }
+        int const e = int8RowExponent(m);
+        for (int c = 0; c < cols; ++c)
+        {
+            double const code = std::nearbyint(x[i * cols + c] * std::ldexp(1.0, -e)); // ties to even
+            r[i * (cols + 1) + c] = int8_t(std::min(127.0, std::max(-127.0, code)));
+        }
+        r[i * (cols + 1) + cols] = int8_t(e);
+    }
+    return r;
+}
+
+inline std::vector<double> fromInt8Rows(std::vector<int8_t> const& x, int cols)
+{
+    size_t const rows = x.size() / (cols + 1);
+    std::vector<double> r(rows * cols);
+    for (size_t i = 0; i < rows; ++i)
+    {
+        int const e = x[i * (cols + 1) + cols];
+        for (int c = 0; c < cols; ++c)
+        {
+            r[i * cols + c] = std::ldexp(double(x[i * (cols + 1) + c]), e);
+        }
+    }
+    return r;
+}
+
+// The largest error of a stored int8-row state against the unrounded reference, in units of what the
+// contract allows each entry: half its row's code step (at most max |row| / 127) plus tol of the whole
+// state's largest entry (fp32's error). At most 1 when the state holds to the contract.
+inline double int8RowsErr(std::vector<int8_t> const& got, std::vector<double> const& ref, int cols, double tol)
+{
+    std::vector<double> const x = fromInt8Rows(got, cols);
+    double scale = 0;
+    for (double r : ref)
+    {
+        scale = std::max(scale, std::fabs(r));
+    }
+    double worst = 0;
+    for (size_t i = 0; i < ref.size() / cols; ++i)
+    {
+        double m = 0;
+        for (int c = 0; c < cols; ++c)
+        {
+            m = std::max(m, std::fabs(ref[i * cols + c]));
+        }
+        double const allowed = m / 127 + tol * scale;
+        for (int c = 0; c < cols; ++c)
+        {
+            double const d = std::fabs(x[i * cols + c] - ref[i * cols + c]);
+            worst = std::max(worst, std::isfinite(d) ? (allowed > 0 ? d / allowed : (d > 0 ? INFINITY : 0)) : INFINITY);
+        }
+    }
+    return worst;
+}
+
 } // namespace rfa_test

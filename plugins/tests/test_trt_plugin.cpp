@@ -183,6 +183,33 @@ DataType trtType<__nv_bfloat16>()
 {
     return DataType::kBF16;
 }
+template <>
+DataType trtType<int8_t>()
+{
+    return DataType::kINT8;
+}
+
+// A state as stored (fp32, bf16, or int8 rows of Dv + 1 entries) and the values it stands for.
+template <typename S>
+std::vector<S> stateStorage(std::vector<double> const& x, int)
+{
+    return toStorage<S>(x);
+}
+template <>
+std::vector<int8_t> stateStorage<int8_t>(std::vector<double> const& x, int Dv)
+{
+    return toInt8Rows(x, Dv + 1);
+}
+template <typename S>
+std::vector<double> stateValues(std::vector<S> const& x, int)
+{
+    return fromStorage(x);
+}
+template <>
+std::vector<double> stateValues<int8_t>(std::vector<int8_t> const& x, int Dv)
+{
+    return fromInt8Rows(x, Dv + 1);
+}
 
 template <typename X>
 X* upload(std::vector<X> const& h)
@@ -214,6 +241,16 @@ IPluginV3* create(IPluginCreatorV3One* creator, float eps, int32_t inPlace, Tens
     return creator->createPlugin("scan", &fc, phase);
 }
 
+// As deserialized from an engine that reserved `workspaceBytes` for the scan.
+IPluginV3* createForEngine(IPluginCreatorV3One* creator, float eps, int32_t inPlace, int64_t workspaceBytes)
+{
+    PluginField fields[] = {PluginField("eps", &eps, PluginFieldType::kFLOAT32, 1),
+        PluginField("in_place", &inPlace, PluginFieldType::kINT32, 1),
+        PluginField("workspace_bytes", &workspaceBytes, PluginFieldType::kINT64, 1)};
+    PluginFieldCollection fc{3, fields};
+    return creator->createPlugin("scan", &fc, TensorRTPhase::kRUNTIME);
+}
+
 struct Shape
 {
     int B, T, H, F, Dv;
@@ -222,6 +259,9 @@ struct Shape
 // rfa_scan_workspace_bound of the plugin library under test (exported with the kernels' C ABI)
 using WorkspaceBound = size_t (*)(int);
 WorkspaceBound gWorkspaceBound = nullptr;
+// rfa_scan_state_workspace_size: the fp32 copy an int8-row state's prefill needs
+using StateWorkspaceSize = size_t (*)(int, int, int, int, int);
+StateWorkspaceSize gStateWorkspaceSize = nullptr;
 
 // Whether the scan splits this problem's sequence when given its workspace: the Hopper prefill's sizes on a
 // compute capability 9.0 device, few enough (b, h) for three segments of eight chunks (as segmentCount).
@@ -236,27 +276,31 @@ bool splitRuns(int B, int T, int H, int F, int Dv, DataType type)
     return major == 9 && minor == 0 && F == 128 && Dv == 64 && type != DataType::kFLOAT && 3 * B * H <= sms && chunks >= 24;
 }
 
-// E: the activations' element type; S: the state's storage (float, or __nv_bfloat16 with a state input).
+// E: the activations' element type; S: the state's storage (float, or __nv_bfloat16 or int8_t rows with a state
+// input).
 template <typename E, typename S = float>
 void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPlace, Shape shape = {3, 77, 2, 64, 48},
     Gate gates = Gate::kRandom)
 {
     constexpr bool kBf16State = std::is_same<S, __nv_bfloat16>::value;
+    constexpr bool kInt8State = std::is_same<S, int8_t>::value;
     int const B = shape.B, T = shape.T, H = shape.H, F = shape.F, Dv = shape.Dv; // T: steps; E: element type
+    int const stateCols = Dv + (withState && kInt8State ? 2 : 1);
     std::string const name = std::string(trtType<E>() == DataType::kFLOAT ? "fp32" : (trtType<E>() == DataType::kHALF ? "fp16" : "bf16"))
         + (gated ? std::string(" gated ") + gateName(gates) : std::string(" ungated")) + (withState ? " +state" : "") + (inPlace ? " in-place" : "") + " B=" + std::to_string(B)
         + " T=" + std::to_string(T) + " H=" + std::to_string(H) + " F=" + std::to_string(F) + " Dv=" + std::to_string(Dv)
-        + (kBf16State ? " bf16-state" : "");
+        + (kBf16State ? " bf16-state" : "") + (kInt8State ? " int8-state" : "");
     std::printf("case %s\n", name.c_str());
     int const failuresBefore = gFailures;
     Problem p = makeProblem(B, T, H, F, Dv, gated ? gates : Gate::kNone, withState, 7);
     roundActivations<E>(p);
-    if (kBf16State)
+    if (kBf16State || kInt8State)
     {
-        p.s0 = fromStorage(toStorage<S>(p.s0)); // the stored initial state, widened
+        p.s0 = stateValues<S>(stateStorage<S>(p.s0, Dv), Dv); // the stored initial state, widened
     }
     std::vector<double> refOut, refState;
     reference(p, 1e-3, refOut, refState);
+    size_t const stateCount = size_t(B) * H * F * stateCols;
     double const tol = trtType<E>() == DataType::kFLOAT ? 1e-5 : 1e-2;
     // a bf16 state is rounded once at the end: half an ulp, 2^-8, plus fp32's error (docs/op_contract.md)
     double const stateTol = kBf16State ? std::max(tol, 1.0 / 128) : tol;
@@ -287,10 +331,10 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     if (withState)
     {
         stateIndex = int32_t(in.size());
-        in.push_back(desc(dims({B, H, F, Dv + 1}), stateType));
+        in.push_back(desc(dims({B, H, F, stateCols}), stateType));
     }
     int32_t const nbIn = int32_t(in.size());
-    std::vector<PluginTensorDesc> out = {desc(dims({B, T, H, Dv}), A), desc(dims({B, H, F, Dv + 1}), stateType)};
+    std::vector<PluginTensorDesc> out = {desc(dims({B, T, H, Dv}), A), desc(dims({B, H, F, stateCols}), stateType)};
 
     std::vector<DataType> inTypes, outTypes(2);
     for (auto const& d : in)
@@ -363,8 +407,11 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     }
     expect(build->configurePlugin(dynIn.data(), nbIn, dynOut.data(), 2) == 0, "configurePlugin");
     size_t const workspaceBytes = build->getWorkspaceSize(dynIn.data(), nbIn, dynOut.data(), 2);
-    expect(gWorkspaceBound != nullptr && workspaceBytes == gWorkspaceBound(int(trtType<E>() == DataType::kFLOAT ? 0 : (trtType<E>() == DataType::kHALF ? 1 : 2))),
-        "getWorkspaceSize is rfa_scan_workspace_bound of the dtype");
+    // an int8-row state's prefill also needs its fp32 copy; its single steps do not
+    size_t const stateWorkspace = kInt8State && T > 1 && gStateWorkspaceSize ? gStateWorkspaceSize(B, H, F, Dv, 3) : 0;
+    expect(gWorkspaceBound != nullptr && (!kInt8State || gStateWorkspaceSize != nullptr)
+            && workspaceBytes == gWorkspaceBound(int(trtType<E>() == DataType::kFLOAT ? 0 : (trtType<E>() == DataType::kHALF ? 1 : 2))) + stateWorkspace,
+        "getWorkspaceSize is rfa_scan_workspace_bound of the dtype (+ the int8 state's fp32 copy for a prefill)");
     expect(build->getAliasedInput(0) == -1, "out is not aliased");
     expect(build->getAliasedInput(1) == (inPlace && withState ? stateIndex : -1), "getAliasedInput(1)");
 
@@ -377,7 +424,7 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     {
         inPtrs.push_back(upload(toStorage<E>(p.g)));
     }
-    std::vector<S> const s0 = toStorage<S>(p.s0);
+    std::vector<S> const s0 = stateStorage<S>(p.s0, Dv);
     if (withState)
     {
         inPtrs.push_back(upload(s0));
@@ -391,7 +438,7 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     }
     else
     {
-        CUDA_CHECK(cudaMalloc(&dState, refState.size() * sizeof(S)));
+        CUDA_CHECK(cudaMalloc(&dState, stateCount * sizeof(S)));
     }
     void* workspace = nullptr;
     if (workspaceBytes > 0)
@@ -419,7 +466,7 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
         }
         else
         {
-            CUDA_CHECK(cudaMemset(dState, 0xFF, refState.size() * sizeof(S)));
+            CUDA_CHECK(cudaMemset(dState, 0xFF, stateCount * sizeof(S)));
         }
         CUDA_CHECK(cudaMemset(dOut, 0xFF, refOut.size() * sizeof(E)));
         if (scratch != nullptr)
@@ -430,15 +477,26 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
         void* outs[2] = {dOut, dState};
         expect(rt->enqueue(in.data(), out.data(), inPtrs.data(), outs, scratch, stream) == 0, label + ": enqueue");
         CUDA_CHECK(cudaStreamSynchronize(stream));
-        Result r{std::vector<E>(refOut.size()), std::vector<S>(refState.size())};
+        Result r{std::vector<E>(refOut.size()), std::vector<S>(stateCount)};
         CUDA_CHECK(cudaMemcpy(r.out.data(), dOut, r.out.size() * sizeof(E), cudaMemcpyDeviceToHost));
         CUDA_CHECK(cudaMemcpy(r.state.data(), dState, r.state.size() * sizeof(S), cudaMemcpyDeviceToHost));
         return r;
     };
     auto matchesReference = [&](Result const& r, std::string const& label) {
-        double const eo = relErr(fromStorage(r.out), refOut), es = relErr(fromStorage(r.state), refState);
-        std::printf("  %s: out %.2e  state %.2e (tolerance %.0e, state %.0e)\n", label.c_str(), eo, es, tol, stateTol);
-        expect(eo <= tol && es <= stateTol, label + ": matches the float64 reference");
+        double const eo = relErr(fromStorage(r.out), refOut);
+        if constexpr (kInt8State)
+        {
+            // int8 rows: each entry within half its row's code step (plus fp32's error), in units of that
+            double const es = int8RowsErr(r.state, refState, Dv + 1, tol);
+            std::printf("  %s: out %.2e (tolerance %.0e)  state %.2f of half a code step\n", label.c_str(), eo, tol, es);
+            expect(eo <= tol && es <= 1.0, label + ": matches the float64 reference");
+        }
+        else
+        {
+            double const es = relErr(fromStorage(r.state), refState);
+            std::printf("  %s: out %.2e  state %.2e (tolerance %.0e, state %.0e)\n", label.c_str(), eo, es, tol, stateTol);
+            expect(eo <= tol && es <= stateTol, label + ": matches the float64 reference");
+        }
     };
 
     Result const first = runWith(runtime, "built plugin", workspace);
@@ -447,8 +505,23 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     Result unsplit = first;
     if (splits)
     {
-        unsplit = runWith(runtime, "without a workspace", nullptr);
-        matchesReference(unsplit, "without a workspace");
+        // an int8 state's prefill cannot run without its workspace: the unsplit run gets the state's part only
+        std::string const how = kInt8State ? "with the state's workspace only" : "without a workspace";
+        if constexpr (kInt8State)
+        {
+            IPluginV3* const stateOnly = createForEngine(creator, 1e-3f, inPlace ? 1 : 0, int64_t(stateWorkspace));
+            expect(stateOnly != nullptr, "createPlugin(kRUNTIME) with the state's workspace only");
+            if (stateOnly != nullptr)
+            {
+                unsplit = runWith(runtimeOf(stateOnly), how, workspace);
+            }
+            delete stateOnly;
+        }
+        else
+        {
+            unsplit = runWith(runtime, how, nullptr);
+        }
+        matchesReference(unsplit, how);
         // The Hopper prefill's sequence split sums the sequence in another order: with the workspace the
         // results must differ in their last bits from a run without it, or the split did not run.
         expect(!(first == unsplit), "the workspace run split the sequence (its results differ in rounding)");
@@ -494,8 +567,21 @@ void runCase(IPluginCreatorV3One* creator, bool gated, bool withState, bool inPl
     expect(legacyPlugin != nullptr, "createPlugin(kRUNTIME) without workspace_bytes");
     if (legacyPlugin != nullptr && workspace != nullptr)
     {
-        Result const r = runWith(runtimeOf(legacyPlugin), "engine without workspace_bytes", workspace);
-        expect(r == unsplit, "engine without workspace_bytes: identical to the unsplit run");
+        if (stateWorkspace > 0) // an int8 state's prefill without its workspace: refused, nothing written
+        {
+            auto* rt = runtimeOf(legacyPlugin);
+            CUDA_CHECK(cudaMemset(workspace, 0xFF, workspaceBytes));
+            expect(rt->onShapeChange(in.data(), nbIn, out.data(), 2) == 0, "engine without workspace_bytes: onShapeChange");
+            void* outs[2] = {dOut, dState};
+            expect(rt->enqueue(in.data(), out.data(), inPtrs.data(), outs, workspace, stream) != 0,
+                "engine without workspace_bytes: an int8 state's prefill is refused");
+            CUDA_CHECK(cudaStreamSynchronize(stream));
+        }
+        else
+        {
+            Result const r = runWith(runtimeOf(legacyPlugin), "engine without workspace_bytes", workspace);
+            expect(r == unsplit, "engine without workspace_bytes: identical to the unsplit run");
+        }
         std::vector<unsigned char> ws(workspaceBytes);
         CUDA_CHECK(cudaMemcpy(ws.data(), workspace, workspaceBytes, cudaMemcpyDeviceToHost));
         expect(std::all_of(ws.begin(), ws.end(), [](unsigned char c) { return c == 0xFF; }),
@@ -602,6 +688,7 @@ int main(int argc, char** argv)
         return 2;
     }
     gWorkspaceBound = reinterpret_cast<WorkspaceBound>(dlsym(lib, "rfa_scan_workspace_bound"));
+    gStateWorkspaceSize = reinterpret_cast<StateWorkspaceSize>(dlsym(lib, "rfa_scan_state_workspace_size"));
     Logger logger;
     LoggerFinder finder(&logger);
     setFinder(&finder);
@@ -648,6 +735,14 @@ int main(int argc, char** argv)
     // fp16 activations: with bf16 ones a 4th bf16 input is taken for the gate (a reduced state needs one, config
     // C19, so it comes 5th); ungated, the sum grows and the sequence split's other order shows through rounding
     runCase<__half, __nv_bfloat16>(creator, false, true, false, Shape{1, 1600, 2, 128, 64});
+    // int8 rows: decode steps (the int8 step kernel) and prefills (widened into the workspace around the chunked
+    // kernels, narrowed once), in place and not; the Hopper prefill's split then takes the workspace after the
+    // state's fp32 copy
+    runCase<float, int8_t>(creator, true, true, false, Shape{3, 1, 2, 64, 48});
+    runCase<__nv_bfloat16, int8_t>(creator, true, true, true, Shape{4, 1, 16, 128, 64});
+    runCase<float, int8_t>(creator, true, true, true);
+    runCase<__half, int8_t>(creator, true, true, false, Shape{2, 130, 3, 128, 64});
+    runCase<__half, int8_t>(creator, true, true, false, Shape{1, 1600, 2, 128, 64}, Gate::kNear1);
     // the sizes of the Hopper prefill: on a compute capability 9.0 device with an sm_90a build, the workspace
     // lets it split these sequences (25 chunks, 2 (b, h)) into 3 segments. Ungated, or gates near 1 in fp16:
     // random gates forget a segment's start state within a chunk (the split's results would be bit-identical

@@ -24,9 +24,6 @@ Shapes = Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]]
 PLUGIN_ENV = "RFA_TRT_PLUGIN"
 
 
-PLUGIN_STATE_DTYPES = ("float32", "bfloat16")  # what the plugin's kernels store (docs/op_contract.md)
-
-
 class TensorRTUnavailable(RuntimeError):
     pass
 
@@ -87,9 +84,6 @@ class TensorRTBackend(DecoderBackend):
                  opt_batch: int = 1, opt_sequence: int = 1, workspace_bytes: int = 4 << 30, device_id: int = 0):
         out_dir = Path(out_dir)
         export = open_export(out_dir)
-        if export.meta.state and export.meta.state[0].dtype not in PLUGIN_STATE_DTYPES:
-            raise ValueError(f"{out_dir}: the TensorRT plugin takes a {' or '.join(PLUGIN_STATE_DTYPES)} state, not "
-                             f"{export.meta.state[0].dtype}; run it on onnxruntime (CPU) or torch, or re-export")
         try:
             import tensorrt as trt
         except ImportError:

@@ -39,7 +39,32 @@ int rfaDtype(DataType t)
 // The state's storage types (docs/op_contract.md, "State dtype").
 bool isStateType(DataType t)
 {
-    return t == DataType::kFLOAT || t == DataType::kBF16;
+    return t == DataType::kFLOAT || t == DataType::kBF16 || t == DataType::kINT8;
+}
+
+int rfaStateDtype(DataType t)
+{
+    return t == DataType::kINT8 ? RFA_INT8 : rfaDtype(t);
+}
+
+// Columns of a state row: [S | z], and int8 rows their exponent besides.
+int64_t stateColumns(int64_t Dv, DataType t)
+{
+    return Dv + (t == DataType::kINT8 ? 2 : 1);
+}
+
+// The workspace for the largest shapes the engine may see: the scan's (a bound that depends only on the
+// dtype) and, for an int8-row state and sequences of more than one step, its fp32 copy during a prefill.
+size_t workspaceFor(DynamicPluginTensorDesc const* in, int32_t nbInputs, ScanLayout const& l)
+{
+    int const dtype = rfaDtype(in[0].desc.type);
+    size_t bytes = dtype >= 0 ? rfa_scan_workspace_bound(dtype) : 0;
+    if (l.state >= 0 && l.state < nbInputs && in[l.state].desc.type == DataType::kINT8 && in[0].max.d[1] > 1)
+    {
+        Dims const& s = in[l.state].max; // [B, H, F, Dv + 2]
+        bytes += rfa_scan_state_workspace_size(int(s.d[0]), int(s.d[1]), int(s.d[2]), int(s.d[3] - 2), RFA_INT8);
+    }
+    return bytes;
 }
 
 bool sameDims(Dims const& a, std::initializer_list<int64_t> b)
@@ -146,6 +171,7 @@ IPluginV3* CausalGatedScanPlugin::clone() noexcept
         copy->mH = mH;
         copy->mF = mF;
         copy->mDv = mDv;
+        copy->mStateDtype = mStateDtype;
         return copy;
     }
     catch (std::exception const& e)
@@ -183,9 +209,9 @@ int32_t CausalGatedScanPlugin::getOutputDataTypes(
         return fail("getOutputDataTypes: expects 3 to 5 inputs of fp32, fp16 or bf16 and 2 outputs");
     }
     outputTypes[0] = inputTypes[0];
-    // final_state keeps initial_state's storage type (fp32 or bf16); fp32 without one. Only types are known
-    // here: a 4th input typed unlike q is the state, one typed like q the gate (a bf16 state with bf16
-    // activations has a gate too: a reduced state needs one, config C19, so it comes as the 5th input).
+    // final_state keeps initial_state's storage type (fp32, bf16 or int8 rows); fp32 without one. Only types
+    // are known here: a 4th input typed unlike q is the state, one typed like q the gate (a bf16 state with
+    // bf16 activations has a gate too: a reduced state needs one, config C19, so it comes as the 5th input).
     DataType const last = inputTypes[nbInputs - 1];
     bool const hasState = nbInputs == 5 || (nbInputs == 4 && last != inputTypes[0]);
     outputTypes[1] = hasState && isStateType(last) ? last : DataType::kFLOAT;
@@ -199,7 +225,8 @@ int32_t CausalGatedScanPlugin::getOutputShapes(DimsExprs const* inputs, int32_t 
         = scanLayout(nbInputs, nbInputs > 3 ? inputs[3].nbDims : 0, nbInputs > 4 ? inputs[4].nbDims : 0);
     if (!l.valid || nbOutputs != 2 || inputs[0].nbDims != 4 || inputs[2].nbDims != 4)
     {
-        return fail("getOutputShapes: inputs must be q, k, v [B,T,H,*], then optionally g [B,T,H] and state [B,H,F,Dv+1]");
+        return fail("getOutputShapes: inputs must be q, k, v [B,T,H,*], then optionally g [B,T,H] and state [B,H,F,Dv+1] "
+                    "(Dv+2 for int8 rows)");
     }
     DimsExprs const& q = inputs[0];
     DimsExprs const& v = inputs[2];
@@ -265,10 +292,7 @@ int32_t CausalGatedScanPlugin::configurePlugin(
         }
         mLayout = l;
         int const dtype = rfaDtype(in[0].desc.type);
-        if (dtype >= 0)
-        {
-            mWorkspaceBytes = int64_t(rfa_scan_workspace_bound(dtype)); // what getWorkspaceSize asks for
-        }
+        mWorkspaceBytes = int64_t(workspaceFor(in, nbInputs, l)); // what getWorkspaceSize asks for
         int64_t const F = in[0].desc.dims.d[3];
         int64_t const Dv = in[2].desc.dims.d[3];
         // F and Dv are static in every model rfa-export writes; check them as soon as they are known.
@@ -289,13 +313,20 @@ int32_t CausalGatedScanPlugin::configurePlugin(
     }
 }
 
-// The scan's optional workspace (the Hopper prefill's sequence split), sized by a bound that depends only on
-// the dtype. enqueue is not told the workspace's size: it passes the one configurePlugin recorded, which is
-// serialized with the engine (workspace_bytes), so that an engine keeps the size it was built with.
+// The scan's workspace: optional for the Hopper prefill's sequence split (a bound that depends only on the
+// dtype), needed by an int8-row state's prefill (its fp32 copy). enqueue is not told the workspace's size: it
+// passes the one configurePlugin recorded, which is serialized with the engine (workspace_bytes), so that an
+// engine keeps the size it was built with.
 size_t CausalGatedScanPlugin::getWorkspaceSize(
     DynamicPluginTensorDesc const* inputs, int32_t nbInputs, DynamicPluginTensorDesc const*, int32_t) const noexcept
 {
-    return nbInputs > 0 ? rfa_scan_workspace_bound(rfaDtype(inputs[0].desc.type)) : 0;
+    if (nbInputs < 3)
+    {
+        return 0;
+    }
+    ScanLayout const l = scanLayout(
+        nbInputs, nbInputs > 3 ? inputs[3].desc.dims.nbDims : 0, nbInputs > 4 ? inputs[4].desc.dims.nbDims : 0);
+    return workspaceFor(inputs, nbInputs, l);
 }
 
 int32_t CausalGatedScanPlugin::getAliasedInput(int32_t outputIndex) noexcept
@@ -310,7 +341,7 @@ int32_t CausalGatedScanPlugin::checkDescriptors(
         = scanLayout(nbInputs, nbInputs > 3 ? in[3].dims.nbDims : 0, nbInputs > 4 ? in[4].dims.nbDims : 0);
     if (!l.valid || nbOutputs != 2 || in[0].dims.nbDims != 4 || in[2].dims.nbDims != 4)
     {
-        return fail("inputs must be q, k, v [B,T,H,*], then optionally g [B,T,H] and state [B,H,F,Dv+1]");
+        return fail("inputs must be q, k, v [B,T,H,*], then optionally g [B,T,H] and state [B,H,F,Dv+1] (Dv+2 for int8 rows)");
     }
     int64_t const B = in[0].dims.d[0], T = in[0].dims.d[1], H = in[0].dims.d[2], F = in[0].dims.d[3];
     int64_t const Dv = in[2].dims.d[3];
@@ -322,13 +353,15 @@ int32_t CausalGatedScanPlugin::checkDescriptors(
     {
         return fail("g must be [B,T,H]");
     }
-    if (l.state >= 0 && !sameDims(in[l.state].dims, {B, H, F, Dv + 1}))
+    DataType const stateType = l.state >= 0 ? in[l.state].type : DataType::kFLOAT;
+    int64_t const columns = stateColumns(Dv, stateType);
+    if (l.state >= 0 && !sameDims(in[l.state].dims, {B, H, F, columns}))
     {
-        return fail("initial_state must be [B,H,F,Dv+1]");
+        return fail("initial_state must be [B,H,F,Dv+1] (Dv+2 for int8 rows)");
     }
-    if (!sameDims(out[0].dims, {B, T, H, Dv}) || !sameDims(out[1].dims, {B, H, F, Dv + 1}))
+    if (!sameDims(out[0].dims, {B, T, H, Dv}) || !sameDims(out[1].dims, {B, H, F, columns}))
     {
-        return fail("outputs must be out [B,T,H,Dv] and final_state [B,H,F,Dv+1]");
+        return fail("outputs must be out [B,T,H,Dv] and final_state [B,H,F,Dv+1] (Dv+2 for int8 rows)");
     }
     int const dtype = rfaDtype(in[0].type);
     for (int32_t i = 0; i < nbInputs; ++i)
@@ -339,7 +372,6 @@ int32_t CausalGatedScanPlugin::checkDescriptors(
             return fail("input " + std::to_string(i) + " has the wrong data type");
         }
     }
-    DataType const stateType = l.state >= 0 ? in[l.state].type : DataType::kFLOAT;
     if (out[0].type != in[0].type || out[1].type != stateType)
     {
         return fail("outputs must be of q's type and of initial_state's type (fp32 without one)");
@@ -350,7 +382,7 @@ int32_t CausalGatedScanPlugin::checkDescriptors(
         return fail(rfa_status_string(status));
     }
     mLayout = l;
-    mStateDtype = rfaDtype(stateType);
+    mStateDtype = rfaStateDtype(stateType);
     mB = B;
     mT = T;
     mH = H;

@@ -2,10 +2,10 @@
 // that `rfa-export --scan plugin` writes. Semantics, shapes and dtypes: docs/op_contract.md.
 //
 // Inputs: q [B,T,H,F], k [B,T,H,F], v [B,T,H,Dv] (fp32/fp16/bf16, one type), then optionally the gate
-// g [B,T,H] (same type) and/or initial_state [B,H,F,Dv+1] (fp32 or bf16). Which optional inputs are present is read
-// from their ranks (3 = gate, 4 = state), so it does not matter whether the parser passes an absent
-// optional input or drops it. Outputs: out [B,T,H,Dv] (input type), final_state [B,H,F,Dv+1] (initial_state's
-// type; fp32 without one).
+// g [B,T,H] (same type) and/or initial_state [B,H,F,Dv+1] (fp32 or bf16; int8 rows [B,H,F,Dv+2]). Which
+// optional inputs are present is read from their ranks (3 = gate, 4 = state), so it does not matter whether
+// the parser passes an absent optional input or drops it. Outputs: out [B,T,H,Dv] (input type), final_state
+// (initial_state's type and shape; fp32 [B,H,F,Dv+1] without one).
 // Fields: eps (float32, default 1e-3), in_place (int32 0/1, default 0: alias final_state to initial_state);
 // serialized with an engine also workspace_bytes (int64, default 0): the workspace the engine reserved for
 // the scan, so that an engine from a library that asked for none never has one written to.
@@ -82,7 +82,7 @@ private:
     int64_t mWorkspaceBytes; // set by configurePlugin (build) or the serialized field (runtime)
     ScanLayout mLayout{};
     int64_t mB{0}, mT{0}, mH{0}, mF{0}, mDv{0};
-    int32_t mStateDtype{0}; // rfa_dtype_t of initial_state / final_state (RFA_FLOAT32 or RFA_BFLOAT16)
+    int32_t mStateDtype{0}; // rfa_dtype_t of initial_state / final_state (RFA_FLOAT32, RFA_BFLOAT16 or RFA_INT8)
     std::vector<nvinfer1::PluginField> mFields;
     nvinfer1::PluginFieldCollection mFieldCollection{};
 };
