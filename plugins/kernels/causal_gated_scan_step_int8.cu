@@ -112,6 +112,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
             }
             exponent[r] = present ? int(row[cols]) : 0;
         }
+        __syncwarp(); // every lane has read these rows (each lane the exponent bytes) before any lane stores them
 #pragma unroll
         for (int r = 0; r < kRowsPerWarp; ++r)
         {
