@@ -71,6 +71,32 @@ def test_the_implicit_state_protocol_gives_the_tokens_of_generate(repo, bundled_
     assert tokens == want
 
 
+def test_start_resets_an_int8_row_state(tmp_path):
+    """An int8-row export: START replaces whatever state Triton hands over by zero codes (zero whatever the
+    exponent byte), so the implicit-state protocol gives the tokens of generate on the same export."""
+    from pathlib import Path
+
+    bundled = str(Path(__file__).resolve().parents[1] / "examples" / "tiny_rfa.pt")
+    out, root = tmp_path / "out", tmp_path / "models"
+    assert main([bundled, "-o", str(out), "--state-dtype", "int8", "-q"]) == 0
+    assert main(["triton", str(out), "-o", str(root), "--name", "rfa"]) == 0
+    config = parse(root / "rfa" / "config.pbtxt")
+    session = ort.InferenceSession(str(root / "rfa" / "1" / "model.onnx"))
+    want = Decoder(OnnxRuntimeBackend(out)).generate(["The import statement"], 12)[0].tokens
+    rng = np.random.default_rng(2)
+    state = {s.input_name: rng.integers(-127, 128, (1, *s.dims)).astype(np.int8) for s in config.sequence_batching.state}
+    assert all(s.data_type == model_config_pb2.TYPE_INT8 for s in config.sequence_batching.state)
+    ids, start, tokens = np.array([list(b"The import statement")], np.int64), 1, []
+    for _ in range(12):
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "START": np.array([[start]], np.int32),
+                 "READY": np.array([[1]], np.int32), "CORRID": np.array([[7]], np.uint64), **state}
+        outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+        tokens.append(int(outputs["logits"][0, -1].argmax()))
+        state = {s.input_name: outputs[s.output_name] for s in config.sequence_batching.state}
+        ids, start = np.array([[tokens[-1]]], np.int64), 0
+    assert tokens == want
+
+
 def test_ready_0_leaves_a_slot_untouched(repo):
     config = parse(repo / "config.pbtxt")
     session = ort.InferenceSession(str(repo / "1" / "model.onnx"))

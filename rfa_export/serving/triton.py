@@ -48,7 +48,9 @@ def triton_model(export_dir: Union[str, Path]):
         helper.make_node("Cast", ["START"], ["triton/start_bool"], to=TensorProto.BOOL),
         helper.make_node("Constant", [], ["triton/state_axes"], value=helper.make_tensor("a", TensorProto.INT64, [2], [2, 3])),
         helper.make_node("Unsqueeze", ["triton/start_bool", "triton/state_axes"], ["triton/start4"]),
-        helper.make_node("Constant", [], ["triton/zero"],  # of the state's dtype (float32 or bfloat16)
+        # a zero of the state's dtype: a zero state in every format (int8 rows of zero codes are zero whatever
+        # the exponent byte, here 0)
+        helper.make_node("Constant", [], ["triton/zero"],
                          value=helper.make_tensor("z", STATE_ONNX_TYPES[meta.state[0].dtype], [], [0.0])),
         helper.make_node("Cast", ["READY"], ["triton/ready64"], to=TensorProto.INT64),
         helper.make_node("Mul", ["attention_mask", "triton/ready64"], ["triton/attention_mask"]),
