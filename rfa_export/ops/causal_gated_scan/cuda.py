@@ -95,9 +95,8 @@ def cuda_causal_gated_scan(
     T == 1, chunked otherwise, with the workspace that an int8-row state's prefill needs and that lets the
     Hopper prefill split long sequences of few (b, h)), 0 = chunked (no workspace: no split, no int8 state),
     1 = one step launch per time step, 2 = chunked with the mma.sync prefill where the Hopper wgmma one would
-    run (comparisons). `out_state` may be
-    `initial_state` itself for an in-place update; `out` / `out_state` are written, never read (tests poison
-    them first)."""
+    run (comparisons). `out_state` may be `initial_state` itself for an in-place update; `out` / `out_state`
+    are written, never read (tests poison them first)."""
     lib = require_kernels(_bind)
     B, T, H, F = q.shape
     Dv = v.shape[-1]
