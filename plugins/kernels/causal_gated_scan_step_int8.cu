@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
             {
                 break;
             }
-            float const scale = int8RowScale(static_cast<signed char>(exponent[r]));
+            float const scale = int8RowScale(exponent[r]);
             float2 const x = qk[f];
             float upd[kPerLane];
             float m = 0.f;

@@ -37,9 +37,9 @@ __device__ __forceinline__ signed char int8Code(float x, float inv)
 }
 
 // The scale 2^e of a stored exponent byte (a contract state has |e| <= 120; the clamp keeps others finite).
-__device__ __forceinline__ float int8RowScale(signed char e)
+__device__ __forceinline__ float int8RowScale(int e)
 {
-    return exp2Int(min(max(int(e), -126), 127));
+    return exp2Int(min(max(e, -126), 127));
 }
 
 } // namespace rfa
