@@ -74,6 +74,29 @@ def test_an_int8_state_prefill_asks_for_its_fp32_copy(build):
     assert size(2, 3, 64, 48, 0) == size(2, 3, 64, 48, 2) == 0
 
 
+def test_the_fused_decode_step_takes_every_state_format(build):
+    """rfa_decode_attention_step_check (no GPU needed at T = 1): fp32, bf16 and int8-row states are taken, fp16
+    (not a state format) is refused with RFA_ERR_DTYPE."""
+    import ctypes
+
+    from rfa_export.ops.decode_attention.cuda import _DecodeArgs
+    from rfa_export.ops.native import STATE_DTYPE_CODES
+
+    out, _ = build
+    lib = ctypes.CDLL(str(out / "librfa_kernels.so"))
+    lib.rfa_decode_attention_step_check.argtypes = [ctypes.POINTER(_DecodeArgs)]
+    lib.rfa_status_string.restype = ctypes.c_char_p
+    address = 1 << 20  # never dereferenced by the check; 16-byte aligned
+    statuses = {}
+    for state_dtype in sorted(STATE_DTYPE_CODES.values()) + [1]:
+        args = _DecodeArgs(B=4, H=2, dh=64, D=64, kind=0, dtype=2, eps=1e-6, row_stride=3 * 2 * 64, q=address,
+                           k=address, v=address, sigma=address, w_tilde=address, state=address, out=address,
+                           state_dtype=state_dtype)
+        statuses[state_dtype] = lib.rfa_decode_attention_step_check(ctypes.byref(args))
+    assert statuses[0] == statuses[2] == statuses[3] == 0
+    assert b"dtype" in lib.rfa_status_string(statuses[1]).lower()
+
+
 def wgmma_enabled(out: Path) -> bool:
     return "RFA_HAVE_WGMMA" in (out / "CMakeFiles" / "rfa_kernels_obj.dir" / "flags.make").read_text()
 

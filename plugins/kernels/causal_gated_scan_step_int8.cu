@@ -8,6 +8,10 @@
 // the slab back whole in 16-byte stores. One block
 // per (b, h); q^T S_old partial sums are reduced over the warps in shared memory, and the readout is the fp32
 // kernel's: q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1].
+// With the decode prologue (kMapFeatures: rfa_decode_attention_step) the block also maps q and k to their
+// features and applies the gate's sigmoid and the keep mask, as the fp32/bf16 step kernel does.
+#include "decode_prologue.cuh"
+#include "dependent_launch.cuh"
 #include "int8_rows.cuh"
 #include "scan_common.cuh"
 #include "scan_launch.h"
@@ -26,7 +30,7 @@ constexpr int kMaxColsPerLane = 9; // Dv + 1 <= 257 columns over 32 lanes
 
 // kPerLane = ceil((Dv + 1) / 32) columns per lane: registers sized to the row, so short rows leave room
 // for more resident blocks.
-template <typename T, int kPerLane>
+template <typename T, int kPerLane, bool kMapFeatures>
 __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams p)
 {
     extern __shared__ __align__(16) float smem[];
@@ -35,14 +39,28 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     // [F * rowBytes] the state slab as stored (a multiple of 16 bytes: F % 16 == 0), then the fixed part
     int8_t* const slab = reinterpret_cast<int8_t*>(smem);
-    float2* const qk = reinterpret_cast<float2*>(smem + F * rowBytes / 4); // [F] (q_f, k_f)
-    float* const vs = reinterpret_cast<float*>(qk + F);  // [cols], vs[Dv] = 1
-    float* const part = vs + cols;                       // [kInt8Warps][cols] partial q^T S_old
-    float* const red = part + kInt8Warps * cols;         // [1] = q . k, [2] = max |numerator| (int bits)
+    float2* const qk = reinterpret_cast<float2*>(smem + F * rowBytes / 4); // [F + 1] (q_f, k_f); F: padding
+    float* const vs = reinterpret_cast<float*>(qk + F + 1); // [cols], vs[Dv] = 1
+    float* const part = vs + cols;                          // [kInt8Warps][cols] partial q^T S_old
+    float* const red = part + kInt8Warps * cols;            // [32]: [1] = q . k, [2] = max |numerator| (int bits)
+    // kMapFeatures: [2][Dv] x_hat ⊙ sigma of q and k, then W~[h] (not with p.proj); 16-byte aligned
+    float* const xs = smem + (int(red - smem) + 32 + 3) / 4 * 4;
+    T* const wsm = reinterpret_cast<T*>(xs + 2 * Dv);
 
     int8_t const* const sIn
         = p.stateIn ? static_cast<int8_t const*>(p.stateIn) + (size_t) bh * F * rowBytes : nullptr;
     int8_t* const sOut = static_cast<int8_t*>(p.stateOut) + (size_t) bh * F * rowBytes;
+    if constexpr (kMapFeatures)
+    {
+        if (!p.proj)
+        {
+            stageRandomMatrix<T>(p, h, wsm); // its own cp.async group, before the state's
+        }
+        if (p.overlapStateLoad)
+        {
+            staggerEarlyStateLoad();
+        }
+    }
     if (sIn)
     {
         for (int i = threadIdx.x; i < F * rowBytes / 16; i += blockDim.x)
@@ -52,12 +70,20 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     }
     cpAsyncCommit();
 
-    T const* const q = static_cast<T const*>(p.q) + (size_t) b * p.qkBatchStride + (size_t) h * F;
-    T const* const k = static_cast<T const*>(p.k) + (size_t) b * p.qkBatchStride + (size_t) h * F;
-    T const* const v = static_cast<T const*>(p.v) + (size_t) b * p.vBatchStride + (size_t) h * Dv;
-    for (int i = threadIdx.x; i < F; i += blockDim.x)
+    if constexpr (kMapFeatures)
     {
-        qk[i] = make_float2(toFloat(q[i]), toFloat(k[i]));
+        waitForPreviousKernel(); // q, k, v, the gate logits and the keep mask come from the kernels before
+    }
+    int const headQK = kMapFeatures ? Dv : F; // elements of one head in q and k
+    T const* const q = static_cast<T const*>(p.q) + (size_t) b * p.qkBatchStride + (size_t) h * headQK;
+    T const* const k = static_cast<T const*>(p.k) + (size_t) b * p.qkBatchStride + (size_t) h * headQK;
+    T const* const v = static_cast<T const*>(p.v) + (size_t) b * p.vBatchStride + (size_t) h * Dv;
+    if constexpr (!kMapFeatures)
+    {
+        for (int i = threadIdx.x; i < F; i += blockDim.x)
+        {
+            qk[i] = make_float2(toFloat(q[i]), toFloat(k[i]));
+        }
     }
     for (int i = threadIdx.x; i < cols; i += blockDim.x)
     {
@@ -68,8 +94,23 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
         red[2] = 0.f;
     }
     bool const gated = p.g != nullptr;
-    float const gate = gated ? toFloat(static_cast<T const*>(p.g)[(size_t) b * p.gBatchStride + h]) : 0.f;
-    float const keep = gated ? gate : 1.f, write = gated ? 1.f - gate : 1.f;
+    float gate = gated ? toFloat(static_cast<T const*>(p.g)[(size_t) b * p.gBatchStride + h]) : 0.f;
+    bool masked = false;
+    if constexpr (kMapFeatures)
+    {
+        if (p.proj)
+        {
+            mapProjectedFeatures<T>(p, b, h, qk);
+        }
+        else
+        {
+            mapFeatures<T, 1>(p, q, k, h, qk, xs, wsm); // the state's cp.async group is the later one
+        }
+        gate = toFloat(fromFloat<T>(1.f / (1.f + expf(-gate)))); // as torch.sigmoid on a T tensor
+        masked = p.keepMask != nullptr && p.keepMask[b] == 0;
+    }
+    // a masked entry keeps its state (as k = 0 and g = 1 in the model): its rows narrow back to the same bytes
+    float const keep = masked ? 1.f : (gated ? gate : 1.f), write = masked ? 0.f : (gated ? 1.f - gate : 1.f);
     cpAsyncWait<0>();
     __syncthreads(); // the slab (every thread's copies) and qk, vs; no store to the state comes before this
     if (warp == 0)
@@ -151,6 +192,10 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
             }
         }
     }
+    if constexpr (kMapFeatures)
+    {
+        allowNextKernel(); // not earlier: the next kernel's blocks would take room from this one's last blocks
+    }
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i)
     {
@@ -198,39 +243,69 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     }
 }
 
-template <typename T, int kPerLane>
+template <typename T, int kPerLane, bool kMapFeatures>
 cudaError_t launchInt8Sized(StepParams const& p, size_t bytes, cudaStream_t stream)
 {
+    auto const kernel = scanStepInt8Kernel<T, kPerLane, kMapFeatures>;
     if (bytes > 48 * 1024) // F = 256, Dv = 256: 77 KB
     {
-        cudaError_t const e = cudaFuncSetAttribute(
-            scanStepInt8Kernel<T, kPerLane>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+        cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
         if (e != cudaSuccess)
         {
             return e;
         }
     }
-    scanStepInt8Kernel<T, kPerLane><<<p.B * p.H, kInt8Warps * 32, bytes, stream>>>(p);
+    if (kMapFeatures && p.overlapStateLoad)
+    {
+        cudaError_t const e = launchDependent(kernel, p.B * p.H, kInt8Warps * 32, bytes, stream, p);
+        return e != cudaSuccess ? e : cudaGetLastError();
+    }
+    kernel<<<p.B * p.H, kInt8Warps * 32, bytes, stream>>>(p);
     return cudaGetLastError();
 }
 
-template <typename T>
-cudaError_t launchInt8(StepParams const& p, cudaStream_t stream)
+// The kernel's shared memory: the slab as stored (F (Dv + 2) bytes, a multiple of 16), then qk, vs, the warps'
+// partial sums and red; with the decode prologue, from a 16-byte boundary, xs and (without p.proj) W~[h] with
+// rows padded by 8 bytes.
+template <typename T, bool kMapFeatures>
+size_t int8StepSharedBytes(StepParams const& p)
 {
     int const cols = p.Dv + 1;
-    // the slab as stored (F (Dv + 2) bytes, a multiple of 16), then qk, vs, the warps' partial sums, red
-    size_t const bytes = size_t(p.F) * (p.Dv + 2) + sizeof(float) * (2 * p.F + cols + kInt8Warps * cols + 32);
-    switch ((cols + 31) / 32) // Dv a multiple of 16 in [16, 256]: 1 to 9
+    size_t const floats = size_t(p.F) * (p.Dv + 2) / 4 + 2 * (p.F + 1) + cols + kInt8Warps * cols + 32;
+    if (!kMapFeatures)
     {
-    case 1: return launchInt8Sized<T, 1>(p, bytes, stream);
-    case 2: return launchInt8Sized<T, 2>(p, bytes, stream);
-    case 3: return launchInt8Sized<T, 3>(p, bytes, stream);
-    case 4: return launchInt8Sized<T, 4>(p, bytes, stream);
-    case 5: return launchInt8Sized<T, 5>(p, bytes, stream);
-    case 6: return launchInt8Sized<T, 6>(p, bytes, stream);
-    case 7: return launchInt8Sized<T, 7>(p, bytes, stream);
-    case 8: return launchInt8Sized<T, 8>(p, bytes, stream);
-    default: return launchInt8Sized<T, kMaxColsPerLane>(p, bytes, stream);
+        return sizeof(float) * floats;
+    }
+    size_t const wBytes = p.proj ? 0 : size_t(p.D) * (p.Dv * sizeof(T) + 8);
+    return sizeof(float) * ((floats + 3) / 4 * 4 + 2 * p.Dv) + wBytes;
+}
+
+template <typename T, bool kMapFeatures>
+cudaError_t launchInt8(StepParams const& p, cudaStream_t stream)
+{
+    size_t const bytes = int8StepSharedBytes<T, kMapFeatures>(p);
+    switch ((p.Dv + 1 + 31) / 32) // Dv a multiple of 16 in [16, 256]: 1 to 9
+    {
+    case 1: return launchInt8Sized<T, 1, kMapFeatures>(p, bytes, stream);
+    case 2: return launchInt8Sized<T, 2, kMapFeatures>(p, bytes, stream);
+    case 3: return launchInt8Sized<T, 3, kMapFeatures>(p, bytes, stream);
+    case 4: return launchInt8Sized<T, 4, kMapFeatures>(p, bytes, stream);
+    case 5: return launchInt8Sized<T, 5, kMapFeatures>(p, bytes, stream);
+    case 6: return launchInt8Sized<T, 6, kMapFeatures>(p, bytes, stream);
+    case 7: return launchInt8Sized<T, 7, kMapFeatures>(p, bytes, stream);
+    case 8: return launchInt8Sized<T, 8, kMapFeatures>(p, bytes, stream);
+    default: return launchInt8Sized<T, kMaxColsPerLane, kMapFeatures>(p, bytes, stream);
+    }
+}
+
+template <bool kMapFeatures>
+cudaError_t launchInt8ForDtype(StepParams const& p, int dtype, cudaStream_t stream)
+{
+    switch (dtype)
+    {
+    case 0: return launchInt8<float, kMapFeatures>(p, stream);
+    case 1: return launchInt8<__half, kMapFeatures>(p, stream);
+    default: return launchInt8<__nv_bfloat16, kMapFeatures>(p, stream);
     }
 }
 
@@ -238,12 +313,12 @@ cudaError_t launchInt8(StepParams const& p, cudaStream_t stream)
 
 cudaError_t launchStepInt8(StepParams const& p, int dtype, cudaStream_t stream)
 {
-    switch (dtype)
-    {
-    case 0: return launchInt8<float>(p, stream);
-    case 1: return launchInt8<__half>(p, stream);
-    default: return launchInt8<__nv_bfloat16>(p, stream);
-    }
+    return launchInt8ForDtype<false>(p, dtype, stream);
+}
+
+cudaError_t launchDecodeStepInt8(StepParams const& p, int dtype, cudaStream_t stream)
+{
+    return launchInt8ForDtype<true>(p, dtype, stream);
 }
 
 } // namespace rfa

@@ -26,7 +26,7 @@ int rfa_decode_attention_step_check(rfa_decode_args_t const* a)
     {
         return status;
     }
-    if (a->state_dtype != RFA_FLOAT32 && a->state_dtype != RFA_BFLOAT16)
+    if (a->state_dtype != RFA_FLOAT32 && a->state_dtype != RFA_BFLOAT16 && a->state_dtype != RFA_INT8)
     {
         return RFA_ERR_DTYPE;
     }
@@ -70,6 +70,7 @@ int rfa_decode_attention_step(rfa_decode_args_t const* a, cudaStream_t stream)
     p.stateIn = a->state;
     p.stateOut = a->state;
     p.stateBf16 = a->state_dtype == RFA_BFLOAT16;
+    p.stateInt8 = a->state_dtype == RFA_INT8;
     p.out = a->out;
     p.overlapStateLoad = a->overlap_state_load != 0;
     p.proj = a->proj;

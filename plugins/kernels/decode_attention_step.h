@@ -13,8 +13,9 @@ extern "C" {
 // q, k, v [B, H, dh] and gate_logits [B, H] (null = ungated) are strided by row_stride elements between
 // batch entries and dense within one (they may be column slices of one fused projection), all of `dtype`;
 // sigma [H, dh], w_tilde [H, D, dh] of `dtype`; keep [B] int64, 0 where the step must leave that entry's
-// state unchanged (null = all steps count); state [B, H, F, dh + 1] fp32, F = 2D (gaussian) or D (arccos),
-// read and written in place; out [B, H, dh] dense, of `dtype`.
+// state unchanged (null = all steps count); state [B, H, F, dh + 1] of state_dtype (fp32 or bf16) or
+// [B, H, F, dh + 2] int8 rows (docs/op_contract.md, "State dtype"), F = 2D (gaussian) or D (arccos), read and
+// written in place; out [B, H, dh] dense, of `dtype`.
 // overlap_state_load != 0 (compute capability 9.0+, ignored elsewhere): the kernel is a programmatic
 // dependent launch and starts loading the state and w_tilde while the kernel launched just before it on the
 // stream is still running; q, k, v, gate_logits and keep are read only after that kernel has finished. Set
@@ -43,7 +44,7 @@ typedef struct
     int overlap_state_load;
     const float* proj;
     int proj_parts;
-    rfa_dtype_t state_dtype; // RFA_FLOAT32 (a zeroed struct) or RFA_BFLOAT16 (docs/op_contract.md, "State dtype")
+    rfa_dtype_t state_dtype; // RFA_FLOAT32 (a zeroed struct), RFA_BFLOAT16 or RFA_INT8 (docs/op_contract.md)
 } rfa_decode_args_t;
 
 // 0 when supported: B, H >= 1; dh and D in [1, 128] with F and dh multiples of 16 in [16, 256] (the step

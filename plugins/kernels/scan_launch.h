@@ -23,7 +23,7 @@ struct StepParams
     void* out;
     void* stateOut;
     bool stateBf16; // the state is stored as bf16 (else fp32): docs/op_contract.md, "State dtype"
-    bool stateInt8; // int8 rows [.., F, Dv + 2] instead (launchStep only: causal_gated_scan_step_int8.cu)
+    bool stateInt8; // int8 rows [.., F, Dv + 2] instead (causal_gated_scan_step_int8.cu)
     size_t qkBatchStride, vBatchStride, gBatchStride, outBatchStride;
     int stripeRows; // state rows per pass of the block; set by the launcher
     // Decode prologue (rfa_decode_attention_step) when wTilde is set: q and k are raw head vectors of dh
@@ -64,9 +64,10 @@ struct ChunkParams
 };
 
 cudaError_t launchStep(StepParams const& p, int dtype, cudaStream_t stream);
-// The step for an int8-row state (p.stateInt8; no decode prologue).
+// The step for an int8-row state (p.stateInt8), without and with the decode prologue.
 cudaError_t launchStepInt8(StepParams const& p, int dtype, cudaStream_t stream);
-// The step kernel with the decode prologue (p.wTilde set).
+cudaError_t launchDecodeStepInt8(StepParams const& p, int dtype, cudaStream_t stream);
+// The step kernel with the decode prologue (p.wTilde set); an int8-row state goes to launchDecodeStepInt8.
 cudaError_t launchDecodeStep(StepParams const& p, int dtype, cudaStream_t stream);
 cudaError_t launchChunk(ChunkParams const& p, int dtype, cudaStream_t stream);
 // int8-row states around the chunked kernels (int8_rows.cu): [rows, cols + 1] int8 rows <-> [rows, cols] fp32.

@@ -58,7 +58,8 @@ class CausalRFASelfAttention(_RFAHeads):
                 partial_sums: bool = False) -> Tuple[Union[torch.Tensor, PartialSums], torch.Tensor]:
         """
         Args:
-            x: [B, T, d_model]; state: [B, H, F, dh + 1] fp32 or None (zeros);
+            x: [B, T, d_model]; state: [B, H, F, dh + 1] fp32 or bf16, [B, H, F, dh + 2] int8 rows, or None
+                (zeros);
             attention_mask: [B, T], nonzero where a token is real, 0 where it is padding. A masked step
                 leaves the state unchanged.
             inplace_state: update `state` in place (decoding loops; not for training or export).

@@ -18,6 +18,8 @@ from ..format.feature_maps import FEATURE_MAPS
 
 # rfa_dtype_t (causal_gated_scan.h) and rfa_feature_kind_t (random_features.h)
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# the kernels' state storage (docs/op_contract.md, "State dtype") as rfa_dtype_t codes: fp32, bf16, int8 rows
+STATE_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 2, torch.int8: 3}
 FEATURE_KIND_CODES = {m.name: m.kernel_code for m in FEATURE_MAPS.values()}
 
 _lib = None

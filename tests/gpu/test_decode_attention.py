@@ -199,6 +199,65 @@ def test_bf16_state_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
         assert torch.equal(state[1], before[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind, gated", [("gaussian", True), ("arccos", False)])
+@pytest.mark.parametrize("B, H, dh, D", [(3, 2, 64, 64), (64, 16, 64, 64), (2, 3, 128, 64), (4, 2, 16, 128)])
+def test_int8_state_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
+    """The fused step on an int8-row state [B, H, F, dh + 2]: each row widened, updated in fp32 and stored with
+    its least exponent, codes rounded to nearest (docs/op_contract.md). Every entry within half its row's code
+    step of the float64 step from the same widened state, plus the features' error (fp32's, or the bf16
+    rounding of a feature that lands on the other side of a tie); the readout to the dtype's tolerance;
+    a padding entry's bytes unchanged; features mapped here, from the GEMM's projections, launched early."""
+    from rfa_export.ops.causal_gated_scan.state_storage import narrow_state, widen_state
+    from rfa_export.ops.decode_linear import decode_linear_projection_parts, triton_decode_linear_projected
+    from rfa_export.ops.decode_linear.triton_linear import triton
+
+    g = torch.Generator().manual_seed(zlib.crc32(f"int8 state {kind} {gated} {B} {H} {dh} {D}".encode()))
+    q, k, v, logits = projections(B, H, dh, gated, dtype, g)
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to("cuda", dtype)
+    w = torch.randn(H, D, dh, generator=g).to("cuda", dtype)
+    s8 = narrow_state(prefix_state(B, H, dh, kind, sigma, w, g).double(), torch.int8).cuda()
+    keep = (torch.arange(B) % 3 != 1).to(torch.int64).cuda()
+    assert decode_attention_kernel_supports(q, k, v, logits, sigma, w, kind, s8, keep)
+    assert not decode_attention_kernel_supports(q, k, v, logits, sigma, w, kind, s8[..., :-1].contiguous(), keep)
+    ref_out, ref_state = naive_decode_attention_step(
+        *(t.double().cpu() for t in (q, k, v)), None if logits is None else logits.double().cpu(),
+        sigma.double().cpu(), w.double().cpu(), kind, widen_state(s8.cpu(), dh, torch.float64), keep=keep.cpu(),
+        round_to=dtype)
+    half_step = torch.exp2(narrow_state(ref_state, torch.int8)[..., -1:].double()) / 2
+    features = (1e-5 if dtype == torch.float32 else 1e-2) * ref_state.abs().amax(-1, keepdim=True)
+    runs = [dict(), dict(overlap_state_load=True)]
+    if triton is not None and dtype != torch.float32:  # the projecting GEMM serves half-precision layers
+        x = torch.randn(B, 128, generator=g).to("cuda", dtype)
+        weight = (torch.randn(3 * H * dh + (H if gated else 0), 128, generator=g) / 128 ** 0.5).to("cuda", dtype)
+        if decode_linear_projection_parts(x, weight, sigma, w):
+            y, proj = triton_decode_linear_projected(x, weight, None, sigma, w)
+            runs.append(dict(proj=proj))
+    for run in runs:
+        state = s8.clone()
+        if "proj" in run:  # q, k, v and the gate from that GEMM, and a reference of the same
+            d = H * dh
+            q, k, v = (y[:, i * d : (i + 1) * d].unflatten(-1, (H, dh)) for i in range(3))
+            logits = y[:, 3 * d :] if gated else None
+            ref_out, ref_state = naive_decode_attention_step(
+                *(t.double().cpu() for t in (q, k, v)), None if logits is None else logits.double().cpu(),
+                sigma.double().cpu(), w.double().cpu(), kind, widen_state(s8.cpu(), dh, torch.float64),
+                keep=keep.cpu(), round_to=dtype)
+            half_step = torch.exp2(narrow_state(ref_state, torch.int8)[..., -1:].double()) / 2
+            features = 1e-2 * ref_state.abs().amax(-1, keepdim=True)
+        out = cuda_decode_attention_step_(q, k, v, logits, sigma, w, kind, state, 1e-6, keep, **run)
+        assert state.dtype == torch.int8 and torch.isfinite(out).all()
+        assert rel_err(out.double().cpu(), ref_out) <= TOL[dtype]
+        stored = state.cpu()
+        assert int(stored[..., :-1].abs().max()) <= 127
+        err = (widen_state(stored, dh, torch.float64) - ref_state).abs()
+        assert bool((err <= half_step * (1 + 1e-3) + features).all())
+        want = narrow_state(ref_state, torch.int8)[..., -1]  # the least exponents (a tie may move a row by one)
+        assert int((stored[..., -1].int() - want.int()).abs().max()) <= 1
+        if B > 1:
+            assert torch.equal(state[1], s8[1])  # the padding step stored back the very bytes it read
+
+
 def test_model_with_a_bf16_state_decodes_on_cuda():
     """state_dtype bfloat16: the CUDA step (fused kernel) equals the CPU model's step, both rounding the
     state to bf16 after every token."""

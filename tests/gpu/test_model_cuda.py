@@ -45,10 +45,16 @@ REDUCED_STATE_STEP = {"bfloat16": 2.0**-7, "int8": 2 / 127}
 
 
 @pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
-def test_reduced_state_prefill_and_steps_match_float64(state_dtype):
+def test_reduced_state_prefill_and_steps_match_float64(state_dtype, monkeypatch):
     """A gated model storing its state in bf16 or int8 rows, on CUDA: the prefill (an int8 state widened in the
-    scan's workspace around the chunked kernel, narrowed once) and then steps in place (the step kernels),
-    against the same calls in float64 on the CPU (the contract's torch reference)."""
+    scan's workspace around the chunked kernel, narrowed once) and then steps in place (the fused decode step,
+    one launch per layer for either format), against the same calls in float64 on the CPU (the contract's torch
+    reference)."""
+    import rfa_export.ops.decode_attention.op as attention
+
+    fused = []
+    real = attention.cuda_decode_attention_step_
+    monkeypatch.setattr(attention, "cuda_decode_attention_step_", lambda *a, **kw: fused.append(1) or real(*a, **kw))
     torch.manual_seed(0)
     cfg = RFAConfig(vocab_size=300, d_model=128, n_heads=2, n_layers=2, d_ffn=256, num_features=64, gated=True,
                     positional="none", state_dtype=state_dtype)
@@ -68,6 +74,7 @@ def test_reduced_state_prefill_and_steps_match_float64(state_dtype):
         steps = [cuda.step(more[:, t].cuda(), state, torch.full((3,), 40 + t, device="cuda"), inplace_state=True)[0]
                  for t in range(6)]
     assert rel_err(torch.stack(steps, 1).cpu(), torch.stack(ref_steps, 1)) <= 2e-3
+    assert len(fused) == 6 * cfg.n_layers
     Dv = cfg.d_model // cfg.n_heads
     for s, r in zip(state, ref_state):
         got, want = widen_state(s.cpu(), Dv, torch.float64), widen_state(r, Dv, torch.float64)

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..native import DTYPE_CODES, check_status, data_ptr, load_error, load_kernels, load_kernels_for, require_kernels
+from ..native import DTYPE_CODES, STATE_DTYPE_CODES, check_status, data_ptr, load_error, load_kernels, load_kernels_for, require_kernels
 from .naive import final_state_dtype
 from .state_storage import state_columns
 from .readout import DEFAULT_EPS
@@ -46,10 +46,6 @@ def kernels_available() -> bool:
 
 def kernels_unavailable_reason() -> Optional[str]:
     return load_error()
-
-
-# the kernels' state storage (docs/op_contract.md), as rfa_scan_args_t::state_dtype codes: fp32, bf16, int8 rows
-STATE_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 2, torch.int8: 3}
 
 
 def kernel_supports(q: torch.Tensor, v: torch.Tensor, state: Optional[torch.Tensor] = None) -> bool:

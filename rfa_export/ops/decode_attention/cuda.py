@@ -7,9 +7,9 @@ from typing import Optional
 import torch
 
 from ...format.feature_maps import FEATURE_MAPS
-from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, data_ptr, load_kernels_for, require_kernels
+from ..causal_gated_scan.state_storage import state_columns
+from ..native import DTYPE_CODES, FEATURE_KIND_CODES, STATE_DTYPE_CODES, check_status, data_ptr, load_kernels_for, require_kernels
 
-FUSED_STEP_STATE_DTYPES = (torch.float32, torch.bfloat16)  # the fused step stores no int8 rows (docs/op_contract.md)
 
 
 class _DecodeArgs(ctypes.Structure):
@@ -47,12 +47,13 @@ def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr,
     return _DecodeArgs(B, H, dh, D, FEATURE_KIND_CODES[kind], DTYPE_CODES[q.dtype], float(eps), q.stride(0) if B > 1 else H * dh,
                        data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(gate_logits), data_ptr(sigma), data_ptr(w_tilde),
                        data_ptr(keep), data_ptr(state), out_ptr, int(overlap), data_ptr(proj),
-                       0 if proj is None else proj.shape[3], DTYPE_CODES[state.dtype])
+                       0 if proj is None else proj.shape[3], STATE_DTYPE_CODES[state.dtype])
 
 
 def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind, state, keep=None) -> bool:
     """True when the fused kernel takes these inputs as they are: CUDA tensors of one dtype (fp32/fp16/bf16),
-    the layout of _layout_ok, a contiguous fp32 or bf16 state [B, H, F, dh + 1], keep None or int64 [B], and sizes the
+    the layout of _layout_ok, a contiguous state [B, H, F, dh + 1] of fp32 or bf16 or [B, H, F, dh + 2] of int8
+    rows (docs/op_contract.md, "State dtype"), keep None or int64 [B], and sizes the
     kernel supports (dh, D <= 128; F and dh multiples of 16 in [16, 256])."""
     if not q.is_cuda or q.dtype not in DTYPE_CODES or kind not in FEATURE_KIND_CODES or q.dim() != 3:
         return False
@@ -64,7 +65,7 @@ def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind,
     F = FEATURE_MAPS[kind].feature_size(D)
     if w_tilde.shape != (H, D, dh) or sigma.shape != (H, dh) or not (sigma.is_contiguous() and w_tilde.is_contiguous()):
         return False
-    if (state is None or state.dtype not in FUSED_STEP_STATE_DTYPES or state.shape != (B, H, F, dh + 1)
+    if (state is None or state.dtype not in STATE_DTYPE_CODES or state.shape != (B, H, F, state_columns(dh, state.dtype))
             or not state.is_contiguous()):
         return False
     if keep is not None and (keep.dtype != torch.int64 or keep.shape != (B,) or not keep.is_contiguous()):
