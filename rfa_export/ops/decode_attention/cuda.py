@@ -11,7 +11,6 @@ from ..causal_gated_scan.state_storage import state_columns
 from ..native import DTYPE_CODES, FEATURE_KIND_CODES, STATE_DTYPE_CODES, check_status, data_ptr, load_kernels_for, require_kernels
 
 
-
 class _DecodeArgs(ctypes.Structure):
     _fields_ = [
         ("B", ctypes.c_int), ("H", ctypes.c_int), ("dh", ctypes.c_int), ("D", ctypes.c_int),
