@@ -220,12 +220,17 @@ def test_int8_state_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
     keep = (torch.arange(B) % 3 != 1).to(torch.int64).cuda()
     assert decode_attention_kernel_supports(q, k, v, logits, sigma, w, kind, s8, keep)
     assert not decode_attention_kernel_supports(q, k, v, logits, sigma, w, kind, s8[..., :-1].contiguous(), keep)
-    ref_out, ref_state = naive_decode_attention_step(
-        *(t.double().cpu() for t in (q, k, v)), None if logits is None else logits.double().cpu(),
-        sigma.double().cpu(), w.double().cpu(), kind, widen_state(s8.cpu(), dh, torch.float64), keep=keep.cpu(),
-        round_to=dtype)
-    half_step = torch.exp2(narrow_state(ref_state, torch.int8)[..., -1:].double()) / 2
-    features = (1e-5 if dtype == torch.float32 else 1e-2) * ref_state.abs().amax(-1, keepdim=True)
+
+    def reference(q, k, v, logits, feature_err):
+        """float64 out and state from the widened s8, each row's half code step, and the features' error."""
+        out, state = naive_decode_attention_step(
+            *(t.double().cpu() for t in (q, k, v)), None if logits is None else logits.double().cpu(),
+            sigma.double().cpu(), w.double().cpu(), kind, widen_state(s8.cpu(), dh, torch.float64), keep=keep.cpu(),
+            round_to=dtype)
+        half_step = torch.exp2(narrow_state(state, torch.int8)[..., -1:].double()) / 2
+        return out, state, half_step, feature_err * state.abs().amax(-1, keepdim=True)
+
+    ref_out, ref_state, half_step, features = reference(q, k, v, logits, 1e-5 if dtype == torch.float32 else 1e-2)
     runs = [dict(), dict(overlap_state_load=True)]
     if triton is not None and dtype != torch.float32:  # the projecting GEMM serves half-precision layers
         x = torch.randn(B, 128, generator=g).to("cuda", dtype)
@@ -239,12 +244,7 @@ def test_int8_state_matches_float64_reference(dtype, kind, gated, B, H, dh, D):
             d = H * dh
             q, k, v = (y[:, i * d : (i + 1) * d].unflatten(-1, (H, dh)) for i in range(3))
             logits = y[:, 3 * d :] if gated else None
-            ref_out, ref_state = naive_decode_attention_step(
-                *(t.double().cpu() for t in (q, k, v)), None if logits is None else logits.double().cpu(),
-                sigma.double().cpu(), w.double().cpu(), kind, widen_state(s8.cpu(), dh, torch.float64),
-                keep=keep.cpu(), round_to=dtype)
-            half_step = torch.exp2(narrow_state(ref_state, torch.int8)[..., -1:].double()) / 2
-            features = 1e-2 * ref_state.abs().amax(-1, keepdim=True)
+            ref_out, ref_state, half_step, features = reference(q, k, v, logits, 1e-2)
         out = cuda_decode_attention_step_(q, k, v, logits, sigma, w, kind, state, 1e-6, keep, **run)
         assert state.dtype == torch.int8 and torch.isfinite(out).all()
         assert rel_err(out.double().cpu(), ref_out) <= TOL[dtype]
