@@ -265,17 +265,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     bool masked = false;
     if constexpr (kMapFeatures)
     {
-        if (p.proj)
-        {
-            mapProjectedFeatures<T>(p, b, h, qk);
-        }
-        else
-        {
-            mapFeatures<T, kStaged ? 1 : 0>(p, q, k, h, qk, xs, wsm);
-        }
-        // as torch.sigmoid on a T tensor: computed in fp32, rounded to T
-        gate = toFloat(fromFloat<T>(1.f / (1.f + expf(-gate))));
-        masked = p.keepMask != nullptr && p.keepMask[b] == 0;
+        masked = mapDecodeInputs<T, kStaged ? 1 : 0>(p, b, h, q, k, qk, xs, wsm, gate);
     }
     __syncthreads();
     int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -98,16 +98,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     bool masked = false;
     if constexpr (kMapFeatures)
     {
-        if (p.proj)
-        {
-            mapProjectedFeatures<T>(p, b, h, qk);
-        }
-        else
-        {
-            mapFeatures<T, 1>(p, q, k, h, qk, xs, wsm); // the state's cp.async group is the later one
-        }
-        gate = toFloat(fromFloat<T>(1.f / (1.f + expf(-gate)))); // as torch.sigmoid on a T tensor
-        masked = p.keepMask != nullptr && p.keepMask[b] == 0;
+        masked = mapDecodeInputs<T, 1>(p, b, h, q, k, qk, xs, wsm, gate); // the state's cp.async group is later
     }
     // a masked entry keeps its state (as k = 0 and g = 1 in the model): its rows narrow back to the same bytes
     float const keep = masked ? 1.f : (gated ? gate : 1.f), write = masked ? 0.f : (gated ? 1.f - gate : 1.f);

@@ -174,6 +174,26 @@ __device__ void mapProjectedFeatures(StepParams const& p, int b, int h, float2* 
     }
 }
 
+// Part 3, after the kernel before has finished: phi(q) and phi(k) into qk (from p.proj where given, else projected
+// here, kLaterGroups cp.async groups committed after W~'s), the gate logit through the sigmoid as torch.sigmoid on a
+// T tensor (fp32, rounded to T); returns whether the keep mask leaves entry b's state unchanged. All threads must
+// call it.
+template <typename T, int kLaterGroups>
+__device__ __forceinline__ bool mapDecodeInputs(
+    StepParams const& p, int b, int h, T const* q, T const* k, float2* qk, float* xs, T const* wsm, float& gate)
+{
+    if (p.proj)
+    {
+        mapProjectedFeatures<T>(p, b, h, qk);
+    }
+    else
+    {
+        mapFeatures<T, kLaterGroups>(p, q, k, h, qk, xs, wsm);
+    }
+    gate = toFloat(fromFloat<T>(1.f / (1.f + expf(-gate))));
+    return p.keepMask != nullptr && p.keepMask[b] == 0;
+}
+
 // Launched early, the resident blocks' state requests (~12 MB at B64) reach the memory while the q/k/v GEMM
 // before them still streams its weights, and that GEMM is on the critical path. Blocks in four groups wait
 // 0, 0.5, 1 or 1.5 us before asking, so those requests do not arrive as one burst ahead of the GEMM's (the
