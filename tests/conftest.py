@@ -1,8 +1,13 @@
+import os
+
 import pytest
 import torch
 
 
 def pytest_configure(config):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # the workers share the cores: torch's own threads would only spin against each other
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     config.addinivalue_line("markers", "gpu: needs a CUDA device (runs on the H200, not in CI)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
