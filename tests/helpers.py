@@ -90,3 +90,13 @@ def reseal(out_dir):
     meta = metadata_from_model(model)
     (out_dir / "model.onnx").write_bytes(seal_model(model, meta))
     (out_dir / "rfa_export.json").write_text(meta.to_json())
+
+
+def workspace_bounds(lib: Path):
+    """rfa_scan_workspace_bound of a built librfa_kernels.so for fp32, fp16, bf16: a pure function of the dtype and
+    the build (no GPU needed)."""
+    import ctypes
+
+    bound = ctypes.CDLL(str(lib)).rfa_scan_workspace_bound
+    bound.argtypes, bound.restype = [ctypes.c_int], ctypes.c_size_t
+    return [bound(dtype) for dtype in (0, 1, 2)]

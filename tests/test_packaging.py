@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from helpers import workspace_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,11 @@ def test_wheel_with_the_cuda_kernels(tmp_path):
         assert "rfa_export/lib/librfa_kernels.so" in z.namelist()
         library = z.read("rfa_export/lib/librfa_kernels.so")
     assert b"architectures 80 90a" in library  # the default: sm_80 and sm_90a
+    (tmp_path / "librfa_kernels.so").write_bytes(library)
+    # sm_90a has the Hopper wgmma prefill; its sequence split's workspace: one fp32 [128, 65] state slab per
+    # (segment, b, h), at least one per multiprocessor of an H100/H200 (132); none for fp32, which it does not run
+    fp32, fp16, bf16 = workspace_bounds(tmp_path / "librfa_kernels.so")
+    assert fp32 == 0 and fp16 == bf16 and fp16 % (128 * 65 * 4) == 0 and fp16 // (128 * 65 * 4) >= 132
     bin_dir = fresh_venv(tmp_path / "venv", wheel)
     doctor = run_in(bin_dir, "rfa-export", "doctor", cwd=tmp_path)
     assert doctor.returncode == 0, doctor.stderr
