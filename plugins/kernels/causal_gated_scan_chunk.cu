@@ -430,7 +430,7 @@ __global__ void __launch_bounds__(kThreads, 1) scanChunkKernel(ChunkParams p)
             {
                 m = fmaxf(m, fabsf(Num[t * ld.num + j]));
             }
-            m = warpMax(m);
+            m = warpMaxAbs(m);
             if (lane == 0)
             {
                 myMax[t] = m;

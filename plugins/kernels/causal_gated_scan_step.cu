@@ -392,7 +392,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     }
     // the maximum as an integer over the bits of non-negative floats: one barrier fewer than a second round of
     // warp reductions
-    localMax = warpMax(localMax);
+    localMax = warpMaxAbs(localMax);
     if (lane == 0 && localMax > 0.f)
     {
         atomicMax(reinterpret_cast<int*>(red + 2), __float_as_int(localMax));

@@ -26,7 +26,9 @@ namespace
 
 constexpr int kInt8Warps = 8;
 constexpr int kRowsPerWarp = 4;
+static_assert(16 % kRowsPerWarp == 0, "F % 16 == 0: a warp's rows never run past the slab");
 constexpr int kMaxColsPerLane = 9; // Dv + 1 <= 257 columns over 32 lanes
+constexpr int kMaxDecodeColsPerLane = 5; // the fused step: Dv = dh <= 128
 
 // kPerLane = ceil((Dv + 1) / 32) columns per lane: registers sized to the row, so short rows leave room
 // for more resident blocks.
@@ -126,6 +128,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
         wv[i] = c < cols ? write * vs[c] : 0.f;
         acc[i] = 0.f;
     }
+    // F % 16 == 0: a warp's kRowsPerWarp rows are all inside the slab
     for (int f0 = warp * kRowsPerWarp; f0 < F; f0 += kInt8Warps * kRowsPerWarp)
     {
         int8_t code[kRowsPerWarp][kPerLane];
@@ -133,9 +136,8 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
 #pragma unroll
         for (int r = 0; r < kRowsPerWarp; ++r)
         {
-            int const f = f0 + r;
-            bool const present = sIn != nullptr && f < F;
-            int8_t const* const row = present ? slab + f * rowBytes : nullptr;
+            bool const present = sIn != nullptr;
+            int8_t const* const row = present ? slab + (f0 + r) * rowBytes : nullptr;
 #pragma unroll
             for (int i = 0; i < kPerLane; ++i)
             {
@@ -145,36 +147,42 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
             exponent[r] = present ? int(row[cols]) : 0;
         }
         __syncwarp(); // every lane has read these rows (each lane the exponent bytes) before any lane stores them
+        // a row's power-of-two scale folds exactly into its two factors: keep * 2^e and q_f * 2^e
+        float upd[kRowsPerWarp][kPerLane], m[kRowsPerWarp];
 #pragma unroll
         for (int r = 0; r < kRowsPerWarp; ++r)
         {
-            int const f = f0 + r;
-            if (f >= F) // warp-uniform
-            {
-                break;
-            }
             float const scale = int8RowScale(exponent[r]);
-            float2 const x = qk[f];
-            float upd[kPerLane];
-            float m = 0.f;
+            float2 const x = qk[f0 + r];
+            float const keepScaled = keep * scale, qScaled = x.x * scale;
+            m[r] = 0.f;
 #pragma unroll
             for (int i = 0; i < kPerLane; ++i)
             {
-                float const old = float(code[r][i]) * scale;
-                upd[i] = fmaf(keep, old, x.y * wv[i]);
-                acc[i] = fmaf(x.x, old, acc[i]);
-                m = fmaxf(m, fabsf(upd[i])); // columns past cols hold 0
+                float const c = float(code[r][i]);
+                upd[r][i] = fmaf(keepScaled, c, x.y * wv[i]);
+                acc[i] = fmaf(qScaled, c, acc[i]);
+                m[r] = fmaxf(m[r], fabsf(upd[r][i])); // columns past cols hold 0
             }
-            int const e = int8RowExponent(warpMax(m));
+        }
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r) // the rows' reductions are independent: all in flight at once
+        {
+            m[r] = warpMaxAbs(m[r]);
+        }
+#pragma unroll
+        for (int r = 0; r < kRowsPerWarp; ++r)
+        {
+            int const e = int8RowExponent(m[r]);
             float const inv = exp2Int(-e);
-            int8_t* const row = slab + f * rowBytes; // back where it came from: stored whole below
+            int8_t* const row = slab + (f0 + r) * rowBytes; // back where it came from: stored whole below
 #pragma unroll
             for (int i = 0; i < kPerLane; ++i)
             {
                 int const c = lane + 32 * i;
                 if (c < cols)
                 {
-                    row[c] = int8Code(upd[i], inv);
+                    row[c] = int8Code(upd[r][i], inv);
                 }
             }
             if (lane == 0)
@@ -220,7 +228,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
             localMax = fmaxf(localMax, fabsf(sum));
         }
     }
-    localMax = warpMax(localMax);
+    localMax = warpMaxAbs(localMax);
     if (lane == 0 && localMax > 0.f)
     {
         atomicMax(reinterpret_cast<int*>(red + 2), __float_as_int(localMax));
@@ -232,27 +240,6 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     {
         out[c] = fromFloat<T>(part[c] * scale);
     }
-}
-
-template <typename T, int kPerLane, bool kMapFeatures>
-cudaError_t launchInt8Sized(StepParams const& p, size_t bytes, cudaStream_t stream)
-{
-    auto const kernel = scanStepInt8Kernel<T, kPerLane, kMapFeatures>;
-    if (bytes > 48 * 1024) // F = 256, Dv = 256: 77 KB
-    {
-        cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-        if (e != cudaSuccess)
-        {
-            return e;
-        }
-    }
-    if (kMapFeatures && p.overlapStateLoad)
-    {
-        cudaError_t const e = launchDependent(kernel, p.B * p.H, kInt8Warps * 32, bytes, stream, p);
-        return e != cudaSuccess ? e : cudaGetLastError();
-    }
-    kernel<<<p.B * p.H, kInt8Warps * 32, bytes, stream>>>(p);
-    return cudaGetLastError();
 }
 
 // The kernel's shared memory: the slab as stored (F (Dv + 2) bytes, a multiple of 16), then qk, vs, the warps'
@@ -271,22 +258,47 @@ size_t int8StepSharedBytes(StepParams const& p)
     return sizeof(float) * ((floats + 3) / 4 * 4 + 2 * p.Dv) + wBytes;
 }
 
-template <typename T, bool kMapFeatures>
-cudaError_t launchInt8(StepParams const& p, cudaStream_t stream)
+template <typename T, int kPerLane, bool kMapFeatures>
+cudaError_t launchInt8Sized(StepParams const& p, cudaStream_t stream)
 {
     size_t const bytes = int8StepSharedBytes<T, kMapFeatures>(p);
-    switch ((p.Dv + 1 + 31) / 32) // Dv a multiple of 16 in [16, 256]: 1 to 9
+    auto const kernel = scanStepInt8Kernel<T, kPerLane, kMapFeatures>;
+    if (bytes > 48 * 1024) // F = 256, Dv = 256: 77 KB
     {
-    case 1: return launchInt8Sized<T, 1, kMapFeatures>(p, bytes, stream);
-    case 2: return launchInt8Sized<T, 2, kMapFeatures>(p, bytes, stream);
-    case 3: return launchInt8Sized<T, 3, kMapFeatures>(p, bytes, stream);
-    case 4: return launchInt8Sized<T, 4, kMapFeatures>(p, bytes, stream);
-    case 5: return launchInt8Sized<T, 5, kMapFeatures>(p, bytes, stream);
-    case 6: return launchInt8Sized<T, 6, kMapFeatures>(p, bytes, stream);
-    case 7: return launchInt8Sized<T, 7, kMapFeatures>(p, bytes, stream);
-    case 8: return launchInt8Sized<T, 8, kMapFeatures>(p, bytes, stream);
-    default: return launchInt8Sized<T, kMaxColsPerLane, kMapFeatures>(p, bytes, stream);
+        cudaError_t const e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+        if (e != cudaSuccess)
+        {
+            return e;
+        }
     }
+    if (kMapFeatures && p.overlapStateLoad)
+    {
+        cudaError_t const e = launchDependent(kernel, p.B * p.H, kInt8Warps * 32, bytes, stream, p);
+        return e != cudaSuccess ? e : cudaGetLastError();
+    }
+    kernel<<<p.B * p.H, kInt8Warps * 32, bytes, stream>>>(p);
+    return cudaGetLastError();
+}
+
+// The instance with kPerLane = ceil((Dv + 1) / 32) columns per lane; the fused step (dh <= 128,
+// decode_attention_step.cu) needs at most 5, so its larger instances are not compiled.
+template <typename T, bool kMapFeatures, int kPerLane = 1>
+cudaError_t launchInt8(StepParams const& p, cudaStream_t stream)
+{
+    constexpr int kMaxPerLane = kMapFeatures ? kMaxDecodeColsPerLane : kMaxColsPerLane;
+    int const perLane = (p.Dv + 1 + 31) / 32;
+    if constexpr (kPerLane < kMaxPerLane)
+    {
+        if (perLane > kPerLane)
+        {
+            return launchInt8<T, kMapFeatures, kPerLane + 1>(p, stream);
+        }
+    }
+    if (perLane > kPerLane)
+    {
+        return cudaErrorInvalidValue;
+    }
+    return launchInt8Sized<T, kPerLane, kMapFeatures>(p, stream);
 }
 
 template <bool kMapFeatures>

@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) crossReadKernel(rfa_cross_read_args_
             num += partial[w2 * cols + threadIdx.x];
         }
     }
-    float const m = warpMax(threadIdx.x < dh ? fabsf(num) : 0.f);
+    float const m = warpMaxAbs(threadIdx.x < dh ? num : 0.f);
     if (lane == 0)
     {
         red[warp] = m;

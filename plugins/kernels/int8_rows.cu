@@ -42,7 +42,7 @@ __global__ void __launch_bounds__(kThreads) narrowInt8RowsKernel(float const* in
         {
             m = fmaxf(m, fabsf(x[c]));
         }
-        int const e = int8RowExponent(warpMax(m));
+        int const e = int8RowExponent(warpMaxAbs(m));
         float const inv = exp2Int(-e);
         int8_t* const row = out + r * (cols + 1);
         for (int c = lane; c < cols; c += 32)

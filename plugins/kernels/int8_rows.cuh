@@ -33,7 +33,7 @@ __device__ __forceinline__ int int8RowExponent(float m)
 // The code of x in a row of exponent e (inv = 2^-e): rounded to nearest-even, clipped to [-127, 127].
 __device__ __forceinline__ signed char int8Code(float x, float inv)
 {
-    return static_cast<signed char>(fminf(fmaxf(rintf(x * inv), -float(kInt8CodeMax)), float(kInt8CodeMax)));
+    return static_cast<signed char>(min(max(__float2int_rn(x * inv), -kInt8CodeMax), kInt8CodeMax));
 }
 
 // The scale 2^e of a stored exponent byte (a contract state has |e| <= 120; the clamp keeps others finite).

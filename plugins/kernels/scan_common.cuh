@@ -128,14 +128,20 @@ __device__ __forceinline__ float readoutScale(float den, float maxAbsNum, float 
     return denC > 0.f ? 1.f / denC : 0.f;
 }
 
-__device__ __forceinline__ float warpMax(float x)
+// The largest |x| over a full warp. On sm_80+ one redux.sync: non-negative floats order as their bit patterns.
+__device__ __forceinline__ float warpMaxAbs(float x)
 {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    return __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(x) & 0x7fffffffu));
+#else
+    x = fabsf(x);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
     {
         x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
     }
     return x;
+#endif
 }
 
 // Inclusive prefix sum over the lanes of a full warp.
