@@ -17,16 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake not installed")
-    if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
-        pytest.skip("nvcc (CUDA toolkit) not installed")
+    skip_without_cmake_and_nvcc()
     out = tmp_path_factory.mktemp("native")
     log = configure(out, "-DCMAKE_CUDA_ARCHITECTURES=90")
     built = subprocess.run(["cmake", "--build", str(out), "-j", str(os.cpu_count() or 2)], capture_output=True,
                            text=True, env=cuda_env())
     assert built.returncode == 0, built.stdout[-5000:] + built.stderr[-5000:]
     return out, log
+
+
+def skip_without_cmake_and_nvcc():
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not installed")
+    if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
+        pytest.skip("nvcc (CUDA toolkit) not installed")
 
 
 def cuda_env():
@@ -112,10 +116,7 @@ def cuda_flags(out: Path) -> str:
 
 
 def test_the_default_configuration_is_sm_90a_with_the_hopper_prefill(tmp_path):
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake not installed")
-    if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
-        pytest.skip("nvcc (CUDA toolkit) not installed")
+    skip_without_cmake_and_nvcc()
     configure(tmp_path)  # no CMAKE_CUDA_ARCHITECTURES: the developer default; its library is built by the wheel test
     flags = cuda_flags(tmp_path)
     assert "arch=compute_90a,code=[compute_90a,sm_90a]" in flags and "RFA_HAVE_WGMMA" in flags

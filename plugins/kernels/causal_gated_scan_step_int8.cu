@@ -128,7 +128,6 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
         wv[i] = c < cols ? write * vs[c] : 0.f;
         acc[i] = 0.f;
     }
-    // F % 16 == 0: a warp's kRowsPerWarp rows are all inside the slab
     for (int f0 = warp * kRowsPerWarp; f0 < F; f0 += kInt8Warps * kRowsPerWarp)
     {
         int8_t code[kRowsPerWarp][kPerLane];
