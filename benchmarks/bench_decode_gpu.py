@@ -4,15 +4,16 @@
 
 Both models: d_model 1024, 16 heads (head dim 64), 8 layers, FFN 4096, vocab 32000, bf16 weights and
 activations. RFA: gated, F = 128 random features, fp32 state, one step = RFALanguageModel.step with greedy
-decoding: at batch 1 one persistent kernel for the whole step (ops/lm_decode_step; the layer-by-layer path
-is measured beside it), at larger batches one or more kernels per layer; beside it the same model with a
-bf16 state and with an int8-row state (state_dtype bfloat16 / int8; at batch 1 layer by layer). Softmax (baseline): the same blocks with softmax attention, a static bf16 KV cache
-filled to the context length, SDPA over it. Both run their residual adds and layer norms through the same
-fused kernel (rfa_export/model/residual_norm.py) and their linear layers through the same decode-sized
-Triton kernel (rfa_export/model/linear_layers.py), launched as programmatic dependent launches on Hopper,
-so the shared layers cost the same (SDPA in the softmax step is a plain launch). Each step is
-captured once as a CUDA graph and replayed, so both are measured without launch overhead. Per context length and batch: median step latency (CUDA
-events over 50 replays), tokens/s = batch / latency, and peak GPU memory (weights + state or cache).
+decoding, the model's default path: one or more kernels per layer (at batch 1 the opt-in step in one
+persistent kernel, ops/lm_decode_step, is measured beside it); beside it the same model with a bf16 state
+and with an int8-row state (state_dtype bfloat16 / int8). Softmax (baseline): the same blocks with softmax
+attention, a static bf16 KV cache filled to the context length, SDPA over it. Both run their residual adds
+and layer norms through the same fused kernel (rfa_export/model/residual_norm.py) and their linear layers
+through the same decode-sized Triton kernel (rfa_export/model/linear_layers.py), launched as programmatic
+dependent launches on Hopper, so the shared layers cost the same (SDPA in the softmax step is a plain
+launch). Each step is captured once as a CUDA graph and replayed, so both are measured without launch
+overhead. Per context length and batch: median step latency (CUDA events over 50 replays), tokens/s =
+batch / latency, and peak GPU memory (weights + state or cache).
 Writes decode.json and decode.png (latency and memory against context) to --out.
 """
 
