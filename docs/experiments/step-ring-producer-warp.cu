@@ -1,9 +1,12 @@
+// Not built: a replacement for plugins/kernels/causal_gated_scan_step_ring.cu of docs/experiments/step-ring.patch
+// (BENCHMARKS.md, "The op's step as persistent blocks ..."), written and compiled, never run on a GPU.
 // Single-step decode of rfa::CausalGatedScan on sm_90 as a ring: a few persistent blocks per multiprocessor
-// each walk the (b, h) slabs blockIdx.x, blockIdx.x + gridDim.x, ... Thread 0 keeps `stages - 1` slabs in
-// flight as bulk copies into a ring of shared-memory slots (one mbarrier each) and stores each updated slab
-// back as one bulk copy, so the bytes in flight do not depend on how many blocks are resident and no block
-// pays a launch, a first load or a tail of its own. The next slab's q, k, v and gate are loaded into
-// registers while the current slab is updated. The update and readout are those of scanStepKernel
+// each walk the (b, h) slabs blockIdx.x, blockIdx.x + gridDim.x, ... A producer warp (its lane 0) keeps
+// `stages` slabs in flight as bulk copies into a ring of shared-memory slots (mbarrier `full` per slot), waits
+// until the other warps have updated a slot (mbarrier `updated`), stores it as one bulk copy and refills it once
+// that store has read it, so no consumer warp ever waits on a bulk copy it did not need. The consumers
+// synchronise among themselves by a named barrier. The next slab's q, k, v and gate are loaded into registers
+// while the current slab is updated. The update and readout are those of scanStepKernel
 // (causal_gated_scan_step.cu): the same pass layout, q^T S_new = g q^T S_old + (1 - g) (q . k) [v, 1].
 #include "scan_common.cuh"
 #include "scan_launch.h"
@@ -31,6 +34,7 @@ size_t ringFixedBytes(int stages, int F, int Dv, int stripeRows)
     return size_t(stages) * 16 + sizeof(float) * (4 * (F + 1) + 2 * cols + 2 * stripeRows * cols + 8);
 }
 
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900 // only the sm_90 kernel body uses them
 __device__ __forceinline__ void mbarrierArrive(uint64_t* bar)
 {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smemAddr(bar)) : "memory");
@@ -41,6 +45,7 @@ __device__ __forceinline__ void consumerBarrier(int consumers)
 {
     asm volatile("bar.sync 1, %0;\n" ::"r"(consumers) : "memory");
 }
+#endif
 
 template <typename T, bool kBf16State>
 __global__ void __launch_bounds__(kStagedMaxThreads + 32) scanStepRingKernel(StepParams p, int stages)
