@@ -229,8 +229,9 @@ def _chain(x0, layers, norm_w, norm_b):
 
 
 @pytest.mark.usefixtures("needs_kernels")
-@pytest.mark.parametrize("rows", [64, 1], ids=["64rows", "1row_weights_read_before_the_wait"])
-def test_dependent_launch_chain_equals_serial_chain(rows, monkeypatch):
+@pytest.mark.parametrize("rows, early_read", [(64, "strip"), (1, "strip"), (1, "tiles")],
+                         ids=["64rows", "1row_strip_read_before_the_wait", "1row_two_tiles"])
+def test_dependent_launch_chain_equals_serial_chain(rows, early_read, monkeypatch):
     """Launched early, each kernel must still wait for the one before it: the chain's result with programmatic
     dependent launch is bit-identical to the serial one (captured in a CUDA graph too, as decoding runs it)."""
     g = torch.Generator().manual_seed(3)
@@ -240,6 +241,7 @@ def test_dependent_launch_chain_equals_serial_chain(rows, monkeypatch):
     norm_w = (torch.rand(D, generator=g) + 0.5).to("cuda", torch.bfloat16)
     norm_b = torch.randn(D, generator=g).to("cuda", torch.bfloat16)
     x0 = torch.randn(rows, D, generator=g).to("cuda", torch.bfloat16)
+    monkeypatch.setattr(triton_linear, "ONE_ROW_EARLY_READ", early_read)
     monkeypatch.setattr(triton_linear, "USE_PDL", False)
     serial = _chain(x0, layers, norm_w, norm_b)
     monkeypatch.setattr(triton_linear, "USE_PDL", True)
@@ -325,3 +327,62 @@ def test_wide_k_tiles_only_where_measured_and_where_they_fit():
     assert triton_linear._tiles(1024, 1024, 64, False, hopper) == (16, 128, 4)  # split: each range stays 128 deep
     assert triton_linear._tiles(32000, 1024, 64, True, hopper) == (64, 128, 3)  # the LM head: no gain measured
     assert triton_linear._tiles(4096, 512, 64, True, hopper) == (32, 128, 4)
+
+
+def _needs_dependent_launch():
+    if not triton_linear._pdl_capable(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs an sm_90 GPU: no early weight reads to test")
+
+
+@pytest.mark.parametrize("mode", ["strip", "tiles"])
+def test_one_row_early_weight_reads_match_float64_reference(mode, monkeypatch):
+    """At one row each program reads weights before its wait as ONE_ROW_EARLY_READ says (its whole strip into
+    registers, or two K tiles): dense layers with and without GELU,
+    partial sums over K, the projection epilogue and the fused argmax all match float64 references."""
+    _needs_dependent_launch()
+    monkeypatch.setattr(triton_linear, "USE_PDL", True)
+    monkeypatch.setattr(triton_linear, "ONE_ROW_EARLY_READ", mode)
+    g = torch.Generator().manual_seed(29)
+    bf16 = {"device": "cuda", "dtype": torch.bfloat16}
+    for K, N, gelu in ((1024, 3088, False), (1024, 4096, True), (100, 33, True), (4096, 1024, False)):
+        x = torch.randn(1, K, generator=g).to(**bf16)
+        w = (torch.randn(N, K, generator=g) / K ** 0.5).to(**bf16)
+        b = torch.randn(N, generator=g).to(**bf16)
+        ref = naive_decode_linear(x.double().cpu(), w.double().cpu(), b.double().cpu(), gelu)
+        assert rel_err(triton_decode_linear(x, w, b, gelu).double().cpu(), ref) <= TOL[torch.bfloat16], (K, N)
+    for K, N, splits in ((4096, 1024, 4), (1024, 1024, 2), (2500, 33, 4)):
+        x = torch.randn(1, K, generator=g).to(**bf16)
+        w = (torch.randn(N, K, generator=g) / K ** 0.5).to(**bf16)
+        parts = triton_decode_linear_partials(x, w, splits)
+        ref = x.double().cpu() @ w.double().cpu().t()
+        assert rel_err(parts.sum(0).double().cpu(), ref) <= 1e-5, (K, N)  # fp32 sums of exact bf16 products
+    H, dh, D, K = 16, 64, 64, 1024
+    x = torch.randn(1, K, generator=g).to(**bf16)
+    w = (torch.randn(3 * H * dh + 16, K, generator=g) / K ** 0.5).to(**bf16)
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to(**bf16)
+    w_tilde = torch.randn(H, D, dh, generator=g).to(**bf16)
+    y, proj = triton_decode_linear_projected(x, w, None, sigma, w_tilde)
+    assert rel_err(y.double().cpu(), naive_decode_linear(x.double().cpu(), w.double().cpu(), None)) <= TOL[torch.bfloat16]
+    parts = proj.shape[3]
+    heads = y.double().cpu()[:, : 2 * H * dh].unflatten(-1, (2, H, parts, dh // parts))
+    ref = torch.einsum("mchpj,hpj,hdpj->mhcpd", heads, sigma.double().cpu().unflatten(-1, (parts, dh // parts)),
+                       w_tilde.double().cpu().unflatten(-1, (parts, dh // parts)))
+    assert rel_err(proj[..., :D].double().cpu(), ref) <= 1e-6
+    x = torch.randn(1, 1024, generator=g).to(**bf16)
+    w = (torch.randn(32000, 1024, generator=g) / 32).to(**bf16)
+    index = torch.empty(1, dtype=torch.int64, device="cuda")
+    y = triton_decode_linear_argmax(x, w, None, index)
+    assert index.item() == y.argmax(-1).item()
+    assert rel_err(y.double().cpu(), naive_decode_linear(x.double().cpu(), w.double().cpu(), None)) <= TOL[torch.bfloat16]
+
+
+def test_whole_strips_are_read_early_only_at_one_row_and_where_they_fit(monkeypatch):
+    monkeypatch.setattr(triton_linear, "ONE_ROW_EARLY_READ", "strip")
+    assert triton_linear.strip_columns(1, 32, 1024) == 1024  # q/k/v, FFN1 of a d_model 1024 model
+    assert triton_linear.strip_columns(1, 16, 1024) == 1024  # a quarter of FFN2's K
+    assert triton_linear.strip_columns(1, 16, 640) == 1024  # rounded up to a power of two
+    assert triton_linear.strip_columns(1, 64, 1024) == 0  # the LM head's strip is too large
+    assert triton_linear.strip_columns(1, 32, 2048) == 0
+    assert triton_linear.strip_columns(2, 32, 1024) == 0  # more than one row
+    monkeypatch.setattr(triton_linear, "ONE_ROW_EARLY_READ", "tiles")
+    assert triton_linear.strip_columns(1, 32, 1024) == 0

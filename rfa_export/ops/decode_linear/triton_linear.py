@@ -30,6 +30,11 @@ SPLIT_K_MIN_RANGE = 512  # shortest range of K a part gets (the output projectio
 PROJ_PRECISION = tl.constexpr("tf32x3") if triton is not None else None  # 3 TF32 passes: fp32-accurate products
 MAX_PROJECTION_PARTS = 4  # the decode step kernel's limit (rfa_decode_args_t::proj_parts)
 PRELOAD_MAX_ROWS = 4  # up to this many rows the first two weight tiles are read before the wait (_launch)
+# at one row, what a program reads before its wait: "strip" its whole weight strip into registers, where that
+# holds at most STRIP_MAX_ELEMENTS (32x1024: every layer of a d_model 1024 step but the LM head), else as
+# "tiles", its first two K tiles (as up to PRELOAD_MAX_ROWS rows); benchmarks/bench_one_row_early_read_gpu.py
+ONE_ROW_EARLY_READ = "strip"
+STRIP_MAX_ELEMENTS = 32 * 1024
 PREFETCH_PROJECTION_WEIGHTS = True  # see triton_decode_linear_projected; tests compare with it off
 WIDE_K_TILE_MIN_ROWS = 32  # see _tiles
 _SHARED_MEMORY = {}
@@ -47,9 +52,12 @@ if triton is not None:
                               HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PDL: tl.constexpr, PARTIAL: tl.constexpr,
                               ARGMAX: tl.constexpr,
                               PRELOAD: tl.constexpr, PROJ: tl.constexpr, DH: tl.constexpr, FD: tl.constexpr,
-                              PREFETCH: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                              PREFETCH: tl.constexpr, STRIP: tl.constexpr, KW: tl.constexpr,
+                              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # program (i, j): output columns [i BN, (i + 1) BN) over K [j K_SPLIT, (j + 1) K_SPLIT); PARTIAL:
         # its fp32 partial sum goes to y[j], without bias or GELU. PROJ: see triton_decode_linear_projected.
+        # STRIP (one row): the program's whole [BN, K_SPLIT] weight strip (KW >= K_SPLIT columns wide) is
+        # read into registers before the wait, and after it only x's row is read.
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
         k_begin = tl.program_id(1) * K_SPLIT
         k_end = tl.minimum(K, k_begin + K_SPLIT)
@@ -77,19 +85,27 @@ if triton is not None:
                                       [rows, row_bytes], dtype=tl.int32, is_pure=False, pack=1)
         # PRELOAD: the weights of the first two K tiles are read before waiting for the kernel before, as
         # they do not depend on it (_launch says where)
-        if PRELOAD:
+        if STRIP:
+            w_strip = _tile(w_ptr, rn, n_ok, K, k_begin, k_end, KW)
+        elif PRELOAD:
             w_first = _tile(w_ptr, rn, n_ok, K, k_begin, k_end, BK)
             w_second = _tile(w_ptr, rn, n_ok, K, k_begin + BK, k_end, BK)
         if PDL:
             tl.extra.cuda.gdc_wait()
             # at once: triggered after the K loop instead, the model's decode step was slower
             tl.extra.cuda.gdc_launch_dependents()
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        if PRELOAD:
-            acc += tl.dot(_tile(x_ptr, rm, m_ok, K, k_begin, k_end, BK), tl.trans(w_first))
-            acc += tl.dot(_tile(x_ptr, rm, m_ok, K, k_begin + BK, k_end, BK), tl.trans(w_second))
-        for k0 in range(k_begin + (2 * BK if PRELOAD else 0), k_end, BK):
-            acc += tl.dot(_tile(x_ptr, rm, m_ok, K, k0, k_end, BK), tl.trans(_tile(w_ptr, rn, n_ok, K, k0, k_end, BK)))
+        if STRIP:
+            rk = k_begin + tl.arange(0, KW)
+            x_row = tl.load(x_ptr + rk, mask=rk < k_end, other=0.0).to(tl.float32)
+            row = tl.sum(w_strip.to(tl.float32) * x_row[None, :], axis=1)
+            acc = tl.where(rm[:, None] == 0, row[None, :], 0.0)  # row 0 of the [BM, BN] tile the epilogue takes
+        else:
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            if PRELOAD:
+                acc += tl.dot(_tile(x_ptr, rm, m_ok, K, k_begin, k_end, BK), tl.trans(w_first))
+                acc += tl.dot(_tile(x_ptr, rm, m_ok, K, k_begin + BK, k_end, BK), tl.trans(w_second))
+            for k0 in range(k_begin + (2 * BK if PRELOAD else 0), k_end, BK):
+                acc += tl.dot(_tile(x_ptr, rm, m_ok, K, k0, k_end, BK), tl.trans(_tile(w_ptr, rn, n_ok, K, k0, k_end, BK)))
         out_ok = m_ok[:, None] & n_ok[None, :]
         if PARTIAL:
             tl.store(y_ptr + tl.program_id(1) * M * N + rm[:, None] * N + rn[None, :], acc, mask=out_ok)
@@ -185,6 +201,17 @@ def _shared_memory(device: torch.device) -> int:
     return _SHARED_MEMORY[index]
 
 
+def strip_columns(M: int, BN: int, k_range: int) -> int:
+    """How many columns of weights a program of BN output columns over a range of k_range reads into registers
+    before its wait (ONE_ROW_EARLY_READ "strip"): the range rounded up to a power of two, at one row where the
+    strip holds at most STRIP_MAX_ELEMENTS; 0 where it reads two tiles or none. Without a programmatic
+    dependent launch the same strip is read (there is no wait to read it before), so both sum alike."""
+    width = triton.next_power_of_2(k_range)
+    if ONE_ROW_EARLY_READ != "strip" or M != 1 or BN * width > STRIP_MAX_ELEMENTS:
+        return 0
+    return width
+
+
 def _k_range(K: int, splits: int) -> int:
     """Length of each program's range of K for `splits` parts: a multiple of 128 (a K tile below 4096)."""
     return K if splits == 1 else triton.cdiv(triton.cdiv(K, splits), 128) * 128
@@ -199,6 +226,7 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, arg
     pdl = USE_PDL and _pdl_capable(x.device)
     # early weight reads pay off at a few rows; with more they compete with the kernel before for memory
     preload = pdl and M <= PRELOAD_MAX_ROWS
+    strip_width = strip_columns(M, BN, k_range)
     # 16-bit weights whose rows start 16-byte aligned, as the bulk prefetch needs
     prefetch = (PREFETCH_PROJECTION_WEIGHTS and projection is not None and pdl and not preload and K % 8 == 0
                 and weight.data_ptr() % 16 == 0)
@@ -210,7 +238,8 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, arg
         best, best_index, HAS_BIAS=bias is not None, GELU=gelu, PDL=pdl, PARTIAL=k_range < K,
         ARGMAX=argmax is not None, PRELOAD=preload,
         PROJ=projection is not None, PREFETCH=prefetch, DH=DH, FD=max(16, triton.next_power_of_2(D)),
-        BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK, num_warps=4, num_stages=stages, launch_pdl=pdl)
+        STRIP=strip_width > 0, KW=max(strip_width, 16), BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK,
+        num_warps=8 if BN * strip_width > 16 * 1024 else 4, num_stages=stages, launch_pdl=pdl)
 
 
 def triton_decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
