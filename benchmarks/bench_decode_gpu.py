@@ -27,8 +27,8 @@ import torch
 
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFAConfig, RFALanguageModel
-from rfa_export.model.linear_layers import feed_forward, linear, linear_argmax
-from rfa_export.model.residual_norm import residual_norm
+from rfa_export.model.linear_layers import linear, linear_argmax
+from rfa_export.model.residual_norm import residual_feed_forward, residual_norm
 
 CONFIG = RFAConfig(vocab_size=32000, d_model=1024, n_heads=16, n_layers=8, d_ffn=4096, num_features=64,
                    gated=True, positional="none")
@@ -124,8 +124,8 @@ class StaticCacheStep(torch.nn.Module):
             vc[:, :, self.L : self.L + 1].copy_(v)
             y = torch.nn.functional.scaled_dot_product_attention(q, kc, vc)
             y = linear(y.transpose(1, 2).reshape(B, 1, d), block.o_proj.weight, block.o_proj.bias, partial_sums=True)
-            x, h = residual_norm(x, y, block.ln_ffn)
-            x, h = residual_norm(x, feed_forward(block.ffn, h, partial_sums=True), norms[i + 1])
+            x, f = residual_feed_forward(x, y, block.ln_ffn, block.ffn)
+            x, h = residual_norm(x, f, norms[i + 1])
         return linear_argmax(h[:, 0], self.m.lm_head.weight, self.m.lm_head.bias, token)
 
 

@@ -8,8 +8,8 @@ from torch import nn
 
 from ..model.config import RFAConfig
 from ..model.lm import sinusoidal_positions
-from ..model.linear_layers import feed_forward, linear, linear_dropout
-from ..model.residual_norm import residual_norm
+from ..model.linear_layers import linear, linear_dropout
+from ..model.residual_norm import residual_feed_forward, residual_norm
 
 KVCache = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -46,8 +46,8 @@ class _SoftmaxBlock(nn.Module):
             y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = linear_dropout(y.transpose(1, 2).reshape(B, T, d), self.o_proj.weight, self.o_proj.bias, self.drop,
                            partial_sums=True)
-        x, h = residual_norm(x, y, self.ln_ffn)
-        x, h = residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
+        x, f = residual_feed_forward(x, y, self.ln_ffn, self.ffn)
+        x, h = residual_norm(x, f, next_norm)
         return x, h, (k, v)
 
 

@@ -10,9 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..format.config import RFASeq2SeqConfig
-from ..model.linear_layers import feed_forward, linear, linear_dropout
+from ..model.linear_layers import linear, linear_dropout
 from ..model.lm import sinusoidal_positions
-from ..model.residual_norm import residual_norm
+from ..model.residual_norm import residual_feed_forward, residual_norm
 
 KV = Tuple[torch.Tensor, torch.Tensor]
 
@@ -67,8 +67,9 @@ class _EncoderBlock(nn.Module):
         self.ffn = _ffn(config)
 
     def forward_normed(self, x, h, mask, next_norm):
-        x, h = residual_norm(x, self.attn.read(h, self.attn.memory_kv(h), mask, partial_sums=True), self.ln_ffn)
-        return residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
+        y = self.attn.read(h, self.attn.memory_kv(h), mask, partial_sums=True)
+        x, f = residual_feed_forward(x, y, self.ln_ffn, self.ffn)
+        return residual_norm(x, f, next_norm)
 
 
 class _DecoderBlock(nn.Module):
@@ -94,8 +95,9 @@ class _DecoderBlock(nn.Module):
         else:
             y = self.self_attn.read(h, (k, v), partial_sums=True)
         x, h = residual_norm(x, y, self.ln_cross)
-        x, h = residual_norm(x, self.cross_attn.read(h, cross, src_mask, partial_sums=True), self.ln_ffn)
-        x, h = residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
+        y = self.cross_attn.read(h, cross, src_mask, partial_sums=True)
+        x, f = residual_feed_forward(x, y, self.ln_ffn, self.ffn)
+        x, h = residual_norm(x, f, next_norm)
         return x, h, (k, v)
 
 

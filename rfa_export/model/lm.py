@@ -11,9 +11,9 @@ from ..ops.causal_gated_scan.state_storage import narrow_state
 from ..ops.positions import sinusoidal_positions
 from .attention import CausalRFASelfAttention
 from .config import RFAConfig
-from .linear_layers import feed_forward, linear, linear_argmax
+from .linear_layers import linear, linear_argmax
 from .rebuild import rebuilt
-from .residual_norm import residual_norm
+from .residual_norm import residual_feed_forward, residual_norm
 
 State = List[torch.Tensor]
 
@@ -72,8 +72,8 @@ class RFABlock(nn.Module):
         x: the residual stream, h = ln_attn(x) -> (the block's output, next_norm of it or None, new state).
         """
         y, state = self.attn(h, state, attention_mask, inplace_state, partial_sums=True)
-        x, h = residual_norm(x, y, self.ln_ffn)
-        x, h = residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
+        x, f = residual_feed_forward(x, y, self.ln_ffn, self.ffn)
+        x, h = residual_norm(x, f, next_norm)
         return x, h, state
 
 

@@ -1,4 +1,5 @@
-"""The residual add of a pre-LN block together with the LayerNorm that reads its result."""
+"""The residual add of a pre-LN block together with the LayerNorm that reads its result (and, before a block's
+feed-forward, decoding one row, with the FFN's first linear layer too)."""
 
 from typing import Optional, Tuple, Union
 
@@ -6,7 +7,7 @@ import torch
 from torch import nn
 
 from ..ops.add_layer_norm import add_layer_norm
-from .linear_layers import PartialSums
+from .linear_layers import PartialSums, feed_forward, linear_after_residual_norm, linear_dropout
 
 
 def residual_norm(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None],
@@ -21,3 +22,18 @@ def residual_norm(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None],
     if partial is not None:
         return add_layer_norm(x, None, norm.weight, norm.bias, norm.eps, partial.partials, partial.bias)
     return add_layer_norm(x, y, norm.weight, norm.bias, norm.eps)
+
+
+def residual_feed_forward(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None], norm: nn.LayerNorm,
+                          ffn: nn.Sequential) -> Tuple[torch.Tensor, Union[torch.Tensor, PartialSums]]:
+    """(x + y, feed_forward(ffn, norm(x + y), partial_sums=True)): the residual add before a block's FFN and the
+    FFN. Decoding one row on CUDA, the add and the norm run inside the FFN's first linear layer's kernel
+    (ops/decode_linear: linear_after_residual_norm) where it takes the inputs."""
+    fc1, act, fc2, drop = ffn
+    if isinstance(act, nn.GELU) and act.approximate == "none":
+        fused = linear_after_residual_norm(x, y, norm.weight, norm.bias, norm.eps, fc1.weight, fc1.bias, gelu=True)
+        if fused is not None:
+            x, h = fused
+            return x, linear_dropout(h, fc2.weight, fc2.bias, drop, partial_sums=True)
+    x, h = residual_norm(x, y, norm)
+    return x, feed_forward(ffn, h, partial_sums=True)

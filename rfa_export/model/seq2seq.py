@@ -12,10 +12,10 @@ from torch import nn
 from ..format.config import RFASeq2SeqConfig
 from ..ops.causal_gated_scan.state_storage import narrow_state
 from .attention import CausalRFASelfAttention, RFAAttention
-from .linear_layers import feed_forward, linear, linear_argmax
+from .linear_layers import linear, linear_argmax
 from .lm import sinusoidal_positions
 from .rebuild import rebuilt
-from .residual_norm import residual_norm
+from .residual_norm import residual_feed_forward, residual_norm
 
 State = List[torch.Tensor]
 
@@ -41,8 +41,8 @@ class RFAEncoderBlock(nn.Module):
 
     def forward_normed(self, x, h, mask, next_norm):
         """x: the residual stream, h = ln_attn(x) -> (output, next_norm of it)."""
-        x, h = residual_norm(x, self.attn(h, None, mask, partial_sums=True), self.ln_ffn)
-        return residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
+        x, f = residual_feed_forward(x, self.attn(h, None, mask, partial_sums=True), self.ln_ffn, self.ffn)
+        return residual_norm(x, f, next_norm)
 
 
 class RFADecoderBlock(nn.Module):
@@ -62,8 +62,9 @@ class RFADecoderBlock(nn.Module):
         """h = ln_self(x) -> (output, next_norm of it, new self state)."""
         y, state = self.self_attn(h, state, attention_mask, inplace_state, partial_sums=True)
         x, h = residual_norm(x, y, self.ln_cross)
-        x, h = residual_norm(x, self.cross_attn.read(h, cross_state, partial_sums=True), self.ln_ffn)
-        x, h = residual_norm(x, feed_forward(self.ffn, h, partial_sums=True), next_norm)
+        y = self.cross_attn.read(h, cross_state, partial_sums=True)
+        x, f = residual_feed_forward(x, y, self.ln_ffn, self.ffn)
+        x, h = residual_norm(x, f, next_norm)
         return x, h, state
 
 

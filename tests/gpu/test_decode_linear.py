@@ -6,6 +6,7 @@ import torch
 
 import rfa_export.ops.decode_linear.op as linear_layers
 import rfa_export.ops.decode_linear.triton_linear as triton_linear
+import rfa_export.ops.decode_linear.triton_norm_linear as triton_norm_linear
 from helpers import rel_err, small_language_model
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFALanguageModel
@@ -13,7 +14,8 @@ from rfa_export.ops.add_layer_norm import cuda_add_layer_norm
 from rfa_export.ops.decode_linear import (decode_linear_kernel_supports, decode_linear_projection_parts,
                                          decode_linear_splits, linear_argmax, naive_decode_linear,
                                          triton_decode_linear, triton_decode_linear_argmax,
-                                         triton_decode_linear_partials, triton_decode_linear_projected)
+                                         residual_norm_linear_supports, triton_decode_linear_partials,
+                                         triton_decode_linear_projected, triton_residual_norm_linear)
 
 pytestmark = pytest.mark.gpu
 
@@ -386,3 +388,83 @@ def test_whole_strips_are_read_early_only_at_one_row_and_where_they_fit(monkeypa
     assert triton_linear.strip_columns(2, 32, 1024) == 0  # more than one row
     monkeypatch.setattr(triton_linear, "ONE_ROW_EARLY_READ", "tiles")
     assert triton_linear.strip_columns(1, 32, 1024) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("y_form", ["tensor", "2_partials", "4_partials_with_bias", "none"])
+@pytest.mark.parametrize("K, N, gelu, ln_bias", [(1024, 4096, True, True), (100, 33, False, False), (1024, 3088, False, True)])
+def test_residual_norm_linear_matches_float64_reference(dtype, y_form, K, N, gelu, ln_bias):
+    """One row: (x + y, linear(LayerNorm(x + y))) in one kernel against float64, y a tensor, a split layer's fp32
+    partial sums (with and without their bias) or none; the stored sum is x + y rounded once (twice with
+    partials: their total is rounded first, as the split layer's output would be)."""
+    g = torch.Generator().manual_seed(K * 7 + N + len(y_form))
+    dev = {"device": "cuda", "dtype": dtype}
+    x = (torch.randn(1, 1, K, generator=g) * 3 + 20).to(**dev)  # a large mean: the variance must not cancel
+    y = y_partials = y_bias = None
+    if y_form == "tensor":
+        y = torch.randn(1, 1, K, generator=g).to(**dev)
+    elif y_form != "none":
+        y_partials = torch.randn(int(y_form[0]), 1, 1, K, generator=g).to("cuda")
+        if "bias" in y_form:
+            y_bias = torch.randn(K, generator=g).to(**dev)
+    ln_w = (torch.rand(K, generator=g) + 0.5).to(**dev)
+    ln_b = torch.randn(K, generator=g).to(**dev) if ln_bias else None
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(**dev)
+    b = torch.randn(N, generator=g).to(**dev)
+    assert residual_norm_linear_supports(x, y, y_partials, y_bias, ln_w, ln_b, w, b)
+    s, out = triton_residual_norm_linear(x, y, y_partials, y_bias, ln_w, ln_b, 1e-5, w, b, gelu)
+    assert s.shape == x.shape and out.shape == (1, 1, N) and out.dtype == dtype
+    d = lambda t: None if t is None else t.double().cpu()  # noqa: E731
+    y_ref = d(y) if y_partials is None else d(y_partials).sum(0) + (0 if y_bias is None else d(y_bias))
+    s_ref = d(x) if y_ref is None else d(x) + y_ref
+    assert rel_err(s.double().cpu(), s_ref) <= TOL[dtype]
+    if y is not None:  # one rounding of the exact sum of two values of the dtype
+        assert torch.equal(s, (x.float() + y.float()).to(dtype))
+    if y_form == "none":
+        assert s.data_ptr() == x.data_ptr()
+    h_ref = torch.nn.functional.layer_norm(s.double().cpu(), (K,), d(ln_w), d(ln_b), 1e-5)
+    assert rel_err(out.double().cpu(), naive_decode_linear(h_ref, d(w), d(b), gelu)) <= TOL[dtype]
+
+
+def test_residual_norm_linear_refusals(monkeypatch):
+    bf16 = {"device": "cuda", "dtype": torch.bfloat16}
+    x, y = torch.randn(1, 1024, **bf16), torch.randn(1, 1024, **bf16)
+    ln_w, w = torch.ones(1024, **bf16), torch.randn(4096, 1024, **bf16)
+    parts = torch.randn(2, 1, 1024, device="cuda")
+    assert residual_norm_linear_supports(x, y, None, None, ln_w, None, w, None)
+    assert not residual_norm_linear_supports(torch.randn(2, 1024, **bf16), None, None, None, ln_w, None, w, None)  # 2 rows
+    assert not residual_norm_linear_supports(x, y, None, None, ln_w, None, torch.randn(32000, 1024, **bf16), None)  # strip too wide
+    assert not residual_norm_linear_supports(x, y, parts, None, ln_w, None, w, None)  # both forms of y
+    assert not residual_norm_linear_supports(x, None, parts.half(), None, ln_w, None, w, None)  # partials not fp32
+    assert not residual_norm_linear_supports(x, None, torch.randn(5, 1, 1024, device="cuda"), None, ln_w, None, w, None)
+    assert not residual_norm_linear_supports(x, None, None, ln_w, ln_w, None, w, None)  # a bias without partials
+    assert not residual_norm_linear_supports(x, y, None, None, ln_w.float(), None, w, None)  # norm weight dtype
+    monkeypatch.setattr(triton_norm_linear, "FUSE_NORM_AT_ONE_ROW", False)
+    assert not residual_norm_linear_supports(x, y, None, None, ln_w, None, w, None)
+
+
+@pytest.mark.usefixtures("needs_kernels")
+@pytest.mark.parametrize("model_class", [RFALanguageModel, SoftmaxLanguageModel])
+@pytest.mark.parametrize("d_model", [128, 1024], ids=["output_projection_whole", "output_projection_split"])
+def test_one_row_forward_adds_and_normalises_inside_the_ffn_kernel(model_class, d_model, monkeypatch):
+    """At one row each block's residual add and norm before its FFN run inside FFN1's kernel (the added term the
+    attention's output, whole or as a split layer's partial sums): the logits match float64 and the separate
+    kernels, and are bit-identical with and without dependent launches."""
+    model, cfg, ids = small_language_model(model_class, n_layers=2, d_ffn=2048, d_model=d_model)
+    ids = ids[:1, :1]
+    calls = []
+    real = linear_layers.triton_residual_norm_linear
+    monkeypatch.setattr(linear_layers, "triton_residual_norm_linear", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        ref, _ = model.double()(ids)
+        model = model.to("cuda", torch.bfloat16)
+        fused, _ = model(ids.cuda())
+        assert len(calls) == cfg.n_layers
+        monkeypatch.setattr(triton_linear, "USE_PDL", False)
+        assert torch.equal(model(ids.cuda())[0], fused)
+        monkeypatch.setattr(triton_linear, "USE_PDL", True)
+        monkeypatch.setattr(triton_norm_linear, "FUSE_NORM_AT_ONE_ROW", False)
+        separate, _ = model(ids.cuda())
+        assert len(calls) == cfg.n_layers * 2
+    assert rel_err(fused.double().cpu(), ref) <= 5e-2
+    assert rel_err(fused.double().cpu(), separate.double().cpu()) <= 2e-2

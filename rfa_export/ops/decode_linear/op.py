@@ -1,5 +1,5 @@
-"""linear, linear_argmax and linear_projecting_features: the entry points of the linear layers; they pick the
-decode-sized Triton kernel or F.linear."""
+"""linear, linear_argmax, linear_projecting_features and linear_after_residual_norm: the entry points of the
+linear layers; they pick the decode-sized Triton kernels or F.linear."""
 
 from typing import NamedTuple, Optional, Tuple, Union
 
@@ -10,6 +10,7 @@ from ..dispatch import native_inference
 from .triton_linear import (argmax_index_fits, decode_linear_kernel_supports, decode_linear_projection_parts,
                             decode_linear_splits, triton_decode_linear, triton_decode_linear_argmax,
                             triton_decode_linear_partials, triton_decode_linear_projected)
+from .triton_norm_linear import residual_norm_linear_supports, triton_residual_norm_linear
 
 
 class PartialSums(NamedTuple):
@@ -71,3 +72,21 @@ def linear_projecting_features(x: torch.Tensor, weight: torch.Tensor, bias: Opti
     if _decode_path(x, weight, bias) and decode_linear_projection_parts(x, weight, sigma, w_tilde):
         return triton_decode_linear_projected(x, weight, bias, sigma, w_tilde)
     return linear(x, weight, bias), None
+
+
+def linear_after_residual_norm(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None], ln_weight: torch.Tensor,
+                               ln_bias: Optional[torch.Tensor], eps: float, weight: torch.Tensor,
+                               bias: Optional[torch.Tensor], gelu: bool = False) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(x + y, linear(LayerNorm(x + y), weight, bias, gelu)) as one kernel where the decode path takes the
+    inputs (one row on CUDA: triton_norm_linear.py; y a tensor like x, a split layer's PartialSums of x's dtype,
+    or None); None where it does not, and the caller runs the residual norm and the linear layer itself."""
+    partial = y if isinstance(y, PartialSums) else None
+    if partial is not None and partial.dtype != x.dtype:
+        return None
+    if ln_weight is None or not _decode_path(x, weight, bias) or not native_inference(x, ln_weight, ln_bias):
+        return None
+    y_tensor = None if partial is not None else y
+    y_partials, y_bias = (partial.partials, partial.bias) if partial is not None else (None, None)
+    if not residual_norm_linear_supports(x, y_tensor, y_partials, y_bias, ln_weight, ln_bias, weight, bias):
+        return None
+    return triton_residual_norm_linear(x, y_tensor, y_partials, y_bias, ln_weight, ln_bias, eps, weight, bias, gelu)

@@ -32,7 +32,7 @@ MAX_PROJECTION_PARTS = 4  # the decode step kernel's limit (rfa_decode_args_t::p
 PRELOAD_MAX_ROWS = 4  # up to this many rows the first two weight tiles are read before the wait (_launch)
 # at one row, what a program reads before its wait: "strip" its whole weight strip into registers, where that
 # holds at most STRIP_MAX_ELEMENTS (32x1024: every layer of a d_model 1024 step but the LM head), else as
-# "tiles", its first two K tiles (as up to PRELOAD_MAX_ROWS rows); benchmarks/bench_one_row_early_read_gpu.py
+# "tiles", its first two K tiles (as up to PRELOAD_MAX_ROWS rows); benchmarks/bench_decode_variants_gpu.py
 ONE_ROW_EARLY_READ = "strip"
 STRIP_MAX_ELEMENTS = 32 * 1024
 PREFETCH_PROJECTION_WEIGHTS = True  # see triton_decode_linear_projected; tests compare with it off
