@@ -8,7 +8,8 @@ decoding, the model's default path: one or more kernels per layer (at batch 1 th
 persistent kernel, ops/lm_decode_step, is measured beside it); beside it the same model with a bf16 state
 and with an int8-row state (state_dtype bfloat16 / int8). Softmax (baseline): the same blocks with softmax
 attention, a static bf16 KV cache filled to the context length, SDPA over it. Both run their residual adds
-and layer norms through the same fused kernel (rfa_export/model/residual_norm.py) and their linear layers
+and layer norms through the same fused kernel (rfa_export/model/residual_norm.py; at one row the one before
+each FFN inside FFN1's kernel, residual_feed_forward) and their linear layers
 through the same decode-sized Triton kernel (rfa_export/model/linear_layers.py), launched as programmatic
 dependent launches on Hopper, so the shared layers cost the same (SDPA in the softmax step is a plain
 launch). Each step is captured once as a CUDA graph and replayed, so both are measured without launch
