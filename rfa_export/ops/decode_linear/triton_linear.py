@@ -9,7 +9,8 @@ program's largest output per row, which one small kernel reduces to the rows' ar
 token without a separate reduction over the logits).
 On Hopper it is a programmatic dependent launch (plugins/kernels/dependent_launch.cuh says what that is):
 it may start while the kernel before it finishes, reading its bias and weights (at one row its whole strip of
-them, for up to 4 rows its first two K tiles) before waiting for that kernel; the q/k/v GEMM of a decode step asks for its weights into L2 there too.
+them, for up to 4 rows its first two K tiles) before waiting for that kernel; the q/k/v GEMM of a decode step
+asks for its weights into L2 there too.
 """
 
 from typing import Optional, Tuple
