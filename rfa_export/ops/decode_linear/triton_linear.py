@@ -213,6 +213,11 @@ def strip_columns(M: int, BN: int, k_range: int) -> int:
     return width
 
 
+def strip_num_warps(BN: int, width: int) -> int:
+    """Warps of a program holding a [BN, width] weight strip in registers (width 0: no strip)."""
+    return 8 if BN * width > 16 * 1024 else 4
+
+
 def _k_range(K: int, splits: int) -> int:
     """Length of each program's range of K for `splits` parts: a multiple of 128 (a K tile below 4096)."""
     return K if splits == 1 else triton.cdiv(triton.cdiv(K, splits), 128) * 128
@@ -240,7 +245,7 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, arg
         ARGMAX=argmax is not None, PRELOAD=preload,
         PROJ=projection is not None, PREFETCH=prefetch, DH=DH, FD=max(16, triton.next_power_of_2(D)),
         STRIP=strip_width > 0, KW=max(strip_width, 16), BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK,
-        num_warps=8 if BN * strip_width > 16 * 1024 else 4, num_stages=stages, launch_pdl=pdl)
+        num_warps=strip_num_warps(BN, strip_width), num_stages=stages, launch_pdl=pdl)
 
 
 def triton_decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

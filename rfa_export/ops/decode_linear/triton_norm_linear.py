@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import triton_linear
-from .triton_linear import _pdl_capable, _tiles, decode_linear_kernel_supports, strip_columns, triton
+from .triton_linear import _pdl_capable, _tiles, decode_linear_kernel_supports, strip_columns, strip_num_warps, triton
 
 FUSE_NORM_AT_ONE_ROW = True  # tests and benchmarks/bench_decode_variants_gpu.py compare with it off
 
@@ -130,5 +130,5 @@ def triton_residual_norm_linear(x: torch.Tensor, y: Optional[torch.Tensor], y_pa
         weight, bias if bias is not None else weight, out, N, K, eps,
         Y_PARTS=y_partials.shape[0] if y_partials is not None else 0, HAS_Y=has_y, HAS_Y_BIAS=y_bias is not None,
         HAS_LN_BIAS=ln_bias is not None, HAS_BIAS=bias is not None, GELU=gelu, PDL=pdl, BN=BN, KW=KW,
-        num_warps=8 if BN * KW > 16 * 1024 else 4, launch_pdl=pdl)
+        num_warps=strip_num_warps(BN, KW), launch_pdl=pdl)
     return s, out
