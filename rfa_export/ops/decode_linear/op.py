@@ -83,7 +83,8 @@ def linear_after_residual_norm(x: torch.Tensor, y: Union[torch.Tensor, PartialSu
     partial = y if isinstance(y, PartialSums) else None
     if partial is not None and partial.dtype != x.dtype:
         return None
-    if ln_weight is None or not _decode_path(x, weight, bias) or not native_inference(x, ln_weight, ln_bias):
+    # residual_norm_linear_supports includes decode_linear_kernel_supports, the other half of _decode_path
+    if ln_weight is None or not native_inference(x, weight, bias, ln_weight, ln_bias):
         return None
     y_tensor = None if partial is not None else y
     y_partials, y_bias = (partial.partials, partial.bias) if partial is not None else (None, None)
