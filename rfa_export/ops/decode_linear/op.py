@@ -1,5 +1,6 @@
-"""linear, linear_argmax, linear_projecting_features and linear_after_residual_norm: the entry points of the
-linear layers; they pick the decode-sized Triton kernels or F.linear."""
+"""linear, linear_argmax, linear_projecting_features and, with the residual norm before them,
+linear_after_residual_norm, linear_projecting_features_after_residual_norm and linear_argmax_after_residual_norm:
+the entry points of the linear layers; they pick the decode-sized Triton kernels or F.linear."""
 
 from typing import NamedTuple, Optional, Tuple, Union
 
@@ -10,7 +11,8 @@ from ..dispatch import native_inference
 from .triton_linear import (argmax_index_fits, decode_linear_kernel_supports, decode_linear_projection_parts,
                             decode_linear_splits, triton_decode_linear, triton_decode_linear_argmax,
                             triton_decode_linear_partials, triton_decode_linear_projected)
-from .triton_norm_linear import residual_norm_linear_supports, triton_residual_norm_linear
+from .triton_norm_linear import (residual_norm_linear_supports, triton_residual_norm_linear,
+                                 triton_residual_norm_linear_argmax, triton_residual_norm_linear_projected)
 
 
 class PartialSums(NamedTuple):
@@ -74,12 +76,10 @@ def linear_projecting_features(x: torch.Tensor, weight: torch.Tensor, bias: Opti
     return linear(x, weight, bias), None
 
 
-def linear_after_residual_norm(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None], ln_weight: torch.Tensor,
-                               ln_bias: Optional[torch.Tensor], eps: float, weight: torch.Tensor,
-                               bias: Optional[torch.Tensor], gelu: bool = False) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
-    """(x + y, linear(LayerNorm(x + y), weight, bias, gelu)) as one kernel where the decode path takes the
-    inputs (one row on CUDA: triton_norm_linear.py; y a tensor like x, a split layer's PartialSums of x's dtype,
-    or None); None where it does not, and the caller runs the residual norm and the linear layer itself."""
+def _fused_norm_inputs(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None], ln_weight: torch.Tensor,
+                       ln_bias: Optional[torch.Tensor], weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """(y as a tensor, y's partial sums, their bias) where the decode path runs the residual norm inside the
+    linear layer's kernel (triton_norm_linear.residual_norm_linear_supports), else None."""
     partial = y if isinstance(y, PartialSums) else None
     if partial is not None and partial.dtype != x.dtype:
         return None
@@ -90,4 +90,41 @@ def linear_after_residual_norm(x: torch.Tensor, y: Union[torch.Tensor, PartialSu
     y_partials, y_bias = (partial.partials, partial.bias) if partial is not None else (None, None)
     if not residual_norm_linear_supports(x, y_tensor, y_partials, y_bias, ln_weight, ln_bias, weight, bias):
         return None
-    return triton_residual_norm_linear(x, y_tensor, y_partials, y_bias, ln_weight, ln_bias, eps, weight, bias, gelu)
+    return y_tensor, y_partials, y_bias
+
+
+def linear_after_residual_norm(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None], ln_weight: torch.Tensor,
+                               ln_bias: Optional[torch.Tensor], eps: float, weight: torch.Tensor,
+                               bias: Optional[torch.Tensor], gelu: bool = False) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(x + y, linear(LayerNorm(x + y), weight, bias, gelu)) as one kernel where the decode path takes the
+    inputs (one row on CUDA: triton_norm_linear.py; y a tensor like x, a split layer's PartialSums of x's dtype,
+    or None); None where it does not, and the caller runs the residual norm and the linear layer itself."""
+    inputs = _fused_norm_inputs(x, y, ln_weight, ln_bias, weight, bias)
+    if inputs is None:
+        return None
+    return triton_residual_norm_linear(x, *inputs, ln_weight, ln_bias, eps, weight, bias, gelu)
+
+
+def linear_projecting_features_after_residual_norm(
+        x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None], ln_weight: torch.Tensor,
+        ln_bias: Optional[torch.Tensor], eps: float, weight: torch.Tensor, bias: Optional[torch.Tensor],
+        sigma: torch.Tensor, w_tilde: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(x + y, *linear_projecting_features(LayerNorm(x + y), ...)) as one kernel where the decode path takes the
+    inputs (as linear_after_residual_norm, with the projection epilogue); None where it does not."""
+    inputs = _fused_norm_inputs(x, y, ln_weight, ln_bias, weight, bias)
+    if inputs is None or not decode_linear_projection_parts(x, weight, sigma, w_tilde):
+        return None
+    return triton_residual_norm_linear_projected(x, *inputs, ln_weight, ln_bias, eps, weight, bias, sigma, w_tilde)
+
+
+def linear_argmax_after_residual_norm(
+        x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None], ln_weight: torch.Tensor,
+        ln_bias: Optional[torch.Tensor], eps: float, weight: torch.Tensor, bias: Optional[torch.Tensor],
+        out_index: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(x + y, linear_argmax(LayerNorm(x + y), weight, bias, out_index)) with the add and norm inside the linear
+    layer's kernel where the decode path takes the inputs (as linear_after_residual_norm: a d_model 1024 model's
+    LM head is too wide for it); None where it does not."""
+    inputs = _fused_norm_inputs(x, y, ln_weight, ln_bias, weight, bias)
+    if inputs is None or not argmax_index_fits(x, out_index):
+        return None
+    return triton_residual_norm_linear_argmax(x, *inputs, ln_weight, ln_bias, eps, weight, bias, out_index)

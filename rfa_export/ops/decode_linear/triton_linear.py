@@ -10,10 +10,11 @@ token without a separate reduction over the logits).
 On Hopper it is a programmatic dependent launch (plugins/kernels/dependent_launch.cuh says what that is):
 it may start while the kernel before it finishes, reading its bias and weights (at one row its whole strip of
 them, for up to 4 rows its first two K tiles) before waiting for that kernel; the q/k/v GEMM of a decode step
-asks for its weights into L2 there too.
+asks for its weights into L2 there too. At one row a program may also form x itself first: a residual add and
+the LayerNorm after it (RowNorm; triton_norm_linear.py).
 """
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -40,6 +41,22 @@ PREFETCH_PROJECTION_WEIGHTS = True  # see triton_decode_linear_projected; tests 
 WIDE_K_TILE_MIN_ROWS = 32  # see _tiles
 _SHARED_MEMORY = {}
 
+
+class RowNorm(NamedTuple):
+    """The residual add and LayerNorm a one-row strip program applies to x before its GEMM (NORM): x + add
+    (add a row like x, or `parts` fp32 partial sums [parts, K] plus add_bias; None: x alone), rounded to x's
+    dtype and stored into sum_out by program 0, then LayerNorm(ln_weight, ln_bias, eps) of it, rounded to x's
+    dtype (ops/add_layer_norm's arithmetic; triton_norm_linear.py)."""
+
+    add: Optional[torch.Tensor]
+    parts: int
+    add_bias: Optional[torch.Tensor]
+    ln_weight: torch.Tensor
+    ln_bias: Optional[torch.Tensor]
+    eps: float
+    sum_out: torch.Tensor
+
+
 if triton is not None:
     @triton.jit
     def _tile(ptr, rows, rows_ok, K, k0, k_end, BK: tl.constexpr):
@@ -50,15 +67,18 @@ if triton is not None:
     @triton.jit
     def _decode_linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, K_SPLIT,
                               proj_ptr, sigma_ptr, wt_ptr, H, D, best_ptr, best_index_ptr,
+                              add_ptr, add_bias_ptr, ln_w_ptr, ln_b_ptr, sum_ptr, eps,
                               HAS_BIAS: tl.constexpr, GELU: tl.constexpr, PDL: tl.constexpr, PARTIAL: tl.constexpr,
-                              ARGMAX: tl.constexpr,
+                              ARGMAX: tl.constexpr, NORM: tl.constexpr, ADD_PARTS: tl.constexpr,
+                              HAS_ADD: tl.constexpr, HAS_ADD_BIAS: tl.constexpr, HAS_LN_BIAS: tl.constexpr,
                               PRELOAD: tl.constexpr, PROJ: tl.constexpr, DH: tl.constexpr, FD: tl.constexpr,
                               PREFETCH: tl.constexpr, STRIP: tl.constexpr, KW: tl.constexpr,
                               BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # program (i, j): output columns [i BN, (i + 1) BN) over K [j K_SPLIT, (j + 1) K_SPLIT); PARTIAL:
         # its fp32 partial sum goes to y[j], without bias or GELU. PROJ: see triton_decode_linear_projected.
         # STRIP (one row): the program's whole [BN, K_SPLIT] weight strip (KW >= K_SPLIT columns wide) is
-        # read into registers before the wait, and after it only x's row is read.
+        # read into registers before the wait, and after it only x's row is read. NORM (STRIP over the whole K):
+        # x's row is first added to and normalised (RowNorm says how; the norm's parameters read before the wait).
         rn = tl.program_id(0) * BN + tl.arange(0, BN)
         k_begin = tl.program_id(1) * K_SPLIT
         k_end = tl.minimum(K, k_begin + K_SPLIT)
@@ -88,6 +108,13 @@ if triton is not None:
         # they do not depend on it (_launch says where)
         if STRIP:
             w_strip = _tile(w_ptr, rn, n_ok, K, k_begin, k_end, KW)
+            if NORM:
+                rk = tl.arange(0, KW)
+                gamma = tl.load(ln_w_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
+                if HAS_LN_BIAS:
+                    beta = tl.load(ln_b_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
+                if HAS_ADD_BIAS:
+                    add_bias = tl.load(add_bias_ptr + rk, mask=rk < K, other=0.0).to(tl.float32)
         elif PRELOAD:
             w_first = _tile(w_ptr, rn, n_ok, K, k_begin, k_end, BK)
             w_second = _tile(w_ptr, rn, n_ok, K, k_begin + BK, k_end, BK)
@@ -97,7 +124,30 @@ if triton is not None:
             tl.extra.cuda.gdc_launch_dependents()
         if STRIP:
             rk = k_begin + tl.arange(0, KW)
-            x_row = tl.load(x_ptr + rk, mask=rk < k_end, other=0.0).to(tl.float32)
+            k_ok = rk < k_end
+            x_in = tl.load(x_ptr + rk, mask=k_ok, other=0.0)
+            x_row = x_in.to(tl.float32)
+            if NORM:
+                if HAS_ADD:
+                    if ADD_PARTS > 0:
+                        a = tl.load(add_ptr + rk, mask=k_ok, other=0.0)
+                        for p in tl.static_range(1, ADD_PARTS):
+                            a += tl.load(add_ptr + p * K + rk, mask=k_ok, other=0.0)
+                        if HAS_ADD_BIAS:
+                            a += add_bias
+                        a = a.to(x_in.dtype)  # rounded once, as the split layer's output would be
+                    else:
+                        a = tl.load(add_ptr + rk, mask=k_ok, other=0.0)
+                    x_row = (x_row + a.to(tl.float32)).to(x_in.dtype).to(tl.float32)
+                    if tl.program_id(0) == 0:
+                        tl.store(sum_ptr + rk, x_row.to(x_in.dtype), mask=k_ok)
+                mean = tl.sum(x_row, axis=0) / K
+                diff = tl.where(k_ok, x_row - mean, 0.0)
+                rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, axis=0) / K + eps)
+                x_row = diff * rstd * gamma
+                if HAS_LN_BIAS:
+                    x_row += beta
+                x_row = x_row.to(x_in.dtype).to(tl.float32)  # the norm's output as its own kernel would store it
             row = tl.sum(w_strip.to(tl.float32) * x_row[None, :], axis=1)
             acc = tl.where(rm[:, None] == 0, row[None, :], 0.0)  # row 0 of the [BM, BN] tile the epilogue takes
         else:
@@ -223,9 +273,10 @@ def _k_range(K: int, splits: int) -> int:
     return K if splits == 1 else triton.cdiv(triton.cdiv(K, splits), 128) * 128
 
 
-def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, argmax=None) -> None:
+def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, argmax=None,
+            norm: Optional[RowNorm] = None) -> None:
     """projection: (proj, sigma, w_tilde) for triton_decode_linear_projected; argmax: (best, best_index) for
-    triton_decode_linear_argmax."""
+    triton_decode_linear_argmax; norm: x added to and normalised first (one row read as a whole strip)."""
     N, K = weight.shape
     M = x.numel() // K
     BN, BK, stages = _tiles(N, k_range, M, k_range >= K, _shared_memory(x.device))
@@ -239,21 +290,27 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, arg
     proj, sigma, w_tilde = projection if projection is not None else (out, out, out)
     H, D, DH = w_tilde.shape if projection is not None else (1, 1, BN)
     best, best_index = argmax if argmax is not None else (out, out)
+    if norm is not None and (strip_width == 0 or k_range < K):
+        raise ValueError("a row norm needs one row whose strip is read whole (strip_columns)")
+    n = norm if norm is not None else RowNorm(None, 0, None, x, None, 0.0, x)
     _decode_linear_kernel[(triton.cdiv(N, BN), triton.cdiv(K, k_range))](
         x, weight, bias if bias is not None else weight, out, M, N, K, k_range, proj, sigma, w_tilde, H, D,
-        best, best_index, HAS_BIAS=bias is not None, GELU=gelu, PDL=pdl, PARTIAL=k_range < K,
-        ARGMAX=argmax is not None, PRELOAD=preload,
+        best, best_index, n.add if n.add is not None else x, n.add_bias if n.add_bias is not None else x, n.ln_weight,
+        n.ln_bias if n.ln_bias is not None else n.ln_weight, n.sum_out, n.eps,
+        HAS_BIAS=bias is not None, GELU=gelu, PDL=pdl, PARTIAL=k_range < K, ARGMAX=argmax is not None,
+        NORM=norm is not None, ADD_PARTS=n.parts, HAS_ADD=n.add is not None, HAS_ADD_BIAS=n.add_bias is not None,
+        HAS_LN_BIAS=n.ln_bias is not None, PRELOAD=preload,
         PROJ=projection is not None, PREFETCH=prefetch, DH=DH, FD=max(16, triton.next_power_of_2(D)),
         STRIP=strip_width > 0, KW=max(strip_width, 16), BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK,
         num_warps=strip_num_warps(BN, strip_width), num_stages=stages, launch_pdl=pdl)
 
 
 def triton_decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                         gelu: bool = False) -> torch.Tensor:
+                         gelu: bool = False, norm: Optional[RowNorm] = None) -> torch.Tensor:
     """Same contract as naive_decode_linear (fp32 accumulation, one rounding), on x's stream; the caller
-    has checked decode_linear_kernel_supports."""
+    has checked decode_linear_kernel_supports. norm: x is first added to and normalised (triton_norm_linear.py)."""
     y = torch.empty((*x.shape[:-1], weight.shape[0]), device=x.device, dtype=x.dtype)
-    _launch(x, weight, bias, y, gelu, weight.shape[1])
+    _launch(x, weight, bias, y, gelu, weight.shape[1], norm=norm)
     return y
 
 
@@ -265,20 +322,21 @@ def argmax_index_fits(x: torch.Tensor, out_index: torch.Tensor) -> bool:
 
 
 def triton_decode_linear_argmax(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                                out_index: torch.Tensor) -> torch.Tensor:
+                                out_index: torch.Tensor, norm: Optional[RowNorm] = None) -> torch.Tensor:
     """triton_decode_linear's output y, and y.argmax(-1) written into out_index (int64, x.shape[:-1], dense, on
     x's device): the first column of each row's largest output, NaN counted as +inf. Two kernels: the linear
     layer, which also leaves each column strip's best output per row, then one program per row over those.
-    The caller has checked decode_linear_kernel_supports."""
+    The caller has checked decode_linear_kernel_supports. norm: x is first added to and normalised
+    (triton_norm_linear.py)."""
     N, K = weight.shape
     M = x.numel() // K
     if not argmax_index_fits(x, out_index):
         raise ValueError(f"out_index must be a dense int64 tensor of shape {tuple(x.shape[:-1])} on {x.device}")
     y = torch.empty((*x.shape[:-1], N), device=x.device, dtype=x.dtype)
-    strips = triton.cdiv(N, _tiles(N, K)[0])
+    strips = triton.cdiv(N, _tiles(N, K, M)[0])
     best = torch.empty((M, strips), device=x.device, dtype=torch.float32)
     best_index = torch.empty((M, strips), device=x.device, dtype=torch.int32)
-    _launch(x, weight, bias, y, False, K, argmax=(best, best_index))
+    _launch(x, weight, bias, y, False, K, argmax=(best, best_index), norm=norm)
     pdl = USE_PDL and _pdl_capable(x.device)
     _argmax_finish_kernel[(M,)](best, best_index, out_index, strips, PDL=pdl,
                                 BP=max(16, triton.next_power_of_2(strips)), num_warps=4, launch_pdl=pdl)
@@ -296,7 +354,7 @@ def decode_linear_projection_parts(x: torch.Tensor, weight: torch.Tensor, sigma:
         return 0
     H, D, dh = w_tilde.shape
     N, K = weight.shape
-    BN = _tiles(N, K)[0]
+    BN = _tiles(N, K, max(1, x.numel() // K))[0]  # the column tile _launch takes for x's rows
     if sigma.shape != (H, dh) or not (sigma.is_contiguous() and w_tilde.is_contiguous()) or not 1 <= D <= 128:
         return 0
     if any(t.dtype != x.dtype or t.device != x.device for t in (sigma, w_tilde)) or dh % BN or 2 * H * dh > N:
@@ -307,7 +365,8 @@ def decode_linear_projection_parts(x: torch.Tensor, weight: torch.Tensor, sigma:
 
 
 def triton_decode_linear_projected(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                                   sigma: torch.Tensor, w_tilde: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+                                   sigma: torch.Tensor, w_tilde: torch.Tensor,
+                                   norm: Optional[RowNorm] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """The q/k/v projection of a decode step with its random-feature projections made in the same kernel.
 
     x [..., K], weight [N, K] whose first H dh rows make q and next H dh make k (H, D, dh = w_tilde's shape) ->
@@ -315,7 +374,8 @@ def triton_decode_linear_projected(x: torch.Tensor, weight: torch.Tensor, bias: 
     decode_linear_projection_parts: part m of q (index 0) or k (1) holds, over the m-th range of dh / P head
     dims j, sum_j W~[h, d, j] sigma[h, j] x_j at d < D and sum_j x_j^2 at D, x being the stored (rounded) y.
     The decode step kernel (ops/decode_attention, `proj`) adds the parts and normalises. The caller has
-    checked decode_linear_kernel_supports and that P > 0.
+    checked decode_linear_kernel_supports and that P > 0. norm: x is first added to and normalised
+    (triton_norm_linear.py).
 
     Above PRELOAD_MAX_ROWS rows each program asks for its weight rows into L2 before waiting for the kernel
     before (cp.async.bulk.prefetch.L2, Hopper): the decode step launched right after this kernel's wait
@@ -330,7 +390,7 @@ def triton_decode_linear_projected(x: torch.Tensor, weight: torch.Tensor, bias: 
     M = x.numel() // K
     y = torch.empty((*x.shape[:-1], weight.shape[0]), device=x.device, dtype=x.dtype)
     proj = torch.empty((M, H, 2, parts, D + 1), device=x.device, dtype=torch.float32)
-    _launch(x, weight, bias, y, False, K, (proj, sigma, w_tilde))
+    _launch(x, weight, bias, y, False, K, (proj, sigma, w_tilde), norm=norm)
     return y, proj
 
 
