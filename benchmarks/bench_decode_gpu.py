@@ -8,8 +8,8 @@ decoding, the model's default path: one or more kernels per layer (at batch 1 th
 persistent kernel, ops/lm_decode_step, is measured beside it); beside it the same model with a bf16 state
 and with an int8-row state (state_dtype bfloat16 / int8). Softmax (baseline): the same blocks with softmax
 attention, a static bf16 KV cache filled to the context length, SDPA over it. Both run their residual adds
-and layer norms through the same fused kernel (rfa_export/model/residual_norm.py; at one row the one before
-each FFN inside FFN1's kernel, residual_feed_forward) and their linear layers
+and layer norms through the same fused kernel (rfa_export/model/residual_norm.py; at one row each inside the
+next linear layer's kernel: FFN1's, residual_feed_forward, and the q/k/v projection's) and their linear layers
 through the same decode-sized Triton kernel (rfa_export/model/linear_layers.py), launched as programmatic
 dependent launches on Hopper, so the shared layers cost the same (SDPA in the softmax step is a plain
 launch). Each step is captured once as a CUDA graph and replayed, so both are measured without launch
@@ -28,8 +28,8 @@ import torch
 
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFAConfig, RFALanguageModel
-from rfa_export.model.linear_layers import linear, linear_argmax
-from rfa_export.model.residual_norm import residual_feed_forward, residual_norm
+from rfa_export.model.linear_layers import linear
+from rfa_export.model.residual_norm import residual_feed_forward, residual_linear, residual_linear_argmax
 
 CONFIG = RFAConfig(vocab_size=32000, d_model=1024, n_heads=16, n_layers=8, d_ffn=4096, num_features=64,
                    gated=True, positional="none")
@@ -116,18 +116,19 @@ class StaticCacheStep(torch.nn.Module):
         B = token.shape[0]
         d = self.m.config.d_model
         x = self.m.embed(token[:, None]) * math.sqrt(d) + self.pe
-        # the residual adds and layer norms as in the model's forward (one fused kernel per pair, as for RFA)
-        norms = [block.ln_attn for block in self.m.blocks] + [self.m.ln_f]
-        _, h = residual_norm(x, None, norms[0])
-        for i, (block, kc, vc) in enumerate(zip(self.m.blocks, self.k, self.v)):
-            q, k, v = linear(h, block.qkv.weight, block.qkv.bias).view(B, 1, 3, block.h, d // block.h).permute(2, 0, 3, 1, 4)
+        # the residual adds and layer norms as in the model's forward (each with the next linear layer at one row, or
+        # one fused kernel per pair, as for RFA)
+        f = None
+        for block, kc, vc in zip(self.m.blocks, self.k, self.v):
+            x, qkv = residual_linear(x, f, block.ln_attn, block.qkv.weight, block.qkv.bias)
+            q, k, v = qkv.view(B, 1, 3, block.h, d // block.h).permute(2, 0, 3, 1, 4)
             kc[:, :, self.L : self.L + 1].copy_(k)
             vc[:, :, self.L : self.L + 1].copy_(v)
             y = torch.nn.functional.scaled_dot_product_attention(q, kc, vc)
             y = linear(y.transpose(1, 2).reshape(B, 1, d), block.o_proj.weight, block.o_proj.bias, partial_sums=True)
             x, f = residual_feed_forward(x, y, block.ln_ffn, block.ffn)
-            x, h = residual_norm(x, f, norms[i + 1])
-        return linear_argmax(h[:, 0], self.m.lm_head.weight, self.m.lm_head.bias, token)
+        _, logits = residual_linear_argmax(x, f, self.m.ln_f, self.m.lm_head.weight, self.m.lm_head.bias, token)
+        return logits[:, 0]
 
 
 def softmax_step(model, batch, context):

@@ -9,7 +9,7 @@ from torch import nn
 from ..model.config import RFAConfig
 from ..model.lm import sinusoidal_positions
 from ..model.linear_layers import linear, linear_dropout
-from ..model.residual_norm import residual_feed_forward, residual_norm
+from ..model.residual_norm import residual_feed_forward, residual_linear, residual_norm
 
 KVCache = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -26,13 +26,15 @@ class _SoftmaxBlock(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x, cache: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
-        x, _, kv = self.forward_normed(x, self.ln_attn(x), cache, None)
-        return x, kv
+        x, f, kv = self.forward_residual(x, None, cache)
+        return residual_norm(x, f, None)[0], kv
 
-    def forward_normed(self, x, h, cache, next_norm):
-        """As RFABlock.forward_normed: h = ln_attn(x) -> (output, next_norm of it or None, the longer cache)."""
+    def forward_residual(self, x, y, cache):
+        """As RFABlock.forward_residual: x + y through the block -> (the stream after attention, the FFN's output,
+        the longer cache)."""
         B, T, d = x.shape
-        q, k, v = linear(h, self.qkv.weight, self.qkv.bias).view(B, T, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        x, qkv = residual_linear(x, y, self.ln_attn, self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.view(B, T, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k = torch.cat([cache[0], k], dim=2)
             v = torch.cat([cache[1], v], dim=2)
@@ -47,8 +49,7 @@ class _SoftmaxBlock(nn.Module):
         y = linear_dropout(y.transpose(1, 2).reshape(B, T, d), self.o_proj.weight, self.o_proj.bias, self.drop,
                            partial_sums=True)
         x, f = residual_feed_forward(x, y, self.ln_ffn, self.ffn)
-        x, h = residual_norm(x, f, next_norm)
-        return x, h, (k, v)
+        return x, f, (k, v)
 
 
 class SoftmaxLanguageModel(nn.Module):
@@ -75,10 +76,9 @@ class SoftmaxLanguageModel(nn.Module):
             position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         x = self.embed(input_ids) * math.sqrt(self.config.d_model)
         x = self.drop(x + sinusoidal_positions(position_ids, self.config.d_model).to(x.dtype))
-        norms = [block.ln_attn for block in self.blocks] + [self.ln_f]
-        _, h = residual_norm(x, None, norms[0])
-        new_cache = []
+        f, new_cache = None, []
         for i, block in enumerate(self.blocks):
-            x, h, kv = block.forward_normed(x, h, None if cache is None else cache[i], norms[i + 1])
+            x, f, kv = block.forward_residual(x, f, None if cache is None else cache[i])
             new_cache.append(kv)
+        _, h = residual_norm(x, f, self.ln_f)
         return linear(h, self.lm_head.weight, self.lm_head.bias), new_cache

@@ -10,7 +10,9 @@ from ..ops.cross_read import cross_read
 from ..ops.decode_attention import decode_attention_step_
 from ..ops.dispatch import native_inference
 from .feature_maps import RandomFeatureMap
-from .linear_layers import PartialSums, linear, linear_dropout, linear_projecting_features
+from .linear_layers import (PartialSums, linear, linear_after_residual_norm, linear_dropout,
+                            linear_projecting_features, linear_projecting_features_after_residual_norm)
+from .residual_norm import residual_norm
 
 
 class _RFAHeads(nn.Module):
@@ -71,20 +73,53 @@ class CausalRFASelfAttention(_RFAHeads):
         if native_inference(x, *self._projection_params()):  # one GEMM for q, k, v and the gate
             decoding = x.shape[1] == 1 and inplace_state and state is not None
             y, proj = self._fused_projection(x, decoding)
-            if decoding:
-                out = self._fused_decode_step(y, state, attention_mask, proj)
-                if out is not None:
-                    return self.merge(out[:, None], partial_sums), state
-            qk, v, g = self._split_projection(y)
-        else:
-            qk = torch.stack([self.heads(self.q_proj, x), self.heads(self.k_proj, x)])
-            v = self.heads(self.v_proj, x)
-            g = self.gate(x) if self.gate is not None else None
+            return self._attend_projected(y, proj, state, attention_mask, inplace_state, partial_sums)
+        qk = torch.stack([self.heads(self.q_proj, x), self.heads(self.k_proj, x)])
+        v = self.heads(self.v_proj, x)
+        g = self.gate(x) if self.gate is not None else None
+        return self._scan(qk, v, g, x.dtype, state, attention_mask, inplace_state, partial_sums)
+
+    def forward_residual(self, x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None], norm: nn.LayerNorm,
+                         state: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+                         inplace_state: bool = False, partial_sums: bool = False):
+        """forward(norm(x + y), ...) with the residual add before it -> (x + y, output, new state); y: a tensor
+        like x, a linear layer's PartialSums, or None (x alone). At one row on CUDA, the add and the norm run
+        inside the q/k/v projection's kernel where it takes the inputs (decoding, with the feature projections:
+        linear_projecting_features_after_residual_norm; else linear_after_residual_norm)."""
+        if native_inference(x, *self._projection_params()):
+            weight, bias = self.fused_projection_params()
+            fused = None
+            if x.shape[1] == 1 and inplace_state and state is not None:
+                fused = linear_projecting_features_after_residual_norm(x, y, norm.weight, norm.bias, norm.eps, weight,
+                                                                       bias, self.phi.sigma, self.phi.w_tilde)
+            if fused is None:
+                plain = linear_after_residual_norm(x, y, norm.weight, norm.bias, norm.eps, weight, bias)
+                fused = None if plain is None else (*plain, None)
+            if fused is not None:
+                x, projected, proj = fused
+                return (x, *self._attend_projected(projected, proj, state, attention_mask, inplace_state,
+                                                   partial_sums))
+        x, h = residual_norm(x, y, norm)
+        return (x, *self.forward(h, state, attention_mask, inplace_state, partial_sums))
+
+    def _attend_projected(self, y: torch.Tensor, proj: Optional[torch.Tensor], state, attention_mask,
+                          inplace_state: bool, partial_sums: bool):
+        """The layer from its fused projection y [B, T, 3 d_model (+ H)] and proj (_fused_projection's)."""
+        if y.shape[1] == 1 and inplace_state and state is not None:
+            out = self._fused_decode_step(y, state, attention_mask, proj)
+            if out is not None:
+                return self.merge(out[:, None], partial_sums), state
+        qk, v, g = self._split_projection(y)
+        return self._scan(qk, v, g, y.dtype, state, attention_mask, inplace_state, partial_sums)
+
+    def _scan(self, qk, v, g, dtype: torch.dtype, state, attention_mask, inplace_state: bool, partial_sums: bool):
+        """The layer from qk [2, B, T, H, dh], v [B, T, H, dh] and the gate logits [B, T, H] or None; dtype: the
+        input's, that of the padding mask's factors."""
         # q and k through one feature-map call: half the kernels of a decode step
         q_feat, k_feat = self.phi(qk).unbind(0)
         g = torch.sigmoid(g) if g is not None else None
         if attention_mask is not None:
-            keep = (attention_mask != 0).to(x.dtype).unsqueeze(-1)  # [B, T, 1]
+            keep = (attention_mask != 0).to(dtype).unsqueeze(-1)  # [B, T, 1]
             k_feat = k_feat * keep.unsqueeze(-1)
             if g is not None:
                 g = g * keep + (1.0 - keep)

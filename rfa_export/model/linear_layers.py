@@ -1,16 +1,19 @@
 """The linear layers of a block as the model composes them (dropout, the feed-forward); the layers
-themselves are ops/decode_linear's linear, linear_argmax, linear_projecting_features and
-linear_after_residual_norm."""
+themselves are ops/decode_linear's linear, linear_argmax, linear_projecting_features and their forms with the
+residual norm before them."""
 
 from typing import Optional, Union
 
 import torch
 from torch import nn
 
-from ..ops.decode_linear import PartialSums, linear, linear_after_residual_norm, linear_argmax, linear_projecting_features
+from ..ops.decode_linear import (PartialSums, linear, linear_after_residual_norm, linear_argmax,
+                                 linear_argmax_after_residual_norm, linear_projecting_features,
+                                 linear_projecting_features_after_residual_norm)
 
-__all__ = ["PartialSums", "feed_forward", "linear", "linear_after_residual_norm", "linear_argmax", "linear_dropout",
-           "linear_projecting_features"]
+__all__ = ["PartialSums", "feed_forward", "linear", "linear_after_residual_norm", "linear_argmax",
+           "linear_argmax_after_residual_norm", "linear_dropout", "linear_projecting_features",
+           "linear_projecting_features_after_residual_norm"]
 
 
 def linear_dropout(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], dropout: nn.Dropout,

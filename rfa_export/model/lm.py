@@ -11,9 +11,9 @@ from ..ops.causal_gated_scan.state_storage import narrow_state
 from ..ops.positions import sinusoidal_positions
 from .attention import CausalRFASelfAttention
 from .config import RFAConfig
-from .linear_layers import linear, linear_argmax
+from .linear_layers import linear
 from .rebuild import rebuilt
-from .residual_norm import residual_feed_forward, residual_norm
+from .residual_norm import residual_feed_forward, residual_linear_argmax, residual_norm
 
 State = List[torch.Tensor]
 
@@ -54,8 +54,8 @@ class RFABlock(nn.Module):
         )
 
     def forward(self, x, state=None, attention_mask=None, inplace_state=False):
-        x, _, state = self.forward_normed(x, self.ln_attn(x), state, attention_mask, inplace_state, None)
-        return x, state
+        x, f, state = self.forward_residual(x, None, state, attention_mask, inplace_state)
+        return residual_norm(x, f, None)[0], state
 
     def step_weights(self) -> LayerWeights:
         attn = self.attn
@@ -66,15 +66,18 @@ class RFABlock(nn.Module):
             attn.o_proj.weight, attn.o_proj.bias, self.ln_ffn.weight, self.ln_ffn.bias, fc1.weight, fc1.bias,
             fc2.weight, fc2.bias)))
 
-    def forward_normed(self, x, h, state, attention_mask, inplace_state, next_norm):
-        """The block with each residual add done together with the LayerNorm that follows it.
+    def forward_residual(self, x, y, state, attention_mask, inplace_state):
+        """The block on the residual stream x + y, each residual add done together with the LayerNorm after it.
 
-        x: the residual stream, h = ln_attn(x) -> (the block's output, next_norm of it or None, new state).
+        x: the residual stream before the previous block's FFN output y is added (a tensor, PartialSums, or
+        None) -> (the stream after this block's attention, this block's FFN output f (PartialSums where the
+        decode path splits its GEMM), new state): the block's output is x + f, added by whatever reads it next
+        with its own LayerNorm (the next block's, or the final one).
         """
-        y, state = self.attn(h, state, attention_mask, inplace_state, partial_sums=True)
-        x, f = residual_feed_forward(x, y, self.ln_ffn, self.ffn)
-        x, h = residual_norm(x, f, next_norm)
-        return x, h, state
+        x, a, state = self.attn.forward_residual(x, y, self.ln_attn, state, attention_mask, inplace_state,
+                                                 partial_sums=True)
+        x, f = residual_feed_forward(x, a, self.ln_ffn, self.ffn)
+        return x, f, state
 
 
 class RFALanguageModel(nn.Module):
@@ -132,11 +135,13 @@ class RFALanguageModel(nn.Module):
         Returns:
             logits [B, T, vocab], the new state.
         """
-        h, new_state = self._final_hidden(input_ids, state, position_ids, attention_mask, inplace_state)
+        x, f, new_state = self._final_stream(input_ids, state, position_ids, attention_mask, inplace_state)
+        _, h = residual_norm(x, f, self.ln_f)
         return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
 
-    def _final_hidden(self, input_ids, state, position_ids, attention_mask, inplace_state) -> Tuple[torch.Tensor, State]:
-        """forward up to the LM head: the final layer norm's output [B, T, d_model] and the new state."""
+    def _final_stream(self, input_ids, state, position_ids, attention_mask, inplace_state):
+        """forward up to the final norm -> (x, f, new state): the residual stream [B, T, d_model] before the last
+        block's FFN output f (a tensor or PartialSums) is added, for the final norm to add and normalise."""
         B, T = input_ids.shape
         x = self.embed(input_ids) * math.sqrt(self.config.d_model)
         if self.config.positional == "sinusoidal":
@@ -144,16 +149,13 @@ class RFALanguageModel(nn.Module):
                 position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
             x = x + sinusoidal_positions(position_ids, self.config.d_model).to(x.dtype)
         x = self.drop(x)
-        norms = [block.ln_attn for block in self.blocks] + [self.ln_f]
-        _, h = residual_norm(x, None, norms[0])
-        new_state = []
+        f, new_state = None, []
         for i, block in enumerate(self.blocks):
-            x, h, s = block.forward_normed(x, h, None if state is None else state[i], attention_mask, inplace_state,
-                                           norms[i + 1])
+            x, f, s = block.forward_residual(x, f, None if state is None else state[i], attention_mask, inplace_state)
             if state is None and self.config.state_dtype != "float32":
                 s = narrow_state(s, self.state_dtype)  # from an empty context the scan returns its accumulation dtype
             new_state.append(s)
-        return h, new_state
+        return x, f, new_state
 
     def step(self, token_ids: torch.Tensor, state: State, positions: torch.Tensor, inplace_state: bool = False,
              next_token: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, State]:
@@ -168,10 +170,12 @@ class RFALanguageModel(nn.Module):
             logits = None if weights is None else lm_decode_step_(weights, token_ids, positions, state, next_token)
             if logits is not None:
                 return logits, state
-        h, state = self._final_hidden(token_ids[:, None], state, positions[:, None], None, inplace_state)
+        x, f, state = self._final_stream(token_ids[:, None], state, positions[:, None], None, inplace_state)
         if next_token is None:
+            _, h = residual_norm(x, f, self.ln_f)
             return linear(h[:, 0], self.lm_head.weight, self.lm_head.bias), state
-        return linear_argmax(h[:, 0], self.lm_head.weight, self.lm_head.bias, next_token), state
+        _, logits = residual_linear_argmax(x, f, self.ln_f, self.lm_head.weight, self.lm_head.bias, next_token)
+        return logits[:, 0], state
 
     def step_weights(self) -> Optional[LMStepWeights]:
         """The parameters as the fused decode step takes them (cached while no parameter changes), or None

@@ -1,5 +1,5 @@
-"""The residual add of a pre-LN block together with the LayerNorm that reads its result (and, before a block's
-feed-forward, decoding one row, with the FFN's first linear layer too)."""
+"""The residual add of a pre-LN block together with the LayerNorm that reads its result (and, decoding one row,
+with the linear layer that reads the norm too)."""
 
 from typing import Optional, Tuple, Union
 
@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ..ops.add_layer_norm import add_layer_norm
-from .linear_layers import PartialSums, feed_forward, linear_after_residual_norm, linear_dropout
+from .linear_layers import (PartialSums, feed_forward, linear, linear_after_residual_norm, linear_argmax,
+                            linear_argmax_after_residual_norm, linear_dropout)
 
 
 def residual_norm(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None],
@@ -37,3 +38,29 @@ def residual_feed_forward(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, N
             return x, linear_dropout(h, fc2.weight, fc2.bias, drop, partial_sums=True)
     x, h = residual_norm(x, y, norm)
     return x, feed_forward(ffn, h, partial_sums=True)
+
+
+def residual_linear(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None], norm: nn.LayerNorm,
+                    weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(x + y, linear(norm(x + y), weight, bias)): decoding one row on CUDA, the add and the norm run inside
+    the linear layer's kernel (ops/decode_linear: linear_after_residual_norm) where it takes the inputs."""
+    fused = linear_after_residual_norm(x, y, norm.weight, norm.bias, norm.eps, weight, bias)
+    if fused is not None:
+        return fused
+    x, h = residual_norm(x, y, norm)
+    return x, linear(h, weight, bias)
+
+
+def residual_linear_argmax(x: torch.Tensor, y: Union[torch.Tensor, PartialSums, None], norm: nn.LayerNorm,
+                           weight: torch.Tensor, bias: Optional[torch.Tensor],
+                           out_index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """residual_linear with the output's argmax over its last dimension written into out_index (int64, x's
+    leading dims' elements, dense: greedy decoding's next token), as linear_argmax does; decoding one row on
+    CUDA the add and norm run inside the linear layer's kernel where it takes them
+    (linear_argmax_after_residual_norm)."""
+    out_index = out_index.view(x.shape[:-1])
+    fused = linear_argmax_after_residual_norm(x, y, norm.weight, norm.bias, norm.eps, weight, bias, out_index)
+    if fused is not None:
+        return fused
+    x, h = residual_norm(x, y, norm)
+    return x, linear_argmax(h, weight, bias, out_index)

@@ -15,7 +15,8 @@ from rfa_export.ops.decode_linear import (decode_linear_kernel_supports, decode_
                                          decode_linear_splits, linear_argmax, naive_decode_linear,
                                          triton_decode_linear, triton_decode_linear_argmax,
                                          residual_norm_linear_supports, triton_decode_linear_partials,
-                                         triton_decode_linear_projected, triton_residual_norm_linear)
+                                         triton_decode_linear_projected, triton_residual_norm_linear,
+                                         triton_residual_norm_linear_argmax, triton_residual_norm_linear_projected)
 
 pytestmark = pytest.mark.gpu
 
@@ -443,28 +444,181 @@ def test_residual_norm_linear_refusals(monkeypatch):
     assert not residual_norm_linear_supports(x, y, None, None, ln_w, None, w, None)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("y_form", ["tensor", "2_partials_with_bias", "4_partials", "none"])
+@pytest.mark.parametrize("K, H, dh, D, extra", [(1024, 16, 64, 64, 16), (100, 2, 64, 48, 0), (1024, 3, 32, 128, 5)])
+def test_residual_norm_linear_projected_matches_float64_reference(dtype, y_form, K, H, dh, D, extra):
+    """One row: the q/k/v GEMM of a decode step with the residual add and norm before it and the feature
+    projections after it, in one kernel: the sum and the output against float64, the output bit for bit as the
+    same kernel's without the projections, each part of proj against float64 sums over the stored output."""
+    g = torch.Generator().manual_seed(K * 3 + H * 31 + D + len(y_form))
+    dev = {"device": "cuda", "dtype": dtype}
+    N = 3 * H * dh + extra
+    x = (torch.randn(1, 1, K, generator=g) * 3 + 20).to(**dev)
+    y = y_partials = y_bias = None
+    if y_form == "tensor":
+        y = torch.randn(1, 1, K, generator=g).to(**dev)
+    elif y_form != "none":
+        y_partials = torch.randn(int(y_form[0]), 1, 1, K, generator=g).to("cuda")
+        if "bias" in y_form:
+            y_bias = torch.randn(K, generator=g).to(**dev)
+    ln_w, ln_b = (torch.rand(K, generator=g) + 0.5).to(**dev), torch.randn(K, generator=g).to(**dev)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(**dev)
+    b = torch.randn(N, generator=g).to(**dev)
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to(**dev)
+    w_tilde = torch.randn(H, D, dh, generator=g).to(**dev)
+    parts = decode_linear_projection_parts(x, w, sigma, w_tilde)
+    assert parts >= 1 and residual_norm_linear_supports(x, y, y_partials, y_bias, ln_w, ln_b, w, b)
+    poison = torch.full((4, 1, H, 2, parts, D + 1), float("nan"), device="cuda")
+    del poison
+    s, out, proj = triton_residual_norm_linear_projected(x, y, y_partials, y_bias, ln_w, ln_b, 1e-5, w, b, sigma,
+                                                         w_tilde)
+    assert out.shape == (1, 1, N) and proj.shape == (1, H, 2, parts, D + 1)
+    s_plain, out_plain = triton_residual_norm_linear(x, y, y_partials, y_bias, ln_w, ln_b, 1e-5, w, b)
+    assert torch.equal(s, s_plain) and torch.equal(out, out_plain)
+    if y_form == "none":
+        assert s.data_ptr() == x.data_ptr()
+    d = lambda t: None if t is None else t.double().cpu()  # noqa: E731
+    y_ref = d(y) if y_partials is None else d(y_partials).sum(0) + (0 if y_bias is None else d(y_bias))
+    assert rel_err(s.double().cpu(), d(x) if y_ref is None else d(x) + y_ref) <= TOL[dtype]
+    h_ref = torch.nn.functional.layer_norm(s.double().cpu(), (K,), d(ln_w), d(ln_b), 1e-5)
+    assert rel_err(out.double().cpu(), naive_decode_linear(h_ref, d(w), d(b))) <= TOL[dtype]
+    heads = out.double().cpu()[:, 0, : 2 * H * dh].unflatten(-1, (2, H, parts, dh // parts))  # [M, qk, H, part, j]
+    sg = d(sigma).unflatten(-1, (parts, dh // parts))
+    wt = d(w_tilde).unflatten(-1, (parts, dh // parts))
+    ref = torch.cat([torch.einsum("mchpj,hpj,hdpj->mhcpd", heads, sg, wt),
+                     (heads ** 2).sum(-1).permute(0, 2, 1, 3)[..., None]], -1)
+    assert rel_err(proj.double().cpu(), ref) <= 1e-6
+
+
+def test_row_norm_needs_a_whole_strip():
+    bf16 = {"device": "cuda", "dtype": torch.bfloat16}
+    x, ln_w = torch.randn(2, 1024, **bf16), torch.ones(1024, **bf16)
+    norm = triton_linear.RowNorm(None, 0, None, ln_w, None, 1e-5, x)
+    with pytest.raises(ValueError, match="whole"):  # two rows: no strip
+        triton_decode_linear(x, torch.randn(64, 1024, **bf16), None, norm=norm)
+    with pytest.raises(ValueError, match="whole"):  # the LM head's strip is too wide
+        triton_decode_linear(x[:1], torch.randn(32000, 1024, **bf16), None, norm=norm)
+
+
+def _counting(monkeypatch, name, calls):
+    real = getattr(linear_layers, name)
+    monkeypatch.setattr(linear_layers, name, lambda *a: calls.append(name) or real(*a))
+
+
 @pytest.mark.usefixtures("needs_kernels")
 @pytest.mark.parametrize("model_class", [RFALanguageModel, SoftmaxLanguageModel])
 @pytest.mark.parametrize("d_model", [128, 1024], ids=["output_projection_whole", "output_projection_split"])
-def test_one_row_forward_adds_and_normalises_inside_the_ffn_kernel(model_class, d_model, monkeypatch):
-    """At one row each block's residual add and norm before its FFN run inside FFN1's kernel (the added term the
-    attention's output, whole or as a split layer's partial sums): the logits match float64 and the separate
-    kernels, and are bit-identical with and without dependent launches."""
+def test_one_row_forward_adds_and_normalises_inside_the_next_linear_kernel(model_class, d_model, monkeypatch):
+    """At one row each residual add and norm before a block's q/k/v projection and before its FFN run inside
+    that linear layer's kernel (the added term the previous FFN's partial sums, none for the first block, the
+    attention's output whole or as partial sums): the logits match float64 and the separate kernels, and are
+    bit-identical with and without dependent launches."""
     model, cfg, ids = small_language_model(model_class, n_layers=2, d_ffn=2048, d_model=d_model)
     ids = ids[:1, :1]
     calls = []
-    real = linear_layers.triton_residual_norm_linear
-    monkeypatch.setattr(linear_layers, "triton_residual_norm_linear", lambda *a: calls.append(1) or real(*a))
+    _counting(monkeypatch, "triton_residual_norm_linear", calls)
     with torch.no_grad():
         ref, _ = model.double()(ids)
         model = model.to("cuda", torch.bfloat16)
         fused, _ = model(ids.cuda())
-        assert len(calls) == cfg.n_layers
+        assert len(calls) == 2 * cfg.n_layers  # q/k/v and FFN1 of each block
         monkeypatch.setattr(triton_linear, "USE_PDL", False)
         assert torch.equal(model(ids.cuda())[0], fused)
         monkeypatch.setattr(triton_linear, "USE_PDL", True)
         monkeypatch.setattr(triton_norm_linear, "FUSE_NORM_AT_ONE_ROW", False)
+        calls.clear()
         separate, _ = model(ids.cuda())
-        assert len(calls) == cfg.n_layers * 2
+        assert calls == []
     assert rel_err(fused.double().cpu(), ref) <= 5e-2
     assert rel_err(fused.double().cpu(), separate.double().cpu()) <= 2e-2
+
+
+@pytest.mark.usefixtures("needs_kernels")
+@pytest.mark.parametrize("d_model", [128, 1024], ids=["output_projection_whole", "output_projection_split"])
+def test_one_row_decode_step_adds_and_normalises_inside_the_projecting_kernel(d_model, monkeypatch):
+    """The RFA model's decode step at one row: the add and norm before each block's q/k/v GEMM run in that GEMM's
+    kernel, with the feature projections in its epilogue; logits and updated states match the float64 step,
+    and the separate kernels; bit-identical with and without dependent launches."""
+    model, cfg, ids = small_language_model(RFALanguageModel, n_layers=2, d_ffn=2048, d_model=d_model)
+    token, pos = ids[:1, 0], torch.tensor([3])
+    states = [torch.rand(1, *cfg.state_shape, generator=torch.Generator().manual_seed(i)) * 0.1 + 0.01
+              for i in range(cfg.n_layers)]
+    calls = []
+    _counting(monkeypatch, "triton_residual_norm_linear_projected", calls)
+    _counting(monkeypatch, "triton_residual_norm_linear", calls)
+    with torch.no_grad():
+        ref, ref_states = model.double().step(token, [s.double() for s in states], pos)
+        model = model.to("cuda", torch.bfloat16)
+
+        def step():
+            cuda_states = [s.cuda() for s in states]
+            logits, _ = model.step(token.cuda(), cuda_states, pos.cuda(), inplace_state=True)
+            return logits, cuda_states
+
+        fused, fused_states = step()
+        assert calls == ["triton_residual_norm_linear_projected", "triton_residual_norm_linear"] * cfg.n_layers
+        monkeypatch.setattr(triton_linear, "USE_PDL", False)
+        plain, plain_states = step()
+        assert torch.equal(plain, fused) and all(torch.equal(a, b) for a, b in zip(plain_states, fused_states))
+        monkeypatch.setattr(triton_linear, "USE_PDL", True)
+        monkeypatch.setattr(triton_norm_linear, "FUSE_NORM_AT_ONE_ROW", False)
+        calls.clear()
+        separate, separate_states = step()
+        assert calls == []
+    assert rel_err(fused.double().cpu(), ref) <= 5e-2
+    assert rel_err(fused.double().cpu(), separate.double().cpu()) <= 2e-2
+    for got, want in zip(fused_states, ref_states):
+        assert rel_err(got.double().cpu(), want) <= 2e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("K, N", [(512, 32000), (100, 9000)])
+@pytest.mark.parametrize("y_form", ["2_partials_with_bias", "tensor"])
+def test_residual_norm_linear_argmax_matches_float64_reference(dtype, K, N, y_form):
+    """One row, an LM head whose strips are read whole (64 x 512 or fewer): the final residual add and norm
+    inside its kernel, outputs against float64, the argmax that of the stored output."""
+    g = torch.Generator().manual_seed(K + N + len(y_form))
+    dev = {"device": "cuda", "dtype": dtype}
+    x = torch.randn(1, 1, K, generator=g).to(**dev)
+    y = torch.randn(1, 1, K, generator=g).to(**dev) if y_form == "tensor" else None
+    y_partials = torch.randn(2, 1, 1, K, generator=g).to("cuda") if y is None else None
+    y_bias = torch.randn(K, generator=g).to(**dev) if y is None else None
+    ln_w, ln_b = (torch.rand(K, generator=g) + 0.5).to(**dev), torch.randn(K, generator=g).to(**dev)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(**dev)
+    index = torch.full((1, 1), -1, device="cuda", dtype=torch.int64)
+    assert residual_norm_linear_supports(x, y, y_partials, y_bias, ln_w, ln_b, w, None)
+    s, out = triton_residual_norm_linear_argmax(x, y, y_partials, y_bias, ln_w, ln_b, 1e-5, w, None, index)
+    d = lambda t: None if t is None else t.double().cpu()  # noqa: E731
+    y_ref = d(y) if y is not None else d(y_partials).sum(0) + d(y_bias)
+    assert rel_err(s.double().cpu(), d(x) + y_ref) <= TOL[dtype]
+    h_ref = torch.nn.functional.layer_norm(s.double().cpu(), (K,), d(ln_w), d(ln_b), 1e-5)
+    assert rel_err(out.double().cpu(), naive_decode_linear(h_ref, d(w), None)) <= TOL[dtype]
+    assert torch.equal(index, out.argmax(-1))
+
+
+@pytest.mark.usefixtures("needs_kernels")
+def test_greedy_step_takes_the_final_norm_into_the_lm_head_where_its_strips_fit(monkeypatch):
+    """The RFA model's greedy step at one row, d_model 128 (the LM head's 64 x 128 strips are read whole): the
+    final norm runs inside the LM head's kernel; logits match the float64 step and the separate kernels, the
+    next token is their argmax."""
+    model, cfg, ids = small_language_model(RFALanguageModel, n_layers=2)
+    token, pos = ids[:1, 0], torch.tensor([2])
+    states = [torch.rand(1, *cfg.state_shape, generator=torch.Generator().manual_seed(i)) * 0.1 + 0.01
+              for i in range(cfg.n_layers)]
+    calls = []
+    _counting(monkeypatch, "triton_residual_norm_linear_argmax", calls)
+    with torch.no_grad():
+        ref, _ = model.double().step(token, [s.double() for s in states], pos)
+        model = model.to("cuda", torch.bfloat16)
+        results = {}
+        for fused in (True, False):
+            monkeypatch.setattr(triton_norm_linear, "FUSE_NORM_AT_ONE_ROW", fused)
+            next_token = torch.full((1,), -1, device="cuda", dtype=torch.int64)
+            logits, _ = model.step(token.cuda(), [s.cuda() for s in states], pos.cuda(), inplace_state=True,
+                                   next_token=next_token)
+            assert torch.equal(next_token, logits.argmax(-1))
+            results[fused] = logits
+    assert calls == ["triton_residual_norm_linear_argmax"]  # only with the fusion on
+    assert rel_err(results[True].double().cpu(), ref) <= 5e-2
+    assert rel_err(results[True].double().cpu(), results[False].double().cpu()) <= 2e-2
