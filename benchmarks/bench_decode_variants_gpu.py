@@ -1,13 +1,16 @@
-"""Same-process A/B of decode-step variants chosen by a module setting, on the models of bench_decode_gpu.py.
+"""Same-process A/B of decode-step variants chosen by module settings, on the models of bench_decode_gpu.py.
 
-    python benchmarks/bench_decode_variants_gpu.py --variant early_read|norm_in_ffn [--out DIR] [--rounds 5]
+    python benchmarks/bench_decode_variants_gpu.py --variant VARIANT [--out DIR] [--rounds 5]
 
 early_read: what each decode linear program reads before its wait at one row (triton_linear.ONE_ROW_EARLY_READ):
 "strip", its whole weight strip into registers (the default), or "tiles", its first two K tiles.
-norm_in_ffn: the residual add and LayerNorm before each FFN inside FFN1's kernel at one row
-(triton_norm_linear.FUSE_NORM_AT_ONE_ROW) or as their own kernel.
+norm_in_linear: every residual add and LayerNorm before a strip-read linear layer at one row (before FFN1 and
+before the q/k/v projection) inside that layer's kernel (triton_norm_linear.FUSE_NORM_AT_ONE_ROW), or as their
+own kernels.
+norm_in_qkv: the same for the RFA model's q/k/v projection alone (its FFN1 keeps the norm inside in both
+settings; the softmax model is unchanged, a control).
 RFA with fp32 and bf16 states and softmax at 1k context, all CUDA-graph replays, the settings alternating within
-each round so every one sees the same GPU state; B64 (neither variant applies above one row) runs in every round
+each round so every one sees the same GPU state; B64 (no variant applies above one row) runs in every round
 as a control of the noise. Prints per-setting medians over rounds and writes <variant>.json to --out.
 """
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+import rfa_export.model.attention as attention
 import rfa_export.ops.decode_linear.triton_linear as triton_linear
 import rfa_export.ops.decode_linear.triton_norm_linear as triton_norm_linear
 from rfa_export.baselines import SoftmaxLanguageModel
@@ -27,8 +31,21 @@ from rfa_export.model import RFALanguageModel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode_gpu import CONFIG, rfa_step_ms, softmax_step_ms  # noqa: E402
 
-VARIANTS = {"early_read": (triton_linear, "ONE_ROW_EARLY_READ", ("strip", "tiles")),
-            "norm_in_ffn": (triton_norm_linear, "FUSE_NORM_AT_ONE_ROW", (True, False))}
+
+def _refused(*args, **kwargs):
+    return None
+
+
+# variant -> setting -> the (module, attribute, value)s that make it; the first setting is the default
+VARIANTS = {
+    "early_read": {"strip": [(triton_linear, "ONE_ROW_EARLY_READ", "strip")],
+                   "tiles": [(triton_linear, "ONE_ROW_EARLY_READ", "tiles")]},
+    "norm_in_linear": {"inside": [(triton_norm_linear, "FUSE_NORM_AT_ONE_ROW", True)],
+                       "own_kernel": [(triton_norm_linear, "FUSE_NORM_AT_ONE_ROW", False)]},
+    "norm_in_qkv": {"inside": [],
+                    "own_kernel": [(attention, "linear_projecting_features_after_residual_norm", _refused),
+                                   (attention, "linear_after_residual_norm", _refused)]},
+}
 
 
 def main():
@@ -37,7 +54,9 @@ def main():
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    module, setting, values = VARIANTS[args.variant]
+    settings = VARIANTS[args.variant]
+    patched = {(module, name) for changes in settings.values() for module, name, _ in changes}
+    defaults = {key: getattr(*key) for key in patched}
     torch.manual_seed(0)
     rfa = RFALanguageModel(CONFIG).eval().to("cuda", torch.bfloat16)
     soft = SoftmaxLanguageModel(CONFIG).eval().to("cuda", torch.bfloat16)
@@ -45,24 +64,29 @@ def main():
              "rfa_b1_bf16_state_us": lambda: rfa_step_ms(rfa, 1, False, torch.bfloat16),
              "softmax_b1_1k_us": lambda: softmax_step_ms(soft, 1, 1024),
              "rfa_b64_control_us": lambda: rfa_step_ms(rfa, 64)}
-    samples = {str(v): {case: [] for case in cases} for v in values}
-    default = getattr(module, setting)
+    samples = {label: {case: [] for case in cases} for label in settings}
+    for fn in cases.values():  # discarded: the first B1 step measured in a process is faster (BENCHMARKS.md)
+        fn()
     try:
         for r in range(args.rounds):
-            for value in values:
-                setattr(module, setting, value)
+            for label, changes in settings.items():
+                for (module, name), value in defaults.items():
+                    setattr(module, name, value)
+                for module, name, value in changes:
+                    setattr(module, name, value)
                 for case, fn in cases.items():
-                    samples[str(value)][case].append(fn() * 1e3)
+                    samples[label][case].append(fn() * 1e3)
             print(f"round {r}: " + "  ".join(f"{v} B1 {samples[v]['rfa_b1_us'][-1]:.1f}" for v in samples), flush=True)
     finally:
-        setattr(module, setting, default)
+        for (module, name), value in defaults.items():
+            setattr(module, name, value)
     medians = {v: {case: statistics.median(s) for case, s in by_case.items()} for v, by_case in samples.items()}
-    print(f"{setting:22s} " + " ".join(f"{c:>22s}" for c in cases))
+    print(f"{args.variant:22s} " + " ".join(f"{c:>22s}" for c in cases))
     for v in samples:
         print(f"{v:22s} " + " ".join(f"{medians[v][c]:22.1f}" for c in cases))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.variant}.json").write_text(json.dumps(
-        {"gpu": torch.cuda.get_device_name(), "setting": setting, "rounds": args.rounds, "medians_us": medians,
+        {"gpu": torch.cuda.get_device_name(), "variant": args.variant, "rounds": args.rounds, "medians_us": medians,
          "samples_us": samples}, indent=2))
 
 

@@ -30,7 +30,7 @@ if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
       step "compute-sanitizer $tool, $target"
       PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} compute-sanitizer --tool $tool --error-exitcode 9 \
-        python3 -m pytest -q -m gpu tests/gpu/test_$target.py -k "(kernel_matches and bf16 and not 32000) or overlapped or dependent_launch or (projection and bf16) or prefetch or bf16_state or int8_state or (argmax and bf16) or (residual_norm_linear_matches and bf16) or one_row_early" -p no:cacheprovider \
+        python3 -m pytest -q -m gpu tests/gpu/test_$target.py -k "(kernel_matches and bf16 and not 32000) or overlapped or dependent_launch or (projection and bf16) or prefetch or bf16_state or int8_state or (argmax and bf16) or (residual_norm_linear and bf16) or one_row_early" -p no:cacheprovider \
         >"$out/sanitizer_${target}_$tool.log" 2>&1 || status=1
       grep -qE "[0-9]+ passed" "$out/sanitizer_${target}_$tool.log" || { echo "no test ran under $tool"; status=1; }
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$out/sanitizer_${target}_$tool.log" | tail -3
