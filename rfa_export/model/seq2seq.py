@@ -12,10 +12,10 @@ from torch import nn
 from ..format.config import RFASeq2SeqConfig
 from ..ops.causal_gated_scan.state_storage import narrow_state
 from .attention import CausalRFASelfAttention, RFAAttention
-from .linear_layers import linear, linear_argmax
+from .linear_layers import linear
 from .lm import sinusoidal_positions
 from .rebuild import rebuilt
-from .residual_norm import residual_feed_forward, residual_norm
+from .residual_norm import residual_feed_forward, residual_linear_argmax, residual_norm
 
 State = List[torch.Tensor]
 
@@ -58,14 +58,15 @@ class RFADecoderBlock(nn.Module):
         self.ln_ffn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = _ffn(config)
 
-    def forward_normed(self, x, h, state, cross_state, attention_mask, inplace_state, next_norm):
-        """h = ln_self(x) -> (output, next_norm of it, new self state)."""
-        y, state = self.self_attn(h, state, attention_mask, inplace_state, partial_sums=True)
-        x, h = residual_norm(x, y, self.ln_cross)
-        y = self.cross_attn.read(h, cross_state, partial_sums=True)
-        x, f = residual_feed_forward(x, y, self.ln_ffn, self.ffn)
-        x, h = residual_norm(x, f, next_norm)
-        return x, h, state
+    def forward_residual(self, x, y, state, cross_state, attention_mask, inplace_state):
+        """As RFABlock.forward_residual: the block on x + y (y the previous block's FFN output or None) ->
+        (the stream before this block's FFN output f is added, f, new self state)."""
+        x, a, state = self.self_attn.forward_residual(x, y, self.ln_self, state, attention_mask, inplace_state,
+                                                      partial_sums=True)
+        x, h = residual_norm(x, a, self.ln_cross)
+        c = self.cross_attn.read(h, cross_state, partial_sums=True)
+        x, f = residual_feed_forward(x, c, self.ln_ffn, self.ffn)
+        return x, f, state
 
 
 def seq2seq_weight_shapes(config: RFASeq2SeqConfig) -> Dict[str, Tuple[int, ...]]:
@@ -178,23 +179,23 @@ class RFASeq2Seq(nn.Module):
         Returns:
             logits [B, T, tgt_vocab], the new self states.
         """
-        h, new_state = self._decoder_hidden(tgt_ids, cross_states, state, position_ids, attention_mask, inplace_state)
+        x, f, new_state = self._decoder_stream(tgt_ids, cross_states, state, position_ids, attention_mask,
+                                               inplace_state)
+        _, h = residual_norm(x, f, self.ln_f)
         return linear(h, self.lm_head.weight, self.lm_head.bias), new_state
 
-    def _decoder_hidden(self, tgt_ids, cross_states, state, position_ids, attention_mask,
-                        inplace_state) -> Tuple[torch.Tensor, State]:
-        """decode up to the LM head: the final layer norm's output [B, T, d_model] and the new self states."""
+    def _decoder_stream(self, tgt_ids, cross_states, state, position_ids, attention_mask, inplace_state):
+        """decode up to the final norm -> (x, f, new self states): the residual stream [B, T, d_model] before the
+        last block's FFN output f is added, for the final norm to add and normalise."""
         x = self._embed(self.tgt_embed, tgt_ids, position_ids)
-        norms = [block.ln_self for block in self.decoder] + [self.ln_f]
-        _, h = residual_norm(x, None, norms[0])
-        new_state = []
+        f, new_state = None, []
         for i, block in enumerate(self.decoder):
-            x, h, s = block.forward_normed(x, h, None if state is None else state[i], cross_states[i], attention_mask,
-                                           inplace_state, norms[i + 1])
+            x, f, s = block.forward_residual(x, f, None if state is None else state[i], cross_states[i],
+                                             attention_mask, inplace_state)
             if state is None and self.config.state_dtype != "float32":
                 s = narrow_state(s, self.state_dtype)  # from no state the scan returns its accumulation dtype
             new_state.append(s)
-        return h, new_state
+        return x, f, new_state
 
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor, src_mask: Optional[torch.Tensor] = None,
                 tgt_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -208,8 +209,10 @@ class RFASeq2Seq(nn.Module):
 
         next_token: an int64 [B] tensor (it may be token_ids) that receives the logits' argmax (greedy
         decoding), from the LM head's own kernel on the decode path (ops/decode_linear's linear_argmax)."""
-        h, state = self._decoder_hidden(token_ids[:, None], cross_states, state, positions[:, None], None,
-                                        inplace_state)
+        x, f, state = self._decoder_stream(token_ids[:, None], cross_states, state, positions[:, None], None,
+                                           inplace_state)
         if next_token is None:
+            _, h = residual_norm(x, f, self.ln_f)
             return linear(h[:, 0], self.lm_head.weight, self.lm_head.bias), state
-        return linear_argmax(h[:, 0], self.lm_head.weight, self.lm_head.bias, next_token), state
+        _, logits = residual_linear_argmax(x, f, self.ln_f, self.lm_head.weight, self.lm_head.bias, next_token)
+        return logits[:, 0], state

@@ -622,3 +622,47 @@ def test_greedy_step_takes_the_final_norm_into_the_lm_head_where_its_strips_fit(
     assert calls == ["triton_residual_norm_linear_argmax"]  # only with the fusion on
     assert rel_err(results[True].double().cpu(), ref) <= 5e-2
     assert rel_err(results[True].double().cpu(), results[False].double().cpu()) <= 2e-2
+
+
+@pytest.mark.usefixtures("needs_kernels")
+def test_seq2seq_greedy_step_adds_and_normalises_inside_the_next_linear_kernels(monkeypatch):
+    """RFASeq2Seq.step at one row: the add and norm before each decoder block's self-attention q/k/v GEMM (with
+    the feature projections), before its FFN1 and before the LM head (strips 64 x 128, read whole) run inside
+    those kernels; logits match the float64 step and the separate kernels, the next token is their argmax, and
+    they are bit-identical with and without dependent launches."""
+    from rfa_export.format.config import RFASeq2SeqConfig
+    from rfa_export.model.seq2seq import RFASeq2Seq
+
+    torch.manual_seed(0)
+    model = RFASeq2Seq(RFASeq2SeqConfig(d_model=128, n_heads=2, n_encoder_layers=1, n_decoder_layers=2, d_ffn=256,
+                                        num_features=64)).eval()
+    src, token, pos = torch.randint(0, 256, (1, 7)), torch.tensor([5]), torch.tensor([3])
+    states = [torch.rand(1, *model.config.state_shape, generator=torch.Generator().manual_seed(i)) * 0.1 + 0.01
+              for i in range(2)]
+    calls = []
+    for name in ("triton_residual_norm_linear_projected", "triton_residual_norm_linear",
+                 "triton_residual_norm_linear_argmax"):
+        _counting(monkeypatch, name, calls)
+    with torch.no_grad():
+        ref_model = model.double()
+        ref, _ = ref_model.step(token, [s.double() for s in states], ref_model.encode(src)[1], pos)
+        model = model.to("cuda", torch.bfloat16)
+        cross = model.encode(src.cuda())[1]
+
+        def step():
+            next_token = torch.full((1,), -1, device="cuda", dtype=torch.int64)
+            logits, _ = model.step(token.cuda(), [s.cuda() for s in states], cross, pos.cuda(), inplace_state=True,
+                                   next_token=next_token)
+            assert torch.equal(next_token, logits.argmax(-1))
+            return logits
+
+        fused = step()
+        assert calls == (["triton_residual_norm_linear_projected", "triton_residual_norm_linear"] * 2
+                         + ["triton_residual_norm_linear_argmax"])
+        monkeypatch.setattr(triton_linear, "USE_PDL", False)
+        assert torch.equal(step(), fused)
+        monkeypatch.setattr(triton_linear, "USE_PDL", True)
+        monkeypatch.setattr(triton_norm_linear, "FUSE_NORM_AT_ONE_ROW", False)
+        separate = step()
+    assert rel_err(fused.double().cpu(), ref) <= 5e-2
+    assert rel_err(fused.double().cpu(), separate.double().cpu()) <= 2e-2
