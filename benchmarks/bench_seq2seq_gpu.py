@@ -4,7 +4,8 @@
 
 Both models: d_model 512, 8 heads (head dim 64), 6 encoder + 6 decoder layers, FFN 2048, shared vocabulary
 32000, sinusoidal positions, bf16 weights and activations, the same linear layers, residual adds and layer norms
-(rfa_export/model/linear_layers.py, residual_norm.py). RFA: gated causal self-attention with an fp32 state
+(rfa_export/model/linear_layers.py, residual_norm.py): q, k and v through one GEMM in both, and at one row each
+residual add and norm inside the kernel of the linear layer after it (q/k/v, FFN1, the LM head). RFA: gated causal self-attention with an fp32 state
 (the fused CUDA decode step) and cross attention reading one state per source and layer, F = 128 random
 features. Softmax: a static bf16 KV cache for self-attention filled to the target position, and the encoder's
 cached keys and values for cross attention (SDPA); like RFA's cross states they are one per source, read by
@@ -26,9 +27,8 @@ from torch.nn import functional as F
 
 from rfa_export.baselines import SoftmaxSeq2Seq
 from rfa_export.format.config import RFASeq2SeqConfig
-from rfa_export.model.linear_layers import feed_forward, linear_argmax
 from rfa_export.model.lm import sinusoidal_positions
-from rfa_export.model.residual_norm import residual_norm
+from rfa_export.model.residual_norm import residual_feed_forward, residual_linear, residual_linear_argmax, residual_norm
 from rfa_export.model.seq2seq import RFASeq2Seq
 from rfa_export.ops.causal_gated_scan.state_storage import narrow_state
 
@@ -92,23 +92,27 @@ class SoftmaxStep(torch.nn.Module):
         self.cross = [(torch.randn(batch, h, source, dh, **bf), torch.randn(batch, h, source, dh, **bf))
                       for _ in model.decoder]
         self.position = torch.full((rows, 1), position, device="cuda")  # computed per step, as RFA's decoder does
+        # q, k and v through one GEMM, as RFA's decoder projects them (and so the same norm fusion at one row)
+        self.qkv = [(torch.cat([p.weight for p in projs]), torch.cat([p.bias for p in projs]))
+                    for projs in ((b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj) for b in model.decoder)]
 
     def forward(self, token):
         d = CONFIG.d_model
         x = self.m.tgt_embed(token[:, None]) * math.sqrt(d)
         x = x + sinusoidal_positions(self.position, d).to(x.dtype)
-        norms = [block.ln_self for block in self.m.decoder] + [self.m.ln_f]
-        _, h = residual_norm(x, None, norms[0])
+        f = None
         for i, block in enumerate(self.m.decoder):
             att = block.self_attn
-            q, k, v = (att.split(p, h) for p in (att.q_proj, att.k_proj, att.v_proj))
+            x, qkv = residual_linear(x, f, block.ln_self, *self.qkv[i])
+            q, k, v = qkv.unflatten(-1, (3, att.h, att.dh)).permute(2, 0, 3, 1, 4)
             self.k[i][:, :, self.L:self.L + 1].copy_(k)
             self.v[i][:, :, self.L:self.L + 1].copy_(v)
             y = att.merge(F.scaled_dot_product_attention(q, self.k[i], self.v[i]), partial_sums=True)
             x, h = residual_norm(x, y, block.ln_cross)
-            x, h = residual_norm(x, block.cross_attn.read(h, self.cross[i], partial_sums=True), block.ln_ffn)
-            x, h = residual_norm(x, feed_forward(block.ffn, h, partial_sums=True), norms[i + 1])
-        return linear_argmax(h[:, 0], self.m.lm_head.weight, self.m.lm_head.bias, token)
+            x, f = residual_feed_forward(x, block.cross_attn.read(h, self.cross[i], partial_sums=True), block.ln_ffn,
+                                         block.ffn)
+        _, logits = residual_linear_argmax(x, f, self.m.ln_f, self.m.lm_head.weight, self.m.lm_head.bias, token)
+        return logits[:, 0]
 
 
 @torch.no_grad()
