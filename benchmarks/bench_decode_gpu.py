@@ -52,8 +52,8 @@ def capture_graph(step, warmup=3):
     return graph
 
 
-def time_graph(step, warmup=3, reps=50):
-    graph = capture_graph(step, warmup)
+def replay_ms(graph, reps=50):
+    """ms of each of `reps` replays of a captured graph (CUDA events, a host sync after each), sorted."""
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -62,7 +62,11 @@ def time_graph(step, warmup=3, reps=50):
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
-    times.sort()
+    return sorted(times)
+
+
+def time_graph(step, warmup=3, reps=50):
+    times = replay_ms(capture_graph(step, warmup), reps)
     return times[len(times) // 2]
 
 

@@ -391,6 +391,29 @@ def test_whole_strips_are_read_early_only_at_one_row_and_where_they_fit(monkeypa
     assert triton_linear.strip_columns(1, 32, 1024) == 0
 
 
+def _added_term(y_form, K, g, dev):
+    """(y, y_partials, y_bias) for a one-row residual add: "tensor" a row, "<S>_partials[_with_bias]" S fp32 partial
+    sums [S, 1, 1, K] (and their bias [K]), "none" nothing to add."""
+    y = y_partials = y_bias = None
+    if y_form == "tensor":
+        y = torch.randn(1, 1, K, generator=g).to(**dev)
+    elif y_form != "none":
+        y_partials = torch.randn(int(y_form[0]), 1, 1, K, generator=g).to(dev["device"])
+        if "bias" in y_form:
+            y_bias = torch.randn(K, generator=g).to(**dev)
+    return y, y_partials, y_bias
+
+
+def _added_reference(y, y_partials, y_bias):
+    """The added term in float64 on the CPU (None: nothing added)."""
+    if y is not None:
+        return y.double().cpu()
+    if y_partials is None:
+        return None
+    total = y_partials.double().cpu().sum(0)
+    return total if y_bias is None else total + y_bias.double().cpu()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("y_form", ["tensor", "2_partials", "4_partials_with_bias", "none"])
 @pytest.mark.parametrize("K, N, gelu, ln_bias", [(1024, 4096, True, True), (100, 33, False, False), (1024, 3088, False, True)])
@@ -401,13 +424,7 @@ def test_residual_norm_linear_matches_float64_reference(dtype, y_form, K, N, gel
     g = torch.Generator().manual_seed(K * 7 + N + len(y_form))
     dev = {"device": "cuda", "dtype": dtype}
     x = (torch.randn(1, 1, K, generator=g) * 3 + 20).to(**dev)  # a large mean: the variance must not cancel
-    y = y_partials = y_bias = None
-    if y_form == "tensor":
-        y = torch.randn(1, 1, K, generator=g).to(**dev)
-    elif y_form != "none":
-        y_partials = torch.randn(int(y_form[0]), 1, 1, K, generator=g).to("cuda")
-        if "bias" in y_form:
-            y_bias = torch.randn(K, generator=g).to(**dev)
+    y, y_partials, y_bias = _added_term(y_form, K, g, dev)
     ln_w = (torch.rand(K, generator=g) + 0.5).to(**dev)
     ln_b = torch.randn(K, generator=g).to(**dev) if ln_bias else None
     w = (torch.randn(N, K, generator=g) / K ** 0.5).to(**dev)
@@ -416,7 +433,7 @@ def test_residual_norm_linear_matches_float64_reference(dtype, y_form, K, N, gel
     s, out = triton_residual_norm_linear(x, y, y_partials, y_bias, ln_w, ln_b, 1e-5, w, b, gelu)
     assert s.shape == x.shape and out.shape == (1, 1, N) and out.dtype == dtype
     d = lambda t: None if t is None else t.double().cpu()  # noqa: E731
-    y_ref = d(y) if y_partials is None else d(y_partials).sum(0) + (0 if y_bias is None else d(y_bias))
+    y_ref = _added_reference(y, y_partials, y_bias)
     s_ref = d(x) if y_ref is None else d(x) + y_ref
     assert rel_err(s.double().cpu(), s_ref) <= TOL[dtype]
     if y is not None:  # one rounding of the exact sum of two values of the dtype
@@ -455,13 +472,7 @@ def test_residual_norm_linear_projected_matches_float64_reference(dtype, y_form,
     dev = {"device": "cuda", "dtype": dtype}
     N = 3 * H * dh + extra
     x = (torch.randn(1, 1, K, generator=g) * 3 + 20).to(**dev)
-    y = y_partials = y_bias = None
-    if y_form == "tensor":
-        y = torch.randn(1, 1, K, generator=g).to(**dev)
-    elif y_form != "none":
-        y_partials = torch.randn(int(y_form[0]), 1, 1, K, generator=g).to("cuda")
-        if "bias" in y_form:
-            y_bias = torch.randn(K, generator=g).to(**dev)
+    y, y_partials, y_bias = _added_term(y_form, K, g, dev)
     ln_w, ln_b = (torch.rand(K, generator=g) + 0.5).to(**dev), torch.randn(K, generator=g).to(**dev)
     w = (torch.randn(N, K, generator=g) / K ** 0.5).to(**dev)
     b = torch.randn(N, generator=g).to(**dev)
@@ -479,7 +490,7 @@ def test_residual_norm_linear_projected_matches_float64_reference(dtype, y_form,
     if y_form == "none":
         assert s.data_ptr() == x.data_ptr()
     d = lambda t: None if t is None else t.double().cpu()  # noqa: E731
-    y_ref = d(y) if y_partials is None else d(y_partials).sum(0) + (0 if y_bias is None else d(y_bias))
+    y_ref = _added_reference(y, y_partials, y_bias)
     assert rel_err(s.double().cpu(), d(x) if y_ref is None else d(x) + y_ref) <= TOL[dtype]
     h_ref = torch.nn.functional.layer_norm(s.double().cpu(), (K,), d(ln_w), d(ln_b), 1e-5)
     assert rel_err(out.double().cpu(), naive_decode_linear(h_ref, d(w), d(b))) <= TOL[dtype]
@@ -581,16 +592,14 @@ def test_residual_norm_linear_argmax_matches_float64_reference(dtype, K, N, y_fo
     g = torch.Generator().manual_seed(K + N + len(y_form))
     dev = {"device": "cuda", "dtype": dtype}
     x = torch.randn(1, 1, K, generator=g).to(**dev)
-    y = torch.randn(1, 1, K, generator=g).to(**dev) if y_form == "tensor" else None
-    y_partials = torch.randn(2, 1, 1, K, generator=g).to("cuda") if y is None else None
-    y_bias = torch.randn(K, generator=g).to(**dev) if y is None else None
+    y, y_partials, y_bias = _added_term(y_form, K, g, dev)
     ln_w, ln_b = (torch.rand(K, generator=g) + 0.5).to(**dev), torch.randn(K, generator=g).to(**dev)
     w = (torch.randn(N, K, generator=g) / K ** 0.5).to(**dev)
     index = torch.full((1, 1), -1, device="cuda", dtype=torch.int64)
     assert residual_norm_linear_supports(x, y, y_partials, y_bias, ln_w, ln_b, w, None)
     s, out = triton_residual_norm_linear_argmax(x, y, y_partials, y_bias, ln_w, ln_b, 1e-5, w, None, index)
     d = lambda t: None if t is None else t.double().cpu()  # noqa: E731
-    y_ref = d(y) if y is not None else d(y_partials).sum(0) + d(y_bias)
+    y_ref = _added_reference(y, y_partials, y_bias)
     assert rel_err(s.double().cpu(), d(x) + y_ref) <= TOL[dtype]
     h_ref = torch.nn.functional.layer_norm(s.double().cpu(), (K,), d(ln_w), d(ln_b), 1e-5)
     assert rel_err(out.double().cpu(), naive_decode_linear(h_ref, d(w), None)) <= TOL[dtype]
