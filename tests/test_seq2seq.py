@@ -1,6 +1,7 @@
 """The encoder-decoder: step decoding against the parallel forward, the two-graph export on every lowering against
 PyTorch, beam search (state reordering checked against recomputing every hypothesis), ragged batches, the
-decoder graph never touching the source, the bundled model's translations, and bad input."""
+decoder graph never touching the source, the bundled model's translations, bad input, and the softmax baseline
+against a plain reference."""
 
 import shutil
 from pathlib import Path
@@ -338,3 +339,70 @@ def test_bad_input_is_one_line(exports, bundled, tmp_path, capsys):
     torch.save(payload, tmp_path / "huge.pt")
     with pytest.raises(CheckpointError, match=r"n_decoder_layers must be an integer in \[1, 1024\]"):
         load_seq2seq_checkpoint(tmp_path / "huge.pt")
+
+
+def _softmax_seq2seq_reference(model, src, tgt, src_mask):
+    """The softmax baseline written out in plain float64 ops from its parameters: pre-LN blocks, scaled dot-product
+    attention (padding keys masked, the decoder's self-attention causal), GELU FFN, tied LM head."""
+    from torch.nn import functional as F
+    from rfa_export.ops.positions import sinusoidal_positions
+
+    d, H = model.config.d_model, model.config.n_heads
+
+    def norm(ln, x):
+        return F.layer_norm(x, (d,), ln.weight, ln.bias, ln.eps)
+
+    def attend(att, xq, xkv, allowed):  # allowed [B or 1, Tq, Tk]
+        def heads(p, x):
+            return (x @ p.weight.T + p.bias).unflatten(-1, (H, d // H)).transpose(1, 2)
+
+        q, k, v = heads(att.q_proj, xq), heads(att.k_proj, xkv), heads(att.v_proj, xkv)
+        scores = (q @ k.transpose(-1, -2)) / (d // H) ** 0.5
+        weights = torch.softmax(scores.masked_fill(~allowed[:, None], float("-inf")), -1)
+        return (weights @ v).transpose(1, 2).flatten(-2) @ att.o_proj.weight.T + att.o_proj.bias
+
+    def ffn(seq, x):
+        return F.linear(F.gelu(F.linear(x, seq[0].weight, seq[0].bias)), seq[2].weight, seq[2].bias)
+
+    def embed(table, ids):
+        positions = torch.arange(ids.shape[1]).expand(*ids.shape)
+        return table(ids) * d ** 0.5 + sinusoidal_positions(positions, d).to(torch.float64)
+
+    keys = (src_mask != 0)[:, None, :]
+    x = embed(model.src_embed, src)
+    for block in model.encoder:
+        h = norm(block.ln_attn, x)
+        x = x + attend(block.attn, h, h, keys.expand(-1, src.shape[1], -1))
+        x = x + ffn(block.ffn, norm(block.ln_ffn, x))
+    memory = norm(model.ln_encoder, x)
+    T = tgt.shape[1]
+    y = embed(model.tgt_embed, tgt)
+    for block in model.decoder:
+        h = norm(block.ln_self, y)
+        y = y + attend(block.self_attn, h, h, torch.ones(T, T, dtype=torch.bool).tril()[None])
+        y = y + attend(block.cross_attn, norm(block.ln_cross, y), memory, keys.expand(-1, T, -1))
+        y = y + ffn(block.ffn, norm(block.ln_ffn, y))
+    return norm(model.ln_f, y) @ model.lm_head.weight.T
+
+
+def test_softmax_baseline_matches_its_plain_reference_and_decodes_incrementally():
+    """The softmax encoder-decoder (the decoding benchmark's baseline) in float64: teacher forcing against the
+    same model written out in plain ops, and decoding position by position from its KV cache against teacher
+    forcing."""
+    from rfa_export.baselines import SoftmaxSeq2Seq
+
+    torch.manual_seed(3)
+    model = SoftmaxSeq2Seq(RFASeq2SeqConfig(**{**SMALL, "positional": "sinusoidal"})).eval().double()
+    src, tgt = torch.randint(3, 200, (2, 7)), torch.randint(3, 200, (2, 5))
+    src_mask = torch.ones(2, 7)
+    src_mask[1, 4:] = 0
+    with torch.no_grad():
+        logits = model(src, tgt, src_mask)
+        ref = _softmax_seq2seq_reference(model, src, tgt, src_mask)
+        assert rel_err(logits, ref) <= 1e-12
+        _, cross = model.encode(src, src_mask)
+        cache, steps = None, []
+        for t in range(tgt.shape[1]):
+            out, cache = model.decode(tgt[:, t : t + 1], cross, cache, src_mask)
+            steps.append(out)
+    assert rel_err(torch.cat(steps, 1), logits) <= 1e-12
