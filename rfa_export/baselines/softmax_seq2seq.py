@@ -66,10 +66,11 @@ class _EncoderBlock(nn.Module):
         self.ln_ffn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = _ffn(config)
 
-    def forward_normed(self, x, h, mask, next_norm):
-        y = self.attn.read(h, self.attn.memory_kv(h), mask, partial_sums=True)
-        x, f = residual_feed_forward(x, y, self.ln_ffn, self.ffn)
-        return residual_norm(x, f, next_norm)
+    def forward_residual(self, x, y, mask):
+        """As RFAEncoderBlock.forward_residual: -> (the stream before this block's FFN output f is added, f)."""
+        x, h = residual_norm(x, y, self.ln_attn)
+        return residual_feed_forward(x, self.attn.read(h, self.attn.memory_kv(h), mask, partial_sums=True),
+                                     self.ln_ffn, self.ffn)
 
 
 class _DecoderBlock(nn.Module):
@@ -82,8 +83,10 @@ class _DecoderBlock(nn.Module):
         self.ln_ffn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = _ffn(config)
 
-    def forward_normed(self, x, h, cache: Optional[KV], cross: KV, src_mask, next_norm):
-        """h = ln_self(x); cache: this layer's self-attention keys/values so far -> (x, h, longer cache)."""
+    def forward_residual(self, x, y, cache: Optional[KV], cross: KV, src_mask):
+        """The block on x + y (y the previous block's FFN output or None); cache: this layer's self-attention keys
+        and values so far -> (the stream before this block's FFN output f is added, f, the longer cache)."""
+        x, h = residual_norm(x, y, self.ln_self)
         k, v = self.self_attn.memory_kv(h)
         if cache is not None:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
@@ -97,8 +100,7 @@ class _DecoderBlock(nn.Module):
         x, h = residual_norm(x, y, self.ln_cross)
         y = self.cross_attn.read(h, cross, src_mask, partial_sums=True)
         x, f = residual_feed_forward(x, y, self.ln_ffn, self.ffn)
-        x, h = residual_norm(x, f, next_norm)
-        return x, h, (k, v)
+        return x, f, (k, v)
 
 
 class SoftmaxSeq2Seq(nn.Module):
@@ -136,10 +138,10 @@ class SoftmaxSeq2Seq(nn.Module):
     def encode(self, src_ids, src_mask=None) -> Tuple[torch.Tensor, List[KV]]:
         """-> (encoder output, per decoder layer the cross-attention keys and values [B, H, S, dh])."""
         x = self._embed(self.src_embed, src_ids)
-        norms = [block.ln_attn for block in self.encoder] + [self.ln_encoder]
-        _, h = residual_norm(x, None, norms[0])
-        for i, block in enumerate(self.encoder):
-            x, h = block.forward_normed(x, h, src_mask, norms[i + 1])
+        f = None
+        for block in self.encoder:
+            x, f = block.forward_residual(x, f, src_mask)
+        _, h = residual_norm(x, f, self.ln_encoder)
         return h, [block.cross_attn.memory_kv(h) for block in self.decoder]
 
     def decode(self, tgt_ids, cross: List[KV], cache: Optional[List[KV]] = None, src_mask=None, position_ids=None):
@@ -147,12 +149,11 @@ class SoftmaxSeq2Seq(nn.Module):
             start = 0 if cache is None else cache[0][0].shape[2]
             position_ids = torch.arange(start, start + tgt_ids.shape[1], device=tgt_ids.device).expand(*tgt_ids.shape)
         x = self._embed(self.tgt_embed, tgt_ids, position_ids)
-        norms = [block.ln_self for block in self.decoder] + [self.ln_f]
-        _, h = residual_norm(x, None, norms[0])
-        new_cache = []
+        f, new_cache = None, []
         for i, block in enumerate(self.decoder):
-            x, h, kv = block.forward_normed(x, h, None if cache is None else cache[i], cross[i], src_mask, norms[i + 1])
+            x, f, kv = block.forward_residual(x, f, None if cache is None else cache[i], cross[i], src_mask)
             new_cache.append(kv)
+        _, h = residual_norm(x, f, self.ln_f)
         return linear(h, self.lm_head.weight, self.lm_head.bias), new_cache
 
     def forward(self, src_ids, tgt_ids, src_mask=None, tgt_mask=None):

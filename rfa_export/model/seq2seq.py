@@ -39,10 +39,11 @@ class RFAEncoderBlock(nn.Module):
         self.ln_ffn = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = _ffn(config)
 
-    def forward_normed(self, x, h, mask, next_norm):
-        """x: the residual stream, h = ln_attn(x) -> (output, next_norm of it)."""
-        x, f = residual_feed_forward(x, self.attn(h, None, mask, partial_sums=True), self.ln_ffn, self.ffn)
-        return residual_norm(x, f, next_norm)
+    def forward_residual(self, x, y, mask):
+        """As RFABlock.forward_residual: the block on x + y (y the previous block's FFN output or None) -> (the
+        stream before this block's FFN output f is added, f)."""
+        x, h = residual_norm(x, y, self.ln_attn)
+        return residual_feed_forward(x, self.attn(h, None, mask, partial_sums=True), self.ln_ffn, self.ffn)
 
 
 class RFADecoderBlock(nn.Module):
@@ -161,10 +162,10 @@ class RFASeq2Seq(nn.Module):
         """src_ids [B, S], src_mask [B, S] (nonzero = real token; padding is ignored exactly) ->
         (encoder output [B, S, d_model], the decoder's cross states: per layer [B, H, F, dh + 1] fp32)."""
         x = self._embed(self.src_embed, src_ids, None)
-        norms = [block.ln_attn for block in self.encoder] + [self.ln_encoder]
-        _, h = residual_norm(x, None, norms[0])
-        for i, block in enumerate(self.encoder):
-            x, h = block.forward_normed(x, h, src_mask, norms[i + 1])
+        f = None
+        for block in self.encoder:
+            x, f = block.forward_residual(x, f, src_mask)
+        _, h = residual_norm(x, f, self.ln_encoder)
         return h, [block.cross_attn.memory_state(h, src_mask) for block in self.decoder]
 
     def decode(self, tgt_ids: torch.Tensor, cross_states: State, state: Optional[State] = None,
