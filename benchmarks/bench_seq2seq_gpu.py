@@ -20,6 +20,7 @@ every case. Writes seq2seq.json and seq2seq.png to --out.
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -32,34 +33,12 @@ from rfa_export.model.residual_norm import residual_feed_forward, residual_linea
 from rfa_export.model.seq2seq import RFASeq2Seq
 from rfa_export.ops.causal_gated_scan.state_storage import narrow_state
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decode_gpu import time_graph  # noqa: E402  (same capture, warm-up and median of 50 replays)
+
 CONFIG = RFASeq2SeqConfig(src_vocab_size=32000, tgt_vocab_size=32000, d_model=512, n_heads=8, n_encoder_layers=6,
                           n_decoder_layers=6, d_ffn=2048, num_features=64, gated=True, positional="sinusoidal",
                           bos_token_id=1, eos_token_id=2, max_source_length=4096)
-
-
-def time_graph(step, warmup=3, reps=50):
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    for _ in range(warmup):
-        graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
 
 
 @torch.no_grad()
