@@ -43,13 +43,6 @@ constexpr bool kBulkSlabCopies = true;
 constexpr bool kBulkSlabCopies = false;
 #endif
 
-__device__ __forceinline__ unsigned multiprocessorCount()
-{
-    unsigned n;
-    asm("mov.u32 %0, %%nsmid;" : "=r"(n));
-    return n;
-}
-
 // The op's step (kBulkSlabCopies): the blocks resident from the start (kResident per multiprocessor, `sms`
 // of them) would ask for their slabs at once and finish together, so the k-th row of them waits k us. Only in
 // grids of four such waves or more (measured at B256, 6.2 waves), where those few us are a small share.
@@ -130,6 +123,11 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     if (threadIdx.x == 0)
     {
         red[2] = 0.f; // before the first barrier
+    }
+    bool const nextAtStart = kMapFeatures && allowsNextKernelAtStart(p.allowNextEarly);
+    if (nextAtStart)
+    {
+        allowNextKernel();
     }
 
     // The [F, Dv + 1] state of one (b, h) is F * (Dv + 1) contiguous floats, a multiple of 4 (F % 16 == 0):
@@ -360,8 +358,11 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     }
     if constexpr (kMapFeatures)
     {
-        // Not earlier: the next kernel's blocks would take room from this one's last blocks.
-        allowNextKernel();
+        // Not earlier in a longer grid: the next kernel's blocks would take room from this one's last blocks.
+        if (!nextAtStart)
+        {
+            allowNextKernel();
+        }
     }
     if (t < passThreads)
     {

@@ -52,6 +52,11 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     int8_t const* const sIn
         = p.stateIn ? static_cast<int8_t const*>(p.stateIn) + (size_t) bh * F * rowBytes : nullptr;
     int8_t* const sOut = static_cast<int8_t*>(p.stateOut) + (size_t) bh * F * rowBytes;
+    bool const nextAtStart = kMapFeatures && allowsNextKernelAtStart(p.allowNextEarly);
+    if (nextAtStart)
+    {
+        allowNextKernel();
+    }
     if constexpr (kMapFeatures)
     {
         if (!p.proj)
@@ -192,7 +197,11 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     }
     if constexpr (kMapFeatures)
     {
-        allowNextKernel(); // not earlier: the next kernel's blocks would take room from this one's last blocks
+        // not earlier in a longer grid: the next kernel's blocks would take room from this one's last blocks
+        if (!nextAtStart)
+        {
+            allowNextKernel();
+        }
     }
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i)

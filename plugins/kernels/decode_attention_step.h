@@ -25,6 +25,9 @@ extern "C" {
 // proj_parts equal ranges of dh, sum_j W~[h, d, j] sigma[h, j] x_j for d < D and sum_j x_j^2 at D. With it the
 // kernel reads neither q, k, sigma nor w_tilde: p_d = (sum over the parts) / max(|x|, 1e-6), |x|^2 the sum
 // of the parts' squares, then the feature map as random_features.h (same results up to fp32 rounding).
+// allow_next_early != 0 (with overlap_state_load): where the grid has at most one block per multiprocessor
+// (B * H of them), the kernel lets the next kernel on the stream launch at its start instead of after its
+// state update, so that kernel's reads before its own wait overlap this whole step.
 typedef struct
 {
     int B, H, dh, D;
@@ -45,6 +48,7 @@ typedef struct
     const float* proj;
     int proj_parts;
     rfa_dtype_t state_dtype; // RFA_FLOAT32 (a zeroed struct), RFA_BFLOAT16 or RFA_INT8 (docs/op_contract.md)
+    int allow_next_early;
 } rfa_decode_args_t;
 
 // 0 when supported: B, H >= 1; dh and D in [1, 128] with F and dh multiples of 16 in [16, 256] (the step

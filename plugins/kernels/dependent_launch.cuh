@@ -27,6 +27,20 @@ __device__ __forceinline__ void allowNextKernel()
 #endif
 }
 
+__device__ __forceinline__ unsigned multiprocessorCount()
+{
+    unsigned n;
+    asm("mov.u32 %0, %%nsmid;" : "=r"(n));
+    return n;
+}
+
+// A kernel whose next one may launch before it has done its work: only where every block of this grid is
+// resident from the start (at most one per multiprocessor), so the next kernel's blocks take no room from it.
+__device__ __forceinline__ bool allowsNextKernelAtStart(bool requested)
+{
+    return requested && gridDim.x * gridDim.y * gridDim.z <= multiprocessorCount();
+}
+
 // Host side: whether the current device honours programmatic dependent launch.
 inline bool dependentLaunchSupported()
 {

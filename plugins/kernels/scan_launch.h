@@ -36,6 +36,9 @@ struct StepParams
     // Decode prologue only: launched as a programmatic dependent launch, the state loads start before the
     // kernel before this one has finished (which therefore must not write the state)
     bool overlapStateLoad;
+    // Decode prologue only, with overlapStateLoad: a grid of at most one block per multiprocessor lets the
+    // next kernel launch at its start (rfa_decode_args_t::allow_next_early)
+    bool allowNextEarly;
     // Decode prologue only, may be null: q and k already projected (rfa_decode_args_t::proj); then q, k,
     // sigma and wTilde are not read
     float const* proj;

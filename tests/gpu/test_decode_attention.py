@@ -349,3 +349,49 @@ def test_overlapped_state_load_waits_for_the_projection():
     for _ in range(5):
         out, state = step(True)
         assert torch.equal(out, serial_out) and torch.equal(state, serial_state)
+
+
+@pytest.mark.parametrize("B", [1, 64], ids=["one_wave", "several_waves"])
+def test_step_letting_the_next_kernel_start_early_is_still_waited_for(B, monkeypatch):
+    """NEXT_KERNEL_AT_START: a step of at most one block per multiprocessor (B * H) lets the next kernel launch
+    at its start. That kernel, the output projection, reads the step's output only after its wait, so the chain
+    projection -> step -> projection (every one launched early) equals the serial one exactly; at B64 the step
+    keeps its late trigger, and the same holds."""
+    import rfa_export.ops.decode_attention.cuda as decode_attention_cuda
+    import rfa_export.ops.decode_linear.triton_linear as triton_linear
+    from rfa_export.ops.decode_linear import triton_decode_linear
+
+    if triton_linear.triton is None:
+        pytest.skip("triton not installed")
+    g = torch.Generator().manual_seed(8)
+    H, dh, D = 16, 64, 64
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to("cuda", torch.bfloat16)
+    w = torch.randn(H, D, dh, generator=g).to("cuda", torch.bfloat16)
+    weight = (torch.randn(3 * H * dh + H, 1024, generator=g) / 32).to("cuda", torch.bfloat16)
+    w_out = (torch.randn(1024, H * dh, generator=g) / 32).to("cuda", torch.bfloat16)
+    state0 = prefix_state(B, H, dh, "gaussian", sigma, w, g).cuda()
+    inputs = [torch.randn(B, 1024, generator=g).to("cuda", torch.bfloat16) for _ in range(3)]
+
+    def chain(x, early):
+        monkeypatch.setattr(triton_linear, "USE_PDL", early)
+        monkeypatch.setattr(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", early)
+        monkeypatch.setattr(decode_attention_cuda, "NEXT_KERNEL_AT_START", early)
+        state = state0.clone()
+        poison = torch.full((4, B, 3 * H * dh + H), float("nan"), device="cuda", dtype=torch.bfloat16)
+        del poison  # the kernels' outputs are likely to land on NaN: a read before a write shows
+        torch.cuda.synchronize()
+        proj = triton_decode_linear(x, weight, None)
+        d = H * dh
+        q, k, v = (proj[:, i * d : (i + 1) * d].unflatten(-1, (H, dh)) for i in range(3))
+        out = cuda_decode_attention_step_(q, k, v, proj[:, 3 * d :], sigma, w, "gaussian", state, 1e-6,
+                                          overlap_state_load=early)
+        y = triton_decode_linear(out.flatten(1), w_out, None)
+        torch.cuda.synchronize()
+        return y, state
+
+    for x in inputs:
+        serial_y, serial_state = chain(x, False)
+        assert torch.isfinite(serial_y).all()
+        for _ in range(3):
+            y, state = chain(x, True)
+            assert torch.equal(y, serial_y) and torch.equal(state, serial_state)

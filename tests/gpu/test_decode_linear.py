@@ -4,6 +4,7 @@ in a chain of kernels, and the models' use of it."""
 import pytest
 import torch
 
+import rfa_export.ops.decode_attention.cuda as decode_attention_cuda
 import rfa_export.ops.decode_linear.op as linear_layers
 import rfa_export.ops.decode_linear.triton_linear as triton_linear
 import rfa_export.ops.decode_linear.triton_norm_linear as triton_norm_linear
@@ -263,6 +264,49 @@ def test_dependent_launch_chain_equals_serial_chain(rows, early_read, monkeypatc
         graph.replay()
         torch.cuda.synchronize()
         assert all(torch.equal(a, b) for a, b in zip(captured, serial))
+
+
+@pytest.mark.parametrize("before_wait", [False, True], ids=["trigger_after_wait", "trigger_before_wait"])
+def test_one_row_chain_with_triggers_before_the_wait_equals_serial_chain(before_wait, monkeypatch):
+    """Strip programs that let the next kernel launch before their own wait (STRIP_TRIGGERS_BEFORE_WAIT) put
+    several layers' kernels in flight at once, each waiting for the one before: a chain of one-row linear
+    layers, each reading the last one's output, is bit-identical to the serial chain, eagerly and replayed
+    from a CUDA graph, with a new input each round (stale buffers would show), and close to float64."""
+    g = torch.Generator().manual_seed(5)
+    D = 1024
+    layers = [((torch.randn(D, D, generator=g) / 32).to("cuda", torch.bfloat16),
+               torch.randn(D, generator=g).to("cuda", torch.bfloat16)) for _ in range(16)]
+    inputs = [torch.randn(1, D, generator=g).to("cuda", torch.bfloat16) for _ in range(3)]
+
+    def chain(h):
+        for w, b in layers:
+            h = triton_decode_linear(h, w, b)
+        return h
+
+    monkeypatch.setattr(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", before_wait)
+    monkeypatch.setattr(triton_linear, "USE_PDL", False)
+    serial = [chain(x) for x in inputs]
+    monkeypatch.setattr(triton_linear, "USE_PDL", True)
+    for x, want in zip(inputs, serial):
+        assert torch.equal(chain(x), want)
+    static_x = inputs[0].clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        chain(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = chain(static_x)
+    for x, want in zip(inputs[::-1], serial[::-1]):
+        static_x.copy_(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, want)
+    ref = inputs[0].double()
+    for w, b in layers:  # rounded to bf16 after each layer, as the kernel's output is
+        ref = (ref @ w.double().T + b.double()).to(torch.bfloat16).double()
+    assert rel_err(serial[0].double(), ref) <= 2e-2
 
 
 @pytest.mark.parametrize("model_class", [RFALanguageModel, SoftmaxLanguageModel])
@@ -547,10 +591,14 @@ def test_one_row_forward_adds_and_normalises_inside_the_next_linear_kernel(model
 
 @pytest.mark.usefixtures("needs_kernels")
 @pytest.mark.parametrize("d_model", [128, 1024], ids=["output_projection_whole", "output_projection_split"])
-def test_one_row_decode_step_adds_and_normalises_inside_the_projecting_kernel(d_model, monkeypatch):
+@pytest.mark.parametrize("early_triggers", [False, True], ids=["triggers_after_waits", "triggers_early"])
+def test_one_row_decode_step_adds_and_normalises_inside_the_projecting_kernel(d_model, early_triggers, monkeypatch):
     """The RFA model's decode step at one row: the add and norm before each block's q/k/v GEMM run in that GEMM's
     kernel, with the feature projections in its epilogue; logits and updated states match the float64 step,
-    and the separate kernels; bit-identical with and without dependent launches."""
+    and the separate kernels; bit-identical with and without dependent launches, also where each strip
+    program and the attention step let the next kernel launch early (their settings early_triggers)."""
+    monkeypatch.setattr(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", early_triggers)
+    monkeypatch.setattr(decode_attention_cuda, "NEXT_KERNEL_AT_START", early_triggers)
     model, cfg, ids = small_language_model(RFALanguageModel, n_layers=2, d_ffn=2048, d_model=d_model)
     token, pos = ids[:1, 0], torch.tensor([3])
     states = [torch.rand(1, *cfg.state_shape, generator=torch.Generator().manual_seed(i)) * 0.1 + 0.01

@@ -19,7 +19,12 @@ class _DecodeArgs(ctypes.Structure):
         ("sigma", ctypes.c_void_p), ("w_tilde", ctypes.c_void_p), ("keep", ctypes.c_void_p),
         ("state", ctypes.c_void_p), ("out", ctypes.c_void_p), ("overlap_state_load", ctypes.c_int),
         ("proj", ctypes.c_void_p), ("proj_parts", ctypes.c_int), ("state_dtype", ctypes.c_int),
+        ("allow_next_early", ctypes.c_int),
     ]
+
+# with overlap_state_load, a step of at most one block per multiprocessor (B * H) lets the next kernel launch at
+# its start, so that kernel's reads before its wait overlap the whole step (benchmarks/bench_decode_variants_gpu.py)
+NEXT_KERNEL_AT_START = False
 
 
 def _bind(lib) -> None:
@@ -46,7 +51,8 @@ def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr,
     return _DecodeArgs(B, H, dh, D, FEATURE_KIND_CODES[kind], DTYPE_CODES[q.dtype], float(eps), q.stride(0) if B > 1 else H * dh,
                        data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(gate_logits), data_ptr(sigma), data_ptr(w_tilde),
                        data_ptr(keep), data_ptr(state), out_ptr, int(overlap), data_ptr(proj),
-                       0 if proj is None else proj.shape[3], STATE_DTYPE_CODES[state.dtype])
+                       0 if proj is None else proj.shape[3], STATE_DTYPE_CODES[state.dtype],
+                       int(overlap and NEXT_KERNEL_AT_START))
 
 
 def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind, state, keep=None) -> bool:
@@ -97,7 +103,7 @@ def cuda_decode_attention_step_(
 
     overlap_state_load: start reading `state` and `w_tilde` while the kernel launched just before on this
     stream is still running (Hopper and later); only when that kernel writes neither, as in a decoding
-    step right after the q/k/v projection.
+    step right after the q/k/v projection. With it, NEXT_KERNEL_AT_START also lets the next kernel launch early.
     proj: the projections of q and k made by the q/k/v GEMM (ops/decode_linear's
     triton_decode_linear_projected), fp32 [B, H, 2, P, D + 1]; the kernel then maps them instead of q and k."""
     lib = require_kernels(_bind)

@@ -37,6 +37,9 @@ PRELOAD_MAX_ROWS = 4  # up to this many rows the first two weight tiles are read
 # "tiles", its first two K tiles (as up to PRELOAD_MAX_ROWS rows); benchmarks/bench_decode_variants_gpu.py
 ONE_ROW_EARLY_READ = "strip"
 STRIP_MAX_ELEMENTS = 32 * 1024
+# a program holding its whole strip lets the next kernel launch before its own wait, not after it: that kernel
+# then reads its weights while this one waits (benchmarks/bench_decode_variants_gpu.py, "trigger")
+STRIP_TRIGGERS_BEFORE_WAIT = False
 PREFETCH_PROJECTION_WEIGHTS = True  # see triton_decode_linear_projected; tests compare with it off
 WIDE_K_TILE_MIN_ROWS = 32  # see _tiles
 _SHARED_MEMORY = {}
@@ -73,7 +76,7 @@ if triton is not None:
                               HAS_ADD: tl.constexpr, HAS_ADD_BIAS: tl.constexpr, HAS_LN_BIAS: tl.constexpr,
                               PRELOAD: tl.constexpr, PROJ: tl.constexpr, DH: tl.constexpr, FD: tl.constexpr,
                               PREFETCH: tl.constexpr, STRIP: tl.constexpr, KW: tl.constexpr,
-                              BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                              EARLY_TRIGGER: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
         # program (i, j): output columns [i BN, (i + 1) BN) over K [j K_SPLIT, (j + 1) K_SPLIT); PARTIAL:
         # its fp32 partial sum goes to y[j], without bias or GELU. PROJ: see triton_decode_linear_projected.
         # STRIP (one row): the program's whole [BN, K_SPLIT] weight strip (KW >= K_SPLIT columns wide) is
@@ -119,9 +122,12 @@ if triton is not None:
             w_first = _tile(w_ptr, rn, n_ok, K, k_begin, k_end, BK)
             w_second = _tile(w_ptr, rn, n_ok, K, k_begin + BK, k_end, BK)
         if PDL:
+            if EARLY_TRIGGER:
+                tl.extra.cuda.gdc_launch_dependents()
             tl.extra.cuda.gdc_wait()
-            # at once: triggered after the K loop instead, the model's decode step was slower
-            tl.extra.cuda.gdc_launch_dependents()
+            if not EARLY_TRIGGER:
+                # at once: triggered after the K loop instead, the model's decode step was slower
+                tl.extra.cuda.gdc_launch_dependents()
         if STRIP:
             rk = k_begin + tl.arange(0, KW)
             k_ok = rk < k_end
@@ -301,7 +307,8 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, arg
         NORM=norm is not None, ADD_PARTS=n.parts, HAS_ADD=n.add is not None, HAS_ADD_BIAS=n.add_bias is not None,
         HAS_LN_BIAS=n.ln_bias is not None, PRELOAD=preload,
         PROJ=projection is not None, PREFETCH=prefetch, DH=DH, FD=max(16, triton.next_power_of_2(D)),
-        STRIP=strip_width > 0, KW=max(strip_width, 16), BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK,
+        STRIP=strip_width > 0, KW=max(strip_width, 16), EARLY_TRIGGER=strip_width > 0 and STRIP_TRIGGERS_BEFORE_WAIT,
+        BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK,
         num_warps=strip_num_warps(BN, strip_width), num_stages=stages, launch_pdl=pdl)
 
 
