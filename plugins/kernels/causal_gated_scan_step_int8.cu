@@ -133,6 +133,7 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
         wv[i] = c < cols ? write * vs[c] : 0.f;
         acc[i] = 0.f;
     }
+    bool const present = sIn != nullptr; // no state in: it starts from zeros
     for (int f0 = warp * kRowsPerWarp; f0 < F; f0 += kInt8Warps * kRowsPerWarp)
     {
         int8_t code[kRowsPerWarp][kPerLane];
@@ -140,7 +141,6 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
 #pragma unroll
         for (int r = 0; r < kRowsPerWarp; ++r)
         {
-            bool const present = sIn != nullptr;
             int8_t const* const row = present ? slab + (f0 + r) * rowBytes : nullptr;
 #pragma unroll
             for (int i = 0; i < kPerLane; ++i)
