@@ -9,10 +9,10 @@ before the q/k/v projection) inside that layer's kernel (triton_norm_linear.FUSE
 own kernels.
 norm_in_qkv: the same for the RFA model's q/k/v projection alone (its FFN1 keeps the norm inside in both
 settings; the softmax model is unchanged, a control).
-trigger: when each one-row kernel lets the next one launch. Every decode linear program holding its whole weight
-strip after its wait (the default) or before it (triton_linear.STRIP_TRIGGERS_BEFORE_WAIT); the attention step of
-one block per multiprocessor after its state update (the default) or at its start
-(decode_attention.cuda.NEXT_KERNEL_AT_START); and both early.
+trigger: when each one-row kernel lets the next one launch: every decode linear program holding its whole weight
+strip before its wait (triton_linear.STRIP_TRIGGERS_BEFORE_WAIT) and the attention step of one block per
+multiprocessor at its start (decode_attention.cuda.NEXT_KERNEL_AT_START), both the default; either alone; or
+neither (the linear programs after their wait, the step after its state update).
 RFA with fp32 and bf16 states and softmax at 1k context, all CUDA-graph replays, the settings alternating within
 each round so every one sees the same GPU state; B64 (no variant applies above one row) runs in every round
 as a control of the noise. Prints per-setting medians over rounds and writes <variant>.json to --out.
@@ -50,12 +50,11 @@ VARIANTS = {
     "norm_in_qkv": {"inside": [],
                     "own_kernel": [(attention, "linear_projecting_features_after_residual_norm", _refused),
                                    (attention, "linear_after_residual_norm", _refused)]},
-    "trigger": {"after_wait": [(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", False),
+    "trigger": {"both_early": [],
+                "after_wait": [(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", False),
                                (decode_attention_cuda, "NEXT_KERNEL_AT_START", False)],
-                "linear_before_wait": [(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", True)],
-                "step_at_start": [(decode_attention_cuda, "NEXT_KERNEL_AT_START", True)],
-                "both_early": [(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", True),
-                               (decode_attention_cuda, "NEXT_KERNEL_AT_START", True)]},
+                "linear_before_wait": [(decode_attention_cuda, "NEXT_KERNEL_AT_START", False)],
+                "step_at_start": [(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", False)]},
 }
 
 

@@ -24,7 +24,7 @@ class _DecodeArgs(ctypes.Structure):
 
 # with overlap_state_load, a step of at most one block per multiprocessor (B * H) lets the next kernel launch at
 # its start, so that kernel's reads before its wait overlap the whole step (benchmarks/bench_decode_variants_gpu.py)
-NEXT_KERNEL_AT_START = False
+NEXT_KERNEL_AT_START = True
 
 
 def _bind(lib) -> None:

@@ -9,9 +9,10 @@ program's largest output per row, which one small kernel reduces to the rows' ar
 token without a separate reduction over the logits).
 On Hopper it is a programmatic dependent launch (plugins/kernels/dependent_launch.cuh says what that is):
 it may start while the kernel before it finishes, reading its bias and weights (at one row its whole strip of
-them, for up to 4 rows its first two K tiles) before waiting for that kernel; the q/k/v GEMM of a decode step
-asks for its weights into L2 there too. At one row a program may also form x itself first: a residual add and
-the LayerNorm after it (RowNorm; triton_norm_linear.py).
+them, for up to 4 rows its first two K tiles) before waiting for that kernel, and holding its whole strip it
+lets the next kernel launch before that wait; the q/k/v GEMM of a decode step asks for its weights into L2 there
+too. At one row a program may also form x itself first: a residual add and the LayerNorm after it (RowNorm;
+triton_norm_linear.py).
 """
 
 from typing import NamedTuple, Optional, Tuple
@@ -39,7 +40,7 @@ ONE_ROW_EARLY_READ = "strip"
 STRIP_MAX_ELEMENTS = 32 * 1024
 # a program holding its whole strip lets the next kernel launch before its own wait, not after it: that kernel
 # then reads its weights while this one waits (benchmarks/bench_decode_variants_gpu.py, "trigger")
-STRIP_TRIGGERS_BEFORE_WAIT = False
+STRIP_TRIGGERS_BEFORE_WAIT = True
 PREFETCH_PROJECTION_WEIGHTS = True  # see triton_decode_linear_projected; tests compare with it off
 WIDE_K_TILE_MIN_ROWS = 32  # see _tiles
 _SHARED_MEMORY = {}
