@@ -3,25 +3,43 @@
 # memcheck and racecheck, on small cases), the TensorRT plugin harness, and the pytest GPU tests.
 # Logs go to ${OUT:-gpu-logs}/. Exit status: non-zero if any part failed. RFA_GPU_PYTEST=0 leaves out the last
 # step (when scripts/gpu-install-test.sh runs the same tests against an installed package).
+# RFA_GPU_PARTS picks parts, in this order (default all; ~12 minutes on an H100, so a machine with a per-command
+# limit takes it in several calls): build kernel-tests sanitize-kernels sanitize-python plugin pytest. Without
+# build, the parts run what build/ already holds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
 status=0
+parts=" ${RFA_GPU_PARTS:-build kernel-tests sanitize-kernels sanitize-python plugin pytest} "
+for part in $parts; do
+  case $part in build | kernel-tests | sanitize-kernels | sanitize-python | plugin | pytest) ;;
+    *) echo "RFA_GPU_PARTS: unknown part '$part'" >&2; exit 2 ;;
+  esac
+done
+want() { [[ $parts == *" $1 "* ]]; }
 step() { echo "== $1"; }
-step build
-cmake -S . -B build -G Ninja ${TensorRT_ROOT:+-DTensorRT_ROOT=$TensorRT_ROOT} >"$out/cmake.log" 2>&1 &&
-  cmake --build build -j >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
-grep -E "TensorRT headers" "$out/cmake.log"
-step "kernel tests"
-./build/rfa_kernel_tests >"$out/kernel_tests.log" 2>&1 || status=1
-grep -E "^FAIL|failures" "$out/kernel_tests.log"
-if command -v compute-sanitizer >/dev/null; then
+if want build; then
+  step build
+  cmake -S . -B build -G Ninja ${TensorRT_ROOT:+-DTensorRT_ROOT=$TensorRT_ROOT} >"$out/cmake.log" 2>&1 &&
+    cmake --build build -j >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+  grep -E "TensorRT headers" "$out/cmake.log"
+fi
+if want kernel-tests; then
+  step "kernel tests"
+  ./build/rfa_kernel_tests >"$out/kernel_tests.log" 2>&1 || status=1
+  grep -E "^FAIL|failures" "$out/kernel_tests.log"
+fi
+if ! command -v compute-sanitizer >/dev/null; then
+  { want sanitize-kernels || want sanitize-python; } && echo "compute-sanitizer not installed: sanitizer runs skipped"
+elif want sanitize-kernels; then
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool"
     compute-sanitizer --tool $tool --error-exitcode 9 ./build/rfa_kernel_tests --quick >"$out/sanitizer_$tool.log" 2>&1 || status=1
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|failures" "$out/sanitizer_$tool.log"
   done
+fi
+if command -v compute-sanitizer >/dev/null && want sanitize-python; then
   # kernels driven from Python (the fused decode step, the residual add + layer norm, the decode linear
   # layers and the one with the residual norm before it, the cross-attention read, the one-kernel batch-1
   # model step, the reduced-state step kernels): a bf16 subset of their tests, and the programmatic
@@ -46,15 +64,13 @@ if command -v compute-sanitizer >/dev/null; then
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$log" | tail -3
     done
   done
-else
-  echo "compute-sanitizer not installed: sanitizer runs skipped"
 fi
-if [ -x build/rfa_trt_plugin_tests ]; then
+if want plugin && [ -x build/rfa_trt_plugin_tests ]; then
   step "TensorRT plugin harness"
   ./build/rfa_trt_plugin_tests build/librfa_trt_plugin.so >"$out/trt_plugin.log" 2>&1 || status=1
   grep -E "FAIL|failures" "$out/trt_plugin.log"
 fi
-if [ "${RFA_GPU_PYTEST:-1}" != 0 ]; then
+if want pytest && [ "${RFA_GPU_PYTEST:-1}" != 0 ]; then
   step "pytest -m gpu"
   PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider >"$out/pytest_gpu.log" 2>&1 || status=1
   tail -5 "$out/pytest_gpu.log"
