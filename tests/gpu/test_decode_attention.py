@@ -314,11 +314,26 @@ def test_model_decodes_through_the_fused_step(monkeypatch):
         assert torch.equal(s[1].cpu(), before[1])
 
 
+def _project_and_step(x, weight, sigma, w, state, overlap):
+    """The q/k/v projection (Triton; it writes q, k, v and the gate) and then the decode step on `state`, over
+    freed NaN buffers: the kernels' outputs are likely to land on NaN, so a read before a write shows."""
+    from rfa_export.ops.decode_linear import triton_decode_linear
+
+    H, _, dh = w.shape
+    poison = torch.full((4, *x.shape[:-1], weight.shape[0]), float("nan"), device="cuda", dtype=torch.bfloat16)
+    del poison
+    torch.cuda.synchronize()
+    proj = triton_decode_linear(x, weight, None)
+    d = H * dh
+    q, k, v = (proj[:, i * d : (i + 1) * d].unflatten(-1, (H, dh)) for i in range(3))
+    return cuda_decode_attention_step_(q, k, v, proj[:, 3 * d :], sigma, w, "gaussian", state, 1e-6,
+                                       overlap_state_load=overlap)
+
+
 def test_overlapped_state_load_waits_for_the_projection():
     """overlap_state_load lets the step start while the projection that makes q, k, v and the gate is still
     running (a programmatic dependent launch after the Triton projection, which lets its successor start
     early): it must read them only after that kernel, so the result equals the serial launch's exactly."""
-    from rfa_export.ops.decode_linear import triton_decode_linear
     from rfa_export.ops.decode_linear.triton_linear import triton
 
     if triton is None:
@@ -333,16 +348,7 @@ def test_overlapped_state_load_waits_for_the_projection():
 
     def step(overlap):
         state = state0.clone()
-        poison = torch.full((2, B, 3 * H * dh + H), float("nan"), device="cuda", dtype=torch.bfloat16)
-        del poison  # the projection's output is likely to land on NaN: a read before it is written shows
-        torch.cuda.synchronize()
-        # the kernel just before the step writes q, k, v and the gate
-        proj = triton_decode_linear(x, weight, None)
-        d = H * dh
-        q, k, v = (proj[:, i * d : (i + 1) * d].unflatten(-1, (H, dh)) for i in range(3))
-        out = cuda_decode_attention_step_(q, k, v, proj[:, 3 * d :], sigma, w, "gaussian", state, 1e-6,
-                                          overlap_state_load=overlap)
-        return out, state
+        return _project_and_step(x, weight, sigma, w, state, overlap), state
 
     serial_out, serial_state = step(False)
     assert torch.isfinite(serial_out).all()
@@ -377,14 +383,7 @@ def test_step_letting_the_next_kernel_start_early_is_still_waited_for(B, monkeyp
         monkeypatch.setattr(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", early)
         monkeypatch.setattr(decode_attention_cuda, "NEXT_KERNEL_AT_START", early)
         state = state0.clone()
-        poison = torch.full((4, B, 3 * H * dh + H), float("nan"), device="cuda", dtype=torch.bfloat16)
-        del poison  # the kernels' outputs are likely to land on NaN: a read before a write shows
-        torch.cuda.synchronize()
-        proj = triton_decode_linear(x, weight, None)
-        d = H * dh
-        q, k, v = (proj[:, i * d : (i + 1) * d].unflatten(-1, (H, dh)) for i in range(3))
-        out = cuda_decode_attention_step_(q, k, v, proj[:, 3 * d :], sigma, w, "gaussian", state, 1e-6,
-                                          overlap_state_load=early)
+        out = _project_and_step(x, weight, sigma, w, state, early)
         y = triton_decode_linear(out.flatten(1), w_out, None)
         torch.cuda.synchronize()
         return y, state
