@@ -428,12 +428,8 @@ size_t stepSharedBytes(bool staged, int stripeRows, int F, int Dv, int D, size_t
 {
     int const cols = Dv + 1;
     size_t const fixedFloats = (staged ? F * cols * stateBytes / 4 : 0) + 2 * (F + 1) + cols + stripeRows * cols + 32;
-    if (!mapFeatures)
-    {
-        return sizeof(float) * fixedFloats;
-    }
-    size_t const wBytes = randomMatrix ? size_t(D) * (Dv * elemBytes + 8) : 0; // rows padded by 8 bytes (kWPad)
-    return sizeof(float) * ((fixedFloats + 3) / 4 * 4 + 2 * Dv) + wBytes;
+    return mapFeatures ? withDecodePrologueBytes(fixedFloats, Dv, D, elemBytes, randomMatrix)
+                       : sizeof(float) * fixedFloats;
 }
 
 template <typename T, bool kMapFeatures>

@@ -258,12 +258,7 @@ size_t int8StepSharedBytes(StepParams const& p)
 {
     int const cols = p.Dv + 1;
     size_t const floats = size_t(p.F) * (p.Dv + 2) / 4 + 2 * (p.F + 1) + cols + kInt8Warps * cols + 32;
-    if (!kMapFeatures)
-    {
-        return sizeof(float) * floats;
-    }
-    size_t const wBytes = p.proj ? 0 : size_t(p.D) * (p.Dv * sizeof(T) + 8);
-    return sizeof(float) * ((floats + 3) / 4 * 4 + 2 * p.Dv) + wBytes;
+    return kMapFeatures ? withDecodePrologueBytes(floats, p.Dv, p.D, sizeof(T), !p.proj) : sizeof(float) * floats;
 }
 
 template <typename T, int kPerLane, bool kMapFeatures>

@@ -19,6 +19,14 @@ namespace rfa
 template <typename T>
 constexpr int kWPad = 8 / sizeof(T);
 
+// Shared memory of a step kernel with the prologue: its own `floats` first, then from a 16-byte boundary xs
+// ([2][dh] floats) and, where W~ is staged (no proj), W~[h] with rows padded by 8 bytes.
+inline size_t withDecodePrologueBytes(size_t floats, int dh, int D, size_t elemBytes, bool randomMatrix)
+{
+    size_t const wBytes = randomMatrix ? size_t(D) * (dh * elemBytes + 8) : 0;
+    return sizeof(float) * ((floats + 3) / 4 * 4 + 2 * dh) + wBytes;
+}
+
 template <typename T>
 __device__ void stageRandomMatrix(StepParams const& p, int h, T* wsm)
 {

@@ -162,26 +162,6 @@ __device__ __forceinline__ void bulkLoad(void* dst, void const* src, uint32_t by
                  : "memory");
 }
 
-__device__ __forceinline__ float warpSum(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2)
-    {
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    }
-    return v;
-}
-
-__device__ __forceinline__ float warpMax(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2)
-    {
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    }
-    return v;
-}
-
 // Values that cross blocks travel with the flag of the stage that wrote them, in one 8-byte word (written
 // and read whole), so a reader waits for exactly the words it needs and no grid barrier is needed. A
 // block can run at most one stage ahead of any other (every stage reads what all blocks of the stage
@@ -804,7 +784,7 @@ __device__ void attentionHead(Geometry const& g, rfa_lm_step_args_t const& a, rf
         {
             maxAbs = fmaxf(maxAbs, fabsf(num[c]));
         }
-        float const bound = fmaxf(num[dh], g.eps * warpMax(maxAbs));
+        float const bound = fmaxf(num[dh], g.eps * warpMaxAbs(maxAbs));
         for (int c = lane; c < dh; c += 32)
         {
             storeFlagged(out + h * dh + c, bound > 0.f ? num[c] / bound : 0.f, flagOut);
