@@ -52,7 +52,7 @@ def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr,
                        data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(gate_logits), data_ptr(sigma), data_ptr(w_tilde),
                        data_ptr(keep), data_ptr(state), out_ptr, int(overlap), data_ptr(proj),
                        0 if proj is None else proj.shape[3], STATE_DTYPE_CODES[state.dtype],
-                       int(overlap and NEXT_KERNEL_AT_START))
+                       int(NEXT_KERNEL_AT_START))  # the kernel honours it only with overlap_state_load
 
 
 def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind, state, keep=None) -> bool:
