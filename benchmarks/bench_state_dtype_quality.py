@@ -27,7 +27,6 @@ import torch
 
 from rfa_export.corpus import bytes_to_ids, pydoc_topics_split
 from rfa_export.model.checkpoint import load_checkpoint
-from rfa_export.model.lm import RFALanguageModel
 from rfa_export.ops.causal_gated_scan import bounded_readout
 from rfa_export.ops.causal_gated_scan.state_storage import narrow_state, widen_state
 

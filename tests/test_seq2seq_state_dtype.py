@@ -4,7 +4,6 @@ contract says, the two-graph export on every lowering on onnxruntime, beam searc
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch

@@ -288,8 +288,6 @@ def test_cli_exports_verifies_and_serves_a_reduced_state(state_dtype, triton_typ
 
 
 def test_cli_refuses_a_bf16_state_it_cannot_honour(tmp_path, capsys):
-    from pathlib import Path
-
     from rfa_export.cli import main
     from rfa_export.model.checkpoint import save_checkpoint
 
