@@ -175,6 +175,32 @@ def test_unknown_scan_value(tmp_path, capsys):
     assert not (tmp_path / "model.onnx").exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["verify", "out", "--checkpoint", "m.pt", "--batch", "0"], "argument --batch: must be a positive integer, got 0"),
+    (["verify", "out", "--checkpoint", "m.pt", "--tolerance", "-1"], "argument --tolerance: must be a positive number"),
+    (["verify", "out", "--checkpoint", "m.pt", "--tolerance", "nan"], "argument --tolerance: must be a finite number"),
+    (["translate", "out", "--source", "1", "--length-penalty", "inf"], "argument --length-penalty: must be a finite"),
+    (["generate", "out", "--prompt", "x", "--stop", ""], "argument --stop: must not be empty"),
+    (["serve", "out", "--port", "70000"], "argument --port: must be a TCP port in [0, 65535]"),
+    (["serve", "out", "--port", "http"], "argument --port: expected an integer, got 'http'"),
+])
+def test_bad_option_values_are_usage_errors(capsys, argv, message):
+    """Checked by argparse before any file is read: exit code 2 and one line naming the option."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    _, err = capsys.readouterr()
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "x"], ["translate", "--source", "1"], ["serve"]])
+@pytest.mark.parametrize("option", ["--checkpoint", "--tokenizer"])
+def test_options_an_export_would_ignore_are_refused(exported, capsys, command, option):
+    """An export carries its own model and tokenizer: --checkpoint or --tokenizer beside one is an error."""
+    code, _, err = run_cli(capsys, command[0], str(exported), *command[1:], option, "somewhere")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"{option} is for --backend torch" in err, err
+
+
 def test_failure_during_export_leaves_no_model(tmp_path, capsys, monkeypatch):
     import rfa_export.export.writing as lm_export
 

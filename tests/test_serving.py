@@ -182,6 +182,7 @@ BAD = [
     (json.dumps({"model": MODEL, "prompt": "x", "n": 0}).encode(), 400, "n must be an integer"),
     (json.dumps({"model": MODEL, "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}).encode(), 400, "stop must be"),
     (json.dumps({"model": MODEL, "prompt": "x", "logprobs": 2}).encode(), 400, "logprobs is not supported"),
+    (json.dumps({"model": MODEL, "prompt": "x", "logit_bias": {"5": 100}}).encode(), 400, "logit_bias is not supported"),
     (json.dumps({"model": MODEL, "prompt": "x", "stream": "yes"}).encode(), 400, "stream must be true or false"),
 ]
 
@@ -292,3 +293,21 @@ def test_the_serve_command_runs_without_torch(bundled_export, reference):
     imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", err, re.M))
     assert "rfa_export.serving.engine" in imported and "fastapi" in imported
     assert not imported & {"torch", "onnx", "onnxscript"}, sorted(imported & {"torch", "onnx", "onnxscript"})
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(bundled_export, capsys, monkeypatch):
+    """The listening socket is bound first: a taken port fails at once with one line, without loading the model."""
+    import rfa_export.serving.app as app_module
+    from rfa_export.cli import main
+
+    def no_load(options):
+        raise AssertionError("the model was loaded before the port was bound")
+
+    monkeypatch.setattr(app_module, "app_from_options", no_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code = main(["serve", str(bundled_export), "--port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.strip() == f"rfa-export: error: cannot listen on 127.0.0.1:{port}: Address already in use"

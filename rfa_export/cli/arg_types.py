@@ -1,6 +1,8 @@
-"""argparse types the subcommands share: each turns bad text into argparse's one-line usage error."""
+"""argparse types the subcommands share, each turning bad text into argparse's one-line usage error, and the
+checks of option combinations they share."""
 
 import argparse
+import math
 
 
 def _integer(text: str) -> int:
@@ -22,3 +24,49 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def port(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in [0, 65535] (0: any free one), got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    return _number(text)
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+def non_empty_text(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def check_model_source(args) -> None:
+    """generate, translate, serve: an export runs on every backend but torch, which runs --checkpoint (with its
+    --tokenizer); an option the chosen backend would ignore is an error, not silently dropped."""
+    if args.backend == "torch":
+        return
+    if args.out_dir is None:
+        raise ValueError(f"--backend {args.backend} needs OUT_DIR (an export directory)")
+    for option, value, what in (("--checkpoint", args.checkpoint, "weights"), ("--tokenizer", args.tokenizer, "tokenizer")):
+        if value is not None:
+            raise ValueError(f"{option} is for --backend torch: an export carries its own {what}")

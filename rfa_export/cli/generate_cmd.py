@@ -5,7 +5,7 @@ import sys
 import time
 
 from ..runtime.loading import BACKENDS
-from .arg_types import positive_int
+from .arg_types import check_model_source, non_empty_text, positive_int
 
 DESCRIPTION = """Generate text from a prompt with the exported model (onnxruntime, TensorRT) or its checkpoint
 (PyTorch). Prints only the generated text on stdout, as it is generated; timings go to stderr.
@@ -31,7 +31,7 @@ def add_parser(sub):
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop after this text (repeatable)")
+    p.add_argument("--stop", action="append", type=non_empty_text, default=[], metavar="TEXT", help="stop after this text (repeatable)")
     p.add_argument("--stop-token", action="append", type=int, default=[], metavar="ID", help="stop at this token id (repeatable)")
     p.add_argument("--plugin-library", help="TensorRT: our plugin library (librfa_trt_plugin.so)")
     p.add_argument("--engine-cache", help="TensorRT: folder for built engines (default OUT_DIR/trt_engines)")
@@ -46,11 +46,8 @@ def run(args) -> int:
     options = {}
     if args.backend == "tensorrt":
         options = {"plugin_library": args.plugin_library, "engine_cache": args.engine_cache}
-    if args.backend != "torch" and args.out_dir is None:
-        raise ValueError(f"--backend {args.backend} needs OUT_DIR (an export directory)")
+    check_model_source(args)
     if args.tokenizer is not None:
-        if args.backend != "torch":
-            raise ValueError("--tokenizer is for --backend torch: an export carries its own tokenizer")
         options["tokenizer"] = args.tokenizer
     backend = open_backend(args.backend, args.out_dir, checkpoint=args.checkpoint,
                            **({"device": args.device} if args.backend != "tensorrt" else {}), **options)

@@ -1,10 +1,11 @@
 """rfa-export serve OUT_DIR: an OpenAI-compatible HTTP server over continuous batching (docs/serving.md)."""
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 
-from .arg_types import positive_int
+from .arg_types import check_model_source, port, positive_int
 
 DESCRIPTION = """Serve a language model over HTTP with the OpenAI completions API: POST /v1/completions (text or token
 ids, max_tokens, temperature, top_p, top_k, seed, stop, n, stream), GET /v1/models, GET /health, GET /metrics.
@@ -29,7 +30,7 @@ def add_parser(sub):
     p.add_argument("--tokenizer", metavar="tokenizer.json", help="--backend torch: the checkpoint's tokenizer.json")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port, default=8000, help="TCP port (default 8000; 0: any free one, printed)")
     p.add_argument("--model-name", help="the model id clients ask for (default: the export or checkpoint name)")
     p.add_argument("--max-batch", type=positive_int, default=64, help="sequences decoded together (default 64)")
     p.add_argument("--max-queue", type=positive_int, default=256, help="requests waiting for a slot before 429 (default 256)")
@@ -44,12 +45,9 @@ def add_parser(sub):
 
 def server_options(args) -> dict:
     """Everything a replica needs to build its engine (plain data: Ray sends it to each replica)."""
-    if args.backend != "torch" and args.out_dir is None:
-        raise ValueError(f"--backend {args.backend} needs OUT_DIR (an export directory)")
+    check_model_source(args)
     if args.backend == "torch" and args.checkpoint is None:
         raise ValueError("--backend torch needs --checkpoint MODEL.pt")
-    if args.tokenizer is not None and args.backend != "torch":
-        raise ValueError("--tokenizer is for --backend torch: an export carries its own tokenizer")
     source = args.checkpoint if args.backend == "torch" else args.out_dir
     name = args.model_name or Path(source).resolve().name.removesuffix(".pt")
     return {"backend": args.backend, "out_dir": args.out_dir, "checkpoint": args.checkpoint, "tokenizer": args.tokenizer,
@@ -57,9 +55,28 @@ def server_options(args) -> dict:
             "max_queue": args.max_queue, "max_tokens": args.max_tokens_limit, "max_prompt_tokens": args.max_prompt_tokens}
 
 
+def listening_socket(host: str, port_number: int) -> socket.socket:
+    """The server's socket, bound before the model loads, so that a port in use or a bad host is a one-line
+    error at once instead of a log line from uvicorn after the load."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port_number, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as e:
+        raise OSError(f"cannot listen on {host}:{port_number}: {e.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port_number}: {e.strerror or e}") from None
+    return sock
+
+
 def run(args) -> int:
     options = server_options(args)
     if args.ray:
+        if args.port == 0:
+            raise ValueError("--ray needs a fixed --port (Ray's HTTP proxy does not report a free one it picked)")
         from ..serving.ray import serve_with_ray
 
         return serve_with_ray(options, args.replicas, args.host, args.port)
@@ -69,8 +86,11 @@ def run(args) -> int:
         raise RuntimeError("rfa-export serve needs FastAPI and uvicorn: pip install 'rfa-export[serve]'") from None
     from ..serving.app import app_from_options
 
-    app = app_from_options(options)
-    print(f"rfa-export: serving {options['model_name']!r} ({options['backend']} {options['device']}) on "
-          f"http://{args.host}:{args.port}/v1/completions", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    sock = listening_socket(args.host, args.port)
+    with sock:
+        app = app_from_options(options)
+        bound_port = sock.getsockname()[1]
+        print(f"rfa-export: serving {options['model_name']!r} ({options['backend']} {options['device']}) on "
+              f"http://{args.host}:{bound_port}/v1/completions", file=sys.stderr, flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0

@@ -4,7 +4,7 @@ import argparse
 import sys
 import time
 
-from .arg_types import positive_int
+from .arg_types import check_model_source, finite_float, positive_int
 
 DESCRIPTION = """Translate with an encoder-decoder export (onnxruntime) or its checkpoint (PyTorch): one line of
 output per --source, in order; timings go to stderr. Greedy by default; --beams N for beam search (the self
@@ -22,7 +22,7 @@ def add_parser(sub):
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="export directory (not needed for --backend torch)")
     p.add_argument("--source", action="append", required=True, metavar="TEXT", help="source text (repeatable)")
     p.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams (default 1: greedy)")
-    p.add_argument("--length-penalty", type=float, default=1.0, help="beam scores are divided by length ** this")
+    p.add_argument("--length-penalty", type=finite_float, default=1.0, help="beam scores are divided by length ** this")
     p.add_argument("--max-new-tokens", type=positive_int, default=200)
     p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
     p.add_argument("--checkpoint", metavar="MODEL.pt", help="the checkpoint, for --backend torch")
@@ -40,13 +40,8 @@ def run(args) -> int:
     from ..runtime import SamplingParams
     from ..runtime.seq2seq import Seq2SeqDecoder, open_seq2seq_backend
 
-    if args.backend != "torch" and args.out_dir is None:
-        raise ValueError(f"--backend {args.backend} needs OUT_DIR (an export directory)")
-    options = {}
-    if args.tokenizer is not None:
-        if args.backend != "torch":
-            raise ValueError("--tokenizer is for --backend torch: an export carries its own tokenizer")
-        options["tokenizer"] = args.tokenizer
+    check_model_source(args)
+    options = {} if args.tokenizer is None else {"tokenizer": args.tokenizer}
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
     if args.beams > 1 and not sampling.greedy:
         raise ValueError("--beams and --temperature > 0 do not go together (beam search is deterministic)")

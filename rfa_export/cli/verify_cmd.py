@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from .arg_types import non_negative_int
+from .arg_types import non_negative_int, positive_float, positive_int
 
 DESCRIPTION = """Run OUT_DIR/model.onnx in onnxruntime (CPU) and MODEL.pt in PyTorch (float64) on the same
 inputs — random tokens at each --lengths and a batch of real English text — as a prefill followed by
@@ -39,9 +39,9 @@ def add_parser(sub):
     p.add_argument("--checkpoint", required=True, metavar="MODEL.pt")
     p.add_argument("--lengths", type=_lengths, default=[1, 7, 64], help="prefill lengths (default 1,7,64)")
     p.add_argument("--decode-steps", type=non_negative_int, default=20, help="decode steps after each prefill (default 20)")
-    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--batch", type=positive_int, default=2, help="rows of the random-token cases (default 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tolerance", type=float, default=None, help="override the documented relative tolerance")
+    p.add_argument("--tolerance", type=positive_float, default=None, help="override the documented relative tolerance")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--save-polygraphy", metavar="DIR", help="write polygraphy inputs/reference outputs to DIR")
     p.set_defaults(run=run)

@@ -89,7 +89,8 @@ class CompletionsAPI:
             raise RequestError(404, f"the model {model!r} does not exist; this server serves {self.model_name!r}",
                                "model", code="model_not_found")
         for name, allowed in (("echo", (None, False)), ("logprobs", (None,)), ("suffix", (None, "")),
-                              ("presence_penalty", (None, 0, 0.0)), ("frequency_penalty", (None, 0, 0.0))):
+                              ("presence_penalty", (None, 0, 0.0)), ("frequency_penalty", (None, 0, 0.0)),
+                              ("logit_bias", (None, {}))):
             if body.get(name) not in allowed:
                 raise RequestError(400, f"{name} is not supported by this server", name)
         n = _number(body, "n", 1, 1, self.limits.max_n, integer=True)
