@@ -121,3 +121,19 @@ def test_bad_exports_are_refused(tmp_path, bundled_export, capsys):
     (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"trt_extra_plugin_lib_paths": "/x.so"}
     assert not config.model_operations.op_library_filename  # that would load it as an onnxruntime custom-op library
+
+
+@pytest.mark.parametrize("name", ["a/b", "", "..", "ünï"])
+def test_a_model_name_that_is_not_one_directory_name_is_refused(tmp_path, bundled_export, capsys, name):
+    code = main(["triton", str(bundled_export), "-o", str(tmp_path / "repo"), "--name", name])
+    _, err = capsys.readouterr()
+    assert code == 1 and len(err.strip().splitlines()) == 1 and f"model name {name!r}" in err, err
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
+
+
+def test_a_repository_path_that_is_a_file_is_refused(tmp_path, bundled_export, capsys):
+    (tmp_path / "file").write_text("x")
+    code = main(["triton", str(bundled_export), "-o", str(tmp_path / "file")])
+    _, err = capsys.readouterr()
+    assert code == 1 and err.strip() == f"rfa-export: error: model repository {tmp_path / 'file'} exists and is not a directory"
+    assert (tmp_path / "file").read_text() == "x"

@@ -20,7 +20,8 @@ def add_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", metavar="OUT_DIR", help="a language-model export directory")
     p.add_argument("-o", "--output", dest="repo", metavar="REPO", required=True, help="the model repository")
-    p.add_argument("--name", help="the model's name in the repository (default: the export folder's name)")
+    p.add_argument("--name", help="the model's name in the repository: letters, digits, _ . - (default: the "
+                   "export folder's name, other characters as _)")
     p.add_argument("--max-batch", type=positive_int, default=64, help="max_batch_size (default 64)")
     p.add_argument("--idle-us", type=positive_int, default=60_000_000,
                    help="max_sequence_idle_microseconds: a sequence idle this long is dropped (default 60 s)")

@@ -22,7 +22,14 @@ TRITON_STATE_TYPES = {"float32": "TYPE_FP32", "bfloat16": "TYPE_BF16", "int8": "
 
 
 def _sanitize(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "rfa_model"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".") or "rfa_model"
+
+
+def _check_name(name: str) -> str:
+    """A model name the caller chose: one directory name of the repository, as given (not rewritten)."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.strip(".") == "":
+        raise ValueError(f"model name {name!r}: use letters, digits, '_', '.' and '-' (it is a directory of the repository)")
+    return name
 
 
 def triton_model(export_dir: Union[str, Path]):
@@ -146,8 +153,10 @@ def write_repository(export_dir: Union[str, Path], repo: Union[str, Path], name:
     model, meta = triton_model(export_dir)
     if plugin_library is not None and meta.lowering != "plugin":
         raise ValueError(f"--plugin-library is for exports with the plugin lowering; this one has {meta.lowering!r}")
-    name = _sanitize(name or Path(export_dir).resolve().name)
+    name = _sanitize(Path(export_dir).resolve().name) if name is None else _check_name(name)
     repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise ValueError(f"model repository {repo} exists and is not a directory")
     repo.mkdir(parents=True, exist_ok=True)
     config = triton_config(meta, name, max_batch, idle_microseconds, gpu, plugin_library)
     with staged_export(repo / name, owned=("1", CONFIG_FILE)) as tmp:
