@@ -199,6 +199,11 @@ def _reference_beam_search(dec, prompt, k, steps):
     (lambda d: d.state_from_arrays([np.zeros((3, 4, 64, 33), np.float32)] * 4, [0, 0]), "with batch 2"),
     (lambda d: d.state_from_arrays([np.zeros((2, 4, 64, 33), np.float32)] * 3, [0, 0]), "state has 3 tensors, the model has 4"),
     (lambda d: d.beam_search("x", 0, 5), r"num_beams must be an integer in \[1, 256\], got 0"),
+    # a bare string would otherwise be a batch of one-character prompts
+    (lambda d: d.generate("hello", 3), r"prompts must be a list \(of strings or of token-id lists\)"),
+    (lambda d: d.generate(["a", "b"], 3, SamplingParams(1.0), seeds=[1]), "seeds must be a list of 2 integers, one per prompt"),
+    (lambda d: d.generate(["a"], 3, SamplingParams(1.0), seeds=[-1]), r"seed must be an integer in \[0, "),
+    (lambda d: d.generate(["a"], 3, "greedy"), "sampling must be a SamplingParams, got str"),
 ])
 @pytest.mark.parametrize("backend", [0, 1])
 def test_bad_input_is_a_clear_error(decoders, backend, call, message):

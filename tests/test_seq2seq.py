@@ -20,7 +20,7 @@ from rfa_export.format.lowerings import LOWERINGS
 from rfa_export.format.metadata import MetadataError
 from rfa_export.model.checkpoint import CheckpointError, load_seq2seq_checkpoint, save_seq2seq_checkpoint
 from rfa_export.model.seq2seq import RFASeq2Seq
-from rfa_export.runtime import InputError
+from rfa_export.runtime import InputError, SamplingParams
 from rfa_export.runtime.sampling import log_softmax
 from rfa_export.runtime.seq2seq import OnnxRuntimeSeq2SeqBackend, Seq2SeqDecoder, TorchSeq2SeqBackend
 
@@ -303,6 +303,10 @@ def test_bad_input_is_one_line(exports, bundled, tmp_path, capsys):
         dec.start([[1]], [[256, 258]])
     with pytest.raises(InputError, match=r"step tokens: token id -1 is out of range"):
         dec.step([-1], dec.start([[1]])[0])
+    with pytest.raises(InputError, match="sampling must be a SamplingParams, got str"):
+        dec.generate(["12"], 3, "greedy")
+    with pytest.raises(InputError, match="seeds must be a list of 2 integers, one per source"):
+        dec.generate(["12", "3"], 3, SamplingParams(1.0), seeds=[1])
     with pytest.raises(ConfigError, match="bos_token_id and eos_token_id must differ"):
         RFASeq2SeqConfig(bos_token_id=3, eos_token_id=3)
     lm_export = tmp_path / "lm"

@@ -7,7 +7,7 @@ import numpy as np
 
 from .backend import InputError, NonFiniteError
 from .decoder import Decoder, DecodeState, GenerationResult, Prompt, TokenEvent, check_max_new
-from .sampling import SamplingParams, check_int, sample_token
+from .sampling import SamplingParams, check_sampling, check_seeds, sample_token
 
 
 @dataclass
@@ -78,11 +78,10 @@ class ContinuousBatch:
                  seeds: Optional[Sequence[int]] = None) -> List[int]:
         """Prefill prompts with the same settings together and join the batch; returns their request ids. The
         random stream of prompt i is seeded by seeds[i], else by (sampling.seed, i) when sampling.seed is set."""
-        if seeds is not None:
-            if len(seeds) != len(prompts):
-                raise InputError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-            seeds = [check_int("seed", s, 0, 2**63 - 1) for s in seeds]
-        elif isinstance(sampling, SamplingParams) and sampling.seed is not None:
+        if isinstance(prompts, (str, bytes)):
+            raise InputError("prompts must be a list (of strings or of token-id lists)")
+        seeds = check_seeds(seeds, len(prompts), "prompt")
+        if seeds is None and isinstance(sampling, SamplingParams) and sampling.seed is not None:
             seeds = [[sampling.seed, i] for i in range(len(prompts))]
         return self.add_requests([RequestSpec(p, max_new_tokens, sampling, stop_tokens, stop_strings,
                                               None if seeds is None else seeds[i]) for i, p in enumerate(prompts)])
@@ -118,8 +117,7 @@ class ContinuousBatch:
     def _check(self, spec: "RequestSpec") -> frozenset:
         """Validates a request's settings; returns its stop tokens."""
         check_max_new(spec.max_new_tokens)
-        if not isinstance(spec.sampling, SamplingParams):
-            raise InputError(f"sampling must be a SamplingParams, got {type(spec.sampling).__name__}")
+        check_sampling(spec.sampling)
         stop_strings = spec.stop_strings
         if isinstance(stop_strings, str) or not all(isinstance(s, str) for s in stop_strings):
             raise InputError("stop_strings must be a list of strings")

@@ -51,6 +51,21 @@ class SamplingParams:
         return self.temperature == 0.0
 
 
+def check_sampling(sampling) -> SamplingParams:
+    if not isinstance(sampling, SamplingParams):
+        raise InputError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+    return sampling
+
+
+def check_seeds(seeds, count: int, what: str) -> Optional[list]:
+    """Per-sequence seeds: None, or `count` integers in [0, MAX_SEED] (one per prompt or source)."""
+    if seeds is None:
+        return None
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__len__") or len(seeds) != count:
+        raise InputError(f"seeds must be a list of {count} integers, one per {what}, got {seeds!r}")
+    return [check_int("seed", s, 0, MAX_SEED) for s in seeds]
+
+
 def sample_token(logits: np.ndarray, params: SamplingParams, rng: Optional[np.random.Generator]) -> int:
     """One token from logits [V]; NonFiniteError when any logit is NaN or infinite."""
     if not np.isfinite(logits).all():

@@ -15,7 +15,7 @@ from ..format.seq2seq_metadata import Seq2SeqExportMetadata
 from .backend import MAX_POSITION, InputError, NonFiniteError, as_token_array
 from .decoder import GenerationResult, check_max_new
 from .onnxruntime_backend import run_host_bound, storage_dtype
-from .sampling import SamplingParams, check_int, log_softmax, sample_token
+from .sampling import SamplingParams, check_int, check_sampling, check_seeds, log_softmax, sample_token
 from .tokenizer import ByteTokenizer, HuggingFaceTokenizer
 
 
@@ -347,9 +347,9 @@ class Seq2SeqDecoder:
                  seeds: Optional[Sequence[int]] = None) -> List[GenerationResult]:
         """Greedy or sampled decoding of every source until EOS (not part of the text) or max_new_tokens."""
         check_max_new(max_new_tokens)
+        check_sampling(sampling)
         state, logits = self.start(sources)
-        if seeds is not None and len(seeds) != len(sources):
-            raise InputError(f"{len(seeds)} seeds for {len(sources)} sources")
+        seeds = check_seeds(seeds, len(sources), "source")
         rngs = [None if sampling.greedy else np.random.default_rng(
             seeds[i] if seeds is not None else (None if sampling.seed is None else [sampling.seed, i]))
             for i in range(len(sources))]
