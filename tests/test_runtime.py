@@ -211,6 +211,16 @@ def test_bad_input_is_a_clear_error(decoders, backend, call, message):
         call(decoders[backend])
 
 
+@pytest.mark.parametrize("device, message", [
+    ("cuda:99", r"device 'cuda:99': (this torch .* is a build without CUDA|torch sees \d+ CUDA device\(s\))"),
+    ("mps", "device 'mps': the torch backends run on cpu or cuda"),
+    ("gpu0", "unknown device 'gpu0'"),
+])
+def test_a_device_torch_cannot_use_is_refused_when_the_backend_opens(device, message):
+    with pytest.raises(InputError, match=message):
+        TorchBackend(BUNDLED, device=device)
+
+
 def test_sampling_params_are_checked():
     for kw in (dict(temperature=-1), dict(top_k=-2), dict(top_p=0.0), dict(top_p=1.5)):
         with pytest.raises(ValueError):

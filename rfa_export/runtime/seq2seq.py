@@ -4,7 +4,6 @@ the cross states stay one per source (the decoder reads them for the source's co
 per beam."""
 
 import abc
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
@@ -157,18 +156,12 @@ class TorchSeq2SeqBackend(Seq2SeqBackend):
         from ..model.checkpoint import load_seq2seq_checkpoint
         from ..model.seq2seq import RFASeq2Seq
 
-        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
-        if dtype not in dtypes:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(dtypes)}")
-        if isinstance(model, RFASeq2Seq):
-            for name, t in model.state_dict().items():
-                if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise InputError(f"the model's weight {name} contains NaN or infinity")
-            model = copy.deepcopy(model)
-        else:
-            model = load_seq2seq_checkpoint(model)
-        self.torch, self.device = torch, torch.device(device)
-        self.model = model.to(self.device, dtypes[dtype]).eval()
+        from .torch_backend import copy_checked_model, torch_device, torch_dtype
+
+        self.torch, self.device = torch, torch_device(device)
+        model_dtype = torch_dtype(dtype)
+        model = copy_checked_model(model) if isinstance(model, RFASeq2Seq) else load_seq2seq_checkpoint(model)
+        self.model = model.to(self.device, model_dtype).eval()
         # the fp64 reference keeps float64 self states, unless the model stores reduced-precision ones: then that
         # storage, which the float64 scan widens on load and rounds once per call (docs/op_contract.md)
         fp64_state = dtype == "fp64" and model.config.state_dtype == "float32"

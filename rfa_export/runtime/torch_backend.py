@@ -16,6 +16,38 @@ from .backend import DecoderBackend, InputError
 _TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
+def torch_dtype(dtype: str) -> torch.dtype:
+    if dtype not in _TORCH_DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_TORCH_DTYPES)}")
+    return _TORCH_DTYPES[dtype]
+
+
+def torch_device(device: str) -> torch.device:
+    """The device a torch backend runs on, refused at once when this torch cannot use it (rather than failing
+    inside the first call)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}") from None
+    if parsed.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise InputError(f"device {device!r}: this torch ({torch.__version__}) is a build without CUDA")
+        count = torch.cuda.device_count()
+        if count == 0 or (parsed.index is not None and parsed.index >= count):
+            raise InputError(f"device {device!r}: torch sees {count} CUDA device(s)")
+    elif parsed.type != "cpu":
+        raise InputError(f"device {device!r}: the torch backends run on cpu or cuda")
+    return parsed
+
+
+def copy_checked_model(model):
+    """A copy of a model given as an object, after checking that every floating-point weight is finite."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise InputError(f"the model's weight {name} contains NaN or infinity")
+    return copy.deepcopy(model)
+
+
 class TorchBackend(DecoderBackend):
     """State: a list of torch tensors on `device`. dtype "fp64" runs the whole model in float64 (a reference).
     tokenizer: the model's tokenizer.json, if it has one."""
@@ -24,18 +56,11 @@ class TorchBackend(DecoderBackend):
 
     def __init__(self, model: Union[RFALanguageModel, str, Path], device: str = "cpu", dtype: str = "fp32",
                  tokenizer: Union[str, Path, None] = None):
-        if isinstance(model, RFALanguageModel):
-            for name, t in model.state_dict().items():
-                if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise InputError(f"the model's weight {name} contains NaN or infinity")
-            model = copy.deepcopy(model)
-        else:
-            model = load_checkpoint(model)
-        if dtype not in _TORCH_DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(_TORCH_DTYPES)}")
-        self.device = torch.device(device)
+        self.device = torch_device(device)
+        model_dtype = torch_dtype(dtype)
+        model = copy_checked_model(model) if isinstance(model, RFALanguageModel) else load_checkpoint(model)
         self.dtype = dtype
-        self.model = model.to(self.device, _TORCH_DTYPES[dtype]).eval()
+        self.model = model.to(self.device, model_dtype).eval()
         self.spec = describe_export(model.config, TORCH_LOWERING, dtype, {}, f"rfa-export {__version__}")
         self.tokenizer_path = None if tokenizer is None else Path(tokenizer)
         # the fp64 reference keeps a float64 state, unless the model stores a reduced-precision one: then that
