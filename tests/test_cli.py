@@ -201,6 +201,28 @@ def test_options_an_export_would_ignore_are_refused(exported, capsys, command, o
     assert f"{option} is for --backend torch" in err, err
 
 
+def test_a_bf16_export_on_the_cpu_provider_is_one_line(tmp_path, capsys):
+    """onnxruntime's CPU provider has no bf16 kernels (the first case checks that this is still so): generate,
+    verify and a KIND_CPU Triton repository refuse a bf16 export in one line instead of failing inside onnxruntime."""
+    import onnxruntime as ort
+
+    checkpoint = tmp_path / "small.pt"
+    save_checkpoint(RFALanguageModel(RFAConfig(vocab_size=256, d_model=32, n_heads=2, n_layers=1, d_ffn=32, num_features=8)),
+                    checkpoint)
+    out = tmp_path / "bf16"
+    assert main([str(checkpoint), "-o", str(out), "--dtype", "bf16", "-q"]) == 0
+    with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
+        ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    capsys.readouterr()
+    for argv in (["generate", str(out), "--prompt", "x"], ["verify", str(out), "--checkpoint", str(checkpoint)],
+                 ["triton", str(out), "-o", str(tmp_path / "repo"), "--cpu"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert "a bf16 export does not run on onnxruntime's CPU provider" in err, err
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
+    assert main(["triton", str(out), "-o", str(tmp_path / "repo")]) == 0  # KIND_GPU: Triton runs it on CUDA
+
+
 def test_failure_during_export_leaves_no_model(tmp_path, capsys, monkeypatch):
     import rfa_export.export.writing as lm_export
 

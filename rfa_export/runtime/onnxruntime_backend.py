@@ -48,6 +48,28 @@ def run_host_bound(session, feeds: Dict[str, np.ndarray], specs: Sequence, state
     return io.get_outputs()[0].numpy(), outputs
 
 
+def session_settings(ort, device: str, device_id: int, threads: Optional[int], dtype: str):
+    """(SessionOptions, providers) for an export of activation `dtype` on `device`; refuses what cannot run there
+    before a session is built (onnxruntime would fail later with a kernel-not-found message)."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    if dtype == "bf16" and device == "cpu":
+        raise ValueError("a bf16 export does not run on onnxruntime's CPU provider (it has no bfloat16 kernels for "
+                         "basic ops such as Mul): run it on CUDA or TensorRT, or export with --dtype fp16 or fp32")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if device == "cpu":
+        return options, ["CPUExecutionProvider"]
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
+    # use_tf32=0: fp32 MatMuls in fp32, as the export promises (TF32 would cost ~5e-4 relative)
+    return options, [("CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}), "CPUExecutionProvider"]
+
+
 class OnnxRuntimeBackend(DecoderBackend):
     name = "onnxruntime"
 
@@ -59,23 +81,9 @@ class OnnxRuntimeBackend(DecoderBackend):
         self.spec = export.meta
         self.tokenizer_path = export.tokenizer_path
         model_path = export.model_path
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {device!r}")
         self._ort = ort
         self.device, self.device_id = device, device_id
-        self._options = ort.SessionOptions()
-        self._options.log_severity_level = 3
-        if threads:
-            self._options.intra_op_num_threads = threads
-        if device == "cuda":
-            if hasattr(ort, "preload_dlls"):
-                ort.preload_dlls()
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-            # use_tf32=0: fp32 MatMuls in fp32, as the export promises (TF32 would cost ~5e-4 relative)
-            self._providers = [("CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}), "CPUExecutionProvider"]
-        else:
-            self._providers = ["CPUExecutionProvider"]
+        self._options, self._providers = session_settings(ort, device, device_id, threads, self.spec.dtype)
         self.model_path = model_path
         self.session = ort.InferenceSession(str(model_path), self._options, providers=self._providers)
         self._inputs = {i.name for i in self.session.get_inputs()}

@@ -13,7 +13,7 @@ import numpy as np
 from ..format.seq2seq_metadata import Seq2SeqExportMetadata
 from .backend import MAX_POSITION, InputError, NonFiniteError, as_token_array
 from .decoder import GenerationResult, check_max_new
-from .onnxruntime_backend import run_host_bound, storage_dtype
+from .onnxruntime_backend import run_host_bound, session_settings, storage_dtype
 from .sampling import SamplingParams, check_int, check_sampling, check_seeds, log_softmax, sample_token
 from .tokenizer import ByteTokenizer, HuggingFaceTokenizer
 
@@ -67,23 +67,11 @@ class OnnxRuntimeSeq2SeqBackend(Seq2SeqBackend):
 
         export = open_seq2seq_export(out_dir)
         self.spec, self.tokenizer_path = export.meta, export.tokenizer_path
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be cpu or cuda, got {device!r}")
         self._reduced_state = any(s.dtype != "float32" for s in self.spec.state)
         if self._reduced_state and device == "cuda":
             raise ValueError(f"the onnxruntime backend takes a {self.spec.state[0].dtype} self state on the CPU only; "
                              "on CUDA use the torch backend or export with state_dtype float32")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda":
-            if hasattr(ort, "preload_dlls"):
-                ort.preload_dlls()
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise RuntimeError("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
-            providers = [("CUDAExecutionProvider", {"device_id": device_id, "use_tf32": 0}), "CPUExecutionProvider"]
+        options, providers = session_settings(ort, device, device_id, threads, self.spec.dtype)
         self._ort, self.device, self.device_id = ort, device, device_id
         self.encoder = ort.InferenceSession(str(export.encoder_path), options, providers=providers)
         self.decoder = ort.InferenceSession(str(export.decoder_path), options, providers=providers)

@@ -151,6 +151,9 @@ def write_repository(export_dir: Union[str, Path], repo: Union[str, Path], name:
     if not 1 <= max_batch <= 2**31 - 1 or not 1 <= idle_microseconds <= 2**63 - 1:
         raise ValueError("max_batch and idle_microseconds must be positive")
     model, meta = triton_model(export_dir)
+    if meta.dtype == "bf16" and not gpu:
+        raise ValueError("a bf16 export does not run on onnxruntime's CPU provider, which Triton's onnxruntime backend "
+                         "uses for KIND_CPU: leave out --cpu, or export with --dtype fp16 or fp32")
     if plugin_library is not None and meta.lowering != "plugin":
         raise ValueError(f"--plugin-library is for exports with the plugin lowering; this one has {meta.lowering!r}")
     name = _sanitize(Path(export_dir).resolve().name) if name is None else _check_name(name)
