@@ -201,6 +201,12 @@ def test_options_an_export_would_ignore_are_refused(exported, capsys, command, o
     assert f"{option} is for --backend torch" in err, err
 
 
+def test_ray_serve_needs_a_fixed_port(exported, capsys):
+    code, _, err = run_cli(capsys, "serve", str(exported), "--ray", "--port", "0")
+    assert code == 1 and err.strip() == ("rfa-export: error: --ray needs a fixed --port (Ray's HTTP proxy does not "
+                                         "report a free one it picked)"), err
+
+
 def test_a_bf16_export_on_the_cpu_provider_is_one_line(tmp_path, capsys):
     """onnxruntime's CPU provider has no bf16 kernels (the first case checks that this is still so): generate,
     verify and a KIND_CPU Triton repository refuse a bf16 export in one line instead of failing inside onnxruntime."""
