@@ -261,20 +261,28 @@ def test_stop_trimmer_holds_back_a_possible_stop():
 
 
 def test_the_serve_command_runs_without_torch(bundled_export, reference):
-    """`rfa-export serve` on onnxruntime, as a user starts it: serves the same text, and never imports torch
-    (nor onnx, onnxscript): python -X importtime."""
+    """`rfa-export serve` on onnxruntime, as a user starts it, on the free port it picks and prints (--port 0):
+    serves the same text, and never imports torch (nor onnx, onnxscript): python -X importtime."""
     import os
     import re
     import subprocess
     import sys
     from pathlib import Path
 
-    port = free_port()
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "rfa_export", "serve", str(bundled_export),
-                             "--port", str(port), "--max-batch", "8", "--model-name", "tiny"],
+                             "--port", "0", "--max-batch", "8", "--model-name", "tiny"],
                             stderr=subprocess.PIPE, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    head = []  # stderr up to the line that names the port the system picked (--port 0)
     try:
+        for line in proc.stderr:
+            head.append(line)
+            served = re.match(r"rfa-export: serving 'tiny' \(onnxruntime cpu\) on http://127\.0\.0\.1:(\d+)/v1/completions$", line)
+            if served:
+                port = int(served.group(1))
+                break
+        else:
+            raise AssertionError("the server exited before naming its port: " + "".join(head[-5:]))
         deadline = time.time() + 60
         while True:
             try:
@@ -289,7 +297,8 @@ def test_the_serve_command_runs_without_torch(bundled_export, reference):
         assert resp.choices[0].text == reference.generate(["Exceptions"], 12)[0].text
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        _, rest = proc.communicate(timeout=30)
+    err = "".join(head) + rest
     imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", err, re.M))
     assert "rfa_export.serving.engine" in imported and "fastapi" in imported
     assert not imported & {"torch", "onnx", "onnxscript"}, sorted(imported & {"torch", "onnx", "onnxscript"})

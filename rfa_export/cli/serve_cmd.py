@@ -66,6 +66,7 @@ def listening_socket(host: str, port_number: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(2048)  # connections made while the model loads wait in the backlog instead of being refused
     except OSError as e:
         sock.close()
         raise OSError(f"cannot listen on {host}:{port_number}: {e.strerror or e}") from None
