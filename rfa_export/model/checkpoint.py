@@ -94,23 +94,30 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     Raises CheckpointError for anything wrong: missing file, not a torch file, truncated, a pickle that
     would run code, missing keys, a bad config, weights whose names or shapes do not match the config.
     """
+    model = _load_checked(path, map_location, FORMAT_NAME, RFAConfig, language_model_weight_shapes, RFALanguageModel)
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    return model.eval()
+
+
+def _load_checked(path, map_location, format_name: str, config_type, weight_shapes, model_type):
+    """The checkpoint's model of model_type, every weight checked against the shapes its config implies before
+    anything is built (ties between weights are the caller's to restore)."""
     payload = read_checkpoint(path)
-    _expect_kind(path, payload, FORMAT_NAME)
+    _expect_kind(path, payload, format_name)
     try:
-        config = RFAConfig.from_dict(payload["config"])
+        config = config_type.from_dict(payload["config"])
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path}: bad config: {e}") from None
     weights = payload["state_dict"]
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path}: state_dict must map names to tensors")
-    check_weights(path, weights, language_model_weight_shapes(config))
+    check_weights(path, weights, weight_shapes(config))
     with torch.device("meta"):
-        model = RFALanguageModel(config)
+        model = model_type(config)
     model = model.to_empty(device=map_location)
     model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()}, strict=True)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed.weight
-    return model.eval()
+    return model
 
 
 def _expect_kind(path, payload, format_name: str) -> None:
@@ -120,23 +127,10 @@ def _expect_kind(path, payload, format_name: str) -> None:
 
 def load_seq2seq_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> RFASeq2Seq:
     """Load a checkpoint written by save_seq2seq_checkpoint, with the checks of load_checkpoint."""
-    payload = read_checkpoint(path)
-    _expect_kind(path, payload, SEQ2SEQ_FORMAT_NAME)
-    try:
-        config = RFASeq2SeqConfig.from_dict(payload["config"])
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{path}: bad config: {e}") from None
-    weights = payload["state_dict"]
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise CheckpointError(f"{path}: state_dict must map names to tensors")
-    check_weights(path, weights, seq2seq_weight_shapes(config))
-    with torch.device("meta"):
-        model = RFASeq2Seq(config)
-    model = model.to_empty(device=map_location)
-    model.load_state_dict({k: v.to(torch.float32) for k, v in weights.items()}, strict=True)
-    if config.shared_vocab:
+    model = _load_checked(path, map_location, SEQ2SEQ_FORMAT_NAME, RFASeq2SeqConfig, seq2seq_weight_shapes, RFASeq2Seq)
+    if model.config.shared_vocab:
         model.tgt_embed = model.src_embed
-    if config.tie_embeddings:
+    if model.config.tie_embeddings:
         model.lm_head.weight = model.tgt_embed.weight
     return model.eval()
 
