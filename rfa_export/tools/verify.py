@@ -128,6 +128,17 @@ def graph_dtype(model_path) -> str:
     return max(sizes, key=sizes.get) if sizes else "fp32"
 
 
+def model_matching_export(model, exported_config: dict, checkpoint, out_dir):
+    """The checkpoint's model with the state dtype the export was made with (--state-dtype), refused unless its
+    config is then the export's."""
+    if exported_config.get("state_dtype") in STATE_DTYPES:
+        model = model.with_state_dtype(exported_config["state_dtype"])
+    if model.config.to_dict() != exported_config:
+        diff = sorted(k for k in exported_config if exported_config.get(k) != model.config.to_dict().get(k))
+        raise VerifyError(f"{checkpoint} does not match the export in {out_dir} (config differs in: {', '.join(diff)})")
+    return model
+
+
 def verify_export(out_dir, checkpoint, lengths: Sequence[int] = (1, 7, 64), decode_steps: int = 20,
                   batch: int = 2, seed: int = 0, tolerance: Optional[float] = None, threads: Optional[int] = None) -> VerifyReport:
     """The tolerance is the one of the model's own dtype: its embedded metadata (which the JSON beside it
@@ -137,12 +148,7 @@ def verify_export(out_dir, checkpoint, lengths: Sequence[int] = (1, 7, 64), deco
     weights = graph_dtype(export.model_path)
     if weights != meta.dtype:
         raise VerifyError(f"{out_dir}: the metadata says {meta.dtype} but the graph's weights are {weights}")
-    model = load_checkpoint(checkpoint)
-    if meta.config.get("state_dtype") in STATE_DTYPES:  # exported with --state-dtype: the same model otherwise
-        model = model.with_state_dtype(meta.config["state_dtype"])
-    if model.config.to_dict() != meta.config:
-        diff = sorted(k for k in meta.config if meta.config.get(k) != model.config.to_dict().get(k))
-        raise VerifyError(f"{checkpoint} does not match the export in {out_dir} (config differs in: {', '.join(diff)})")
+    model = model_matching_export(load_checkpoint(checkpoint), meta.config, checkpoint, out_dir)
     backend = OnnxRuntimeBackend(out_dir, threads=threads)
     reference = TorchBackend(model, dtype="fp64")
     if tolerance is None:

@@ -9,9 +9,9 @@ import numpy as np
 from ..format.export_dir import open_seq2seq_export
 from ..model.checkpoint import load_seq2seq_checkpoint
 from ..runtime.seq2seq import OnnxRuntimeSeq2SeqBackend, Seq2SeqBackend, Seq2SeqDecoder, TorchSeq2SeqBackend
-from ..format.config import STATE_DTYPES
 from ..runtime.state_values import state_values
-from .verify import REDUCED_STATE_TOLERANCES, TOLERANCES, Comparison, VerifyError, VerifyReport, _compare, graph_dtype
+from .verify import (REDUCED_STATE_TOLERANCES, TOLERANCES, Comparison, VerifyError, VerifyReport, _compare, graph_dtype,
+                     model_matching_export)
 
 
 def compare_seq2seq(backend: Seq2SeqBackend, reference: Seq2SeqBackend, sources: Dict[str, List[List[int]]],
@@ -63,12 +63,7 @@ def verify_seq2seq_export(out_dir, checkpoint, lengths: Sequence[int] = (1, 7, 6
         weights = graph_dtype(path)
         if weights != meta.dtype:
             raise VerifyError(f"{path}: the metadata says {meta.dtype} but the graph's weights are {weights}")
-    model = load_seq2seq_checkpoint(checkpoint)
-    if meta.config.get("state_dtype") in STATE_DTYPES:  # exported with --state-dtype: the same model otherwise
-        model = model.with_state_dtype(meta.config["state_dtype"])
-    if model.config.to_dict() != meta.config:
-        diff = sorted(k for k in meta.config if meta.config.get(k) != model.config.to_dict().get(k))
-        raise VerifyError(f"{checkpoint} does not match the export in {out_dir} (config differs in: {', '.join(diff)})")
+    model = model_matching_export(load_seq2seq_checkpoint(checkpoint), meta.config, checkpoint, out_dir)
     backend = OnnxRuntimeSeq2SeqBackend(out_dir, threads=threads)
     reference = TorchSeq2SeqBackend(model, dtype="fp64")
     cfg = model.config
