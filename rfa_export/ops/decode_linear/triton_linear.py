@@ -234,10 +234,10 @@ def decode_linear_kernel_supports(x: torch.Tensor, weight: torch.Tensor, bias: O
 
 def _tiles(N: int, K: int, M: int = 1, whole_k: bool = True, shared_memory: int = 0):
     """(BN, BK, num_stages) for N output columns, a range of K per program and M rows, tuned on the H200 for
-    1-64 rows and the widths of a d_model 1024 decoder (split over K, each program's range is 1024 deep: BK 128
-    there took 15 us less per model step than 256). From WIDE_K_TILE_MIN_ROWS rows a layer not split over K and
-    32 columns a program wide (q/k/v, FFN1) reads K 256 deep where the device's shared memory per block
-    (`shared_memory` bytes) holds its stages (H100, B64 step: 462.4 -> 449.1 us; BENCHMARKS.md)."""
+    1-64 rows and the widths of a d_model 1024 decoder (a range of K split to 1024 deep takes BK 128, faster in
+    the model step than 256). From WIDE_K_TILE_MIN_ROWS rows a layer not split over K and 32 columns a program
+    wide (q/k/v, FFN1) reads K 256 deep where the device's shared memory per block (`shared_memory` bytes) holds
+    its stages (BENCHMARKS.md, "Linear-layer tiles at 64 rows")."""
     BN = 16 if N <= 1024 else 32 if N <= 8192 else 64
     BK = 256 if K >= 4096 else 128
     stages = 3 if BN == 64 else 4
