@@ -205,6 +205,21 @@ def test_fp16_export_runs_on_cpu_within_1e_2(tmp_path):
     assert worst.max_rel <= 1e-2, worst
 
 
+def test_what_is_not_a_model_of_its_kind_is_refused():
+    from rfa_export.export.seq2seq_export import seq2seq_to_onnx
+    from rfa_export.format.config import RFASeq2SeqConfig
+    from rfa_export.model.seq2seq import RFASeq2Seq
+
+    lm = RFALanguageModel(RFAConfig(d_model=32, n_heads=2, n_layers=1, d_ffn=32, num_features=8))
+    with pytest.raises(TypeError, match="model must be an RFALanguageModel, got str"):
+        language_model_to_onnx("model.pt")
+    with pytest.raises(TypeError, match="model must be an RFASeq2Seq, got RFALanguageModel"):
+        seq2seq_to_onnx(lm)
+    with pytest.raises(TypeError, match="model must be an RFALanguageModel, got RFASeq2Seq"):
+        language_model_to_onnx(RFASeq2Seq(RFASeq2SeqConfig(d_model=32, n_heads=2, d_ffn=32, num_features=8,
+                                                           n_encoder_layers=1, n_decoder_layers=1)))
+
+
 def test_bf16_export_is_valid_onnx(tmp_path):
     """bf16 targets CUDA/TensorRT (onnxruntime's CPU provider has no bf16 Mul); the graph must still check."""
     proto, meta = language_model_to_onnx(RFALanguageModel(RFAConfig(d_model=32, n_heads=2, n_layers=1, d_ffn=32, num_features=8)),

@@ -70,9 +70,17 @@ def export_arguments(meta: ExportMetadata):
     return sample, axes, names
 
 
-def check_exportable(model: RFALanguageModel, dtype: str) -> None:
-    """Refuse what would export to a graph that can only give NaN or garbage: non-finite weights, and a
-    normaliser bound 1/eps that does not fit float16."""
+def check_exportable(model, model_type: type, lowering: str, dtype: str) -> None:
+    """Refuse what cannot be exported, or would export to a graph that can only give NaN or garbage: another
+    kind of model, an unknown lowering or dtype, non-finite weights, a normaliser bound 1/eps that does not fit
+    float16."""
+    if not isinstance(model, model_type):
+        raise TypeError(f"model must be an {model_type.__name__}, got {type(model).__name__} (a checkpoint file "
+                        "exports with `rfa-export MODEL.pt -o OUT_DIR`)")
+    if lowering not in LOWERINGS:
+        raise ValueError(f"unknown --scan {lowering!r}; choose one of {', '.join(LOWERINGS)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"weight {name} contains NaN or infinity")
@@ -85,11 +93,7 @@ def language_model_to_onnx(model: RFALanguageModel, lowering: str = "plugin", dt
                            progress: Progress = SILENT, genai: bool = False):
     """(ModelProto, ExportMetadata) for the model; nothing is written (write_export seals the model with its
     metadata and content digest). genai=True adds the onnxruntime-genai shim (see add_genai_shim)."""
-    if lowering not in LOWERINGS:
-        raise ValueError(f"unknown --scan {lowering!r}; choose one of {', '.join(LOWERINGS)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    check_exportable(model, dtype)
+    check_exportable(model, RFALanguageModel, lowering, dtype)
     model = copy.deepcopy(model).eval().to(DTYPES[dtype])
     meta = describe_language_model(model, lowering, dtype)
     sample, axes, names = export_arguments(meta)

@@ -19,8 +19,8 @@ from ..format.tokenizer_file import TOKENIZER_FILE, describe_tokenizer
 from ..model.checkpoint import load_seq2seq_checkpoint
 from ..model.seq2seq import RFASeq2Seq
 from ..progress import SILENT, Progress
-from .lm_export import DTYPES, FP16_MAX, _order_inputs
-from .lowering import LOWERINGS, opsets_of
+from .lm_export import DTYPES, _order_inputs, check_exportable
+from .lowering import opsets_of
 from .module_export import export_module
 from .writing import EXTERNAL_DATA_THRESHOLD, check_exported
 
@@ -73,15 +73,7 @@ def _axes(shape):
 def seq2seq_to_onnx(model: RFASeq2Seq, lowering: str = "plugin", dtype: str = "fp32",
                     progress: Progress = SILENT) -> Tuple[Dict[str, onnx.ModelProto], Seq2SeqExportMetadata]:
     """({file name: ModelProto}, metadata) for both graphs; nothing is written."""
-    if lowering not in LOWERINGS:
-        raise ValueError(f"unknown --scan {lowering!r}; choose one of {', '.join(LOWERINGS)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    for name, t in model.state_dict().items():
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"weight {name} contains NaN or infinity")
-    if dtype == "fp16" and 1.0 / model.config.normaliser_eps > FP16_MAX:
-        raise ValueError(f"normaliser_eps {model.config.normaliser_eps} bounds outputs beyond float16's {FP16_MAX:g}")
+    check_exportable(model, RFASeq2Seq, lowering, dtype)
     model = copy.deepcopy(model).eval().to(DTYPES[dtype])
     meta = describe_seq2seq_export(model.config, lowering, dtype, opsets_of(lowering), f"rfa-export {__version__}")
     protos = {}
