@@ -33,7 +33,7 @@ def port(text: str) -> int:
     return value
 
 
-def _number(text: str) -> float:
+def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -43,12 +43,8 @@ def _number(text: str) -> float:
     return value
 
 
-def finite_float(text: str) -> float:
-    return _number(text)
-
-
 def positive_float(text: str) -> float:
-    value = _number(text)
+    value = finite_float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
     return value
