@@ -30,6 +30,7 @@ from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFAConfig, RFALanguageModel
 from rfa_export.model.linear_layers import linear
 from rfa_export.model.residual_norm import residual_feed_forward, residual_linear, residual_linear_argmax
+from rfa_export.ops.embedding import scaled_embedding
 
 CONFIG = RFAConfig(vocab_size=32000, d_model=1024, n_heads=16, n_layers=8, d_ffn=4096, num_features=64,
                    gated=True, positional="none")
@@ -119,7 +120,7 @@ class StaticCacheStep(torch.nn.Module):
         """The logits; their argmax (greedy decoding's next token) written into `token`, as the RFA step does."""
         B = token.shape[0]
         d = self.m.config.d_model
-        x = self.m.embed(token[:, None]) * math.sqrt(d) + self.pe
+        x = scaled_embedding(token[:, None], self.m.embed.weight, math.sqrt(d)) + self.pe
         # the residual adds and layer norms as in the model's forward (each with the next linear layer at one row, or
         # one fused kernel per pair, as for RFA)
         f = None

@@ -13,6 +13,8 @@ trigger: when each one-row kernel lets the next one launch: every decode linear 
 strip before its wait (triton_linear.STRIP_TRIGGERS_BEFORE_WAIT) and the attention step of one block per
 multiprocessor at its start (decode_attention.cuda.NEXT_KERNEL_AT_START), both the default; either alone; or
 neither (the linear programs after their wait, the step after its state update).
+embedding: the token lookup and its scaling as one Triton kernel that lets the first q/k/v projection launch at
+its start (ops/embedding, the default), or as PyTorch's two kernels (both models).
 RFA with fp32 and bf16 states and softmax at 1k context, all CUDA-graph replays, the settings alternating within
 each round so every one sees the same GPU state; B64 (no variant applies above one row) runs in every round
 as a control of the noise. Prints per-setting medians over rounds and writes <variant>.json to --out.
@@ -30,6 +32,7 @@ import rfa_export.model.attention as attention
 import rfa_export.ops.decode_attention.cuda as decode_attention_cuda
 import rfa_export.ops.decode_linear.triton_linear as triton_linear
 import rfa_export.ops.decode_linear.triton_norm_linear as triton_norm_linear
+import rfa_export.ops.embedding.op as embedding_op
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFALanguageModel
 
@@ -55,6 +58,7 @@ VARIANTS = {
                                (decode_attention_cuda, "NEXT_KERNEL_AT_START", False)],
                 "linear_before_wait": [(decode_attention_cuda, "NEXT_KERNEL_AT_START", False)],
                 "step_at_start": [(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", False)]},
+    "embedding": {"kernel": [], "torch": [(embedding_op, "scaled_embedding_kernel_supports", _refused)]},
 }
 
 

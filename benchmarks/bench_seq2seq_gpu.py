@@ -32,6 +32,7 @@ from rfa_export.model.lm import sinusoidal_positions
 from rfa_export.model.residual_norm import residual_feed_forward, residual_linear, residual_linear_argmax, residual_norm
 from rfa_export.model.seq2seq import RFASeq2Seq
 from rfa_export.ops.causal_gated_scan.state_storage import narrow_state
+from rfa_export.ops.embedding import scaled_embedding
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode_gpu import time_graph  # noqa: E402  (same capture, warm-up and median of 50 replays)
@@ -77,7 +78,7 @@ class SoftmaxStep(torch.nn.Module):
 
     def forward(self, token):
         d = CONFIG.d_model
-        x = self.m.tgt_embed(token[:, None]) * math.sqrt(d)
+        x = scaled_embedding(token[:, None], self.m.tgt_embed.weight, math.sqrt(d))
         x = x + sinusoidal_positions(self.position, d).to(x.dtype)
         f = None
         for i, block in enumerate(self.m.decoder):

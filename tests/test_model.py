@@ -246,3 +246,17 @@ def test_greedy_step_writes_the_logits_argmax_into_next_token():
     got, got_state = model.step(token, state, pos, next_token=token)
     assert torch.equal(got, want) and all(torch.equal(a, b) for a, b in zip(got_state, want_state))
     assert torch.equal(token, want.argmax(-1))
+
+
+def test_scaled_embedding_reference_rounds_once_and_refuses_ids_outside_the_vocabulary():
+    from rfa_export.ops.embedding import scaled_embedding
+
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(50, 24, generator=g).to(torch.bfloat16)
+    ids = torch.randint(0, 50, (2, 5), generator=g)
+    got = scaled_embedding(ids, weight, math.sqrt(24))
+    exact = weight.double()[ids] * math.sqrt(24)
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 5, 24)
+    assert ((got.double() - exact).abs() <= 2**-8 * exact.abs()).all()  # within half a bf16 ulp: rounded once
+    with pytest.raises(IndexError):
+        scaled_embedding(torch.tensor([50]), weight, 1.0)

@@ -10,6 +10,7 @@ from ..model.config import RFAConfig
 from ..model.lm import sinusoidal_positions
 from ..model.linear_layers import linear, linear_dropout
 from ..model.residual_norm import residual_feed_forward, residual_linear, residual_norm
+from ..ops.embedding import scaled_embedding
 
 KVCache = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -74,7 +75,7 @@ class SoftmaxLanguageModel(nn.Module):
         if position_ids is None:
             start = 0 if cache is None else cache[0][0].shape[2]
             position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        x = self.embed(input_ids) * math.sqrt(self.config.d_model)
+        x = scaled_embedding(input_ids, self.embed.weight, math.sqrt(self.config.d_model))
         x = self.drop(x + sinusoidal_positions(position_ids, self.config.d_model).to(x.dtype))
         f, new_cache = None, []
         for i, block in enumerate(self.blocks):

@@ -13,6 +13,7 @@ from ..format.config import RFASeq2SeqConfig
 from ..model.linear_layers import linear, linear_dropout
 from ..model.lm import sinusoidal_positions
 from ..model.residual_norm import residual_feed_forward, residual_norm
+from ..ops.embedding import scaled_embedding
 
 KV = Tuple[torch.Tensor, torch.Tensor]
 
@@ -132,7 +133,7 @@ class SoftmaxSeq2Seq(nn.Module):
     def _embed(self, embed, ids, position_ids=None):
         if position_ids is None:
             position_ids = torch.arange(ids.shape[1], device=ids.device).expand(*ids.shape)
-        x = embed(ids) * math.sqrt(self.config.d_model)
+        x = scaled_embedding(ids, embed.weight, math.sqrt(self.config.d_model))
         return self.drop(x + sinusoidal_positions(position_ids, self.config.d_model).to(x.dtype))
 
     def encode(self, src_ids, src_mask=None) -> Tuple[torch.Tensor, List[KV]]:

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..ops.lm_decode_step import LayerWeights, LMStepWeights, lm_decode_step_
 from ..ops.causal_gated_scan.state_storage import narrow_state
+from ..ops.embedding import scaled_embedding
 from ..ops.positions import sinusoidal_positions
 from .attention import CausalRFASelfAttention
 from .config import RFAConfig
@@ -143,7 +144,7 @@ class RFALanguageModel(nn.Module):
         """forward up to the final norm -> (x, f, new state): the residual stream [B, T, d_model] before the last
         block's FFN output f (a tensor or PartialSums) is added, for the final norm to add and normalise."""
         B, T = input_ids.shape
-        x = self.embed(input_ids) * math.sqrt(self.config.d_model)
+        x = scaled_embedding(input_ids, self.embed.weight, math.sqrt(self.config.d_model))
         if self.config.positional == "sinusoidal":
             if position_ids is None:
                 position_ids = torch.arange(T, device=input_ids.device).expand(B, T)

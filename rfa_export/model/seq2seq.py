@@ -11,6 +11,7 @@ from torch import nn
 
 from ..format.config import RFASeq2SeqConfig
 from ..ops.causal_gated_scan.state_storage import narrow_state
+from ..ops.embedding import scaled_embedding
 from .attention import CausalRFASelfAttention, RFAAttention
 from .linear_layers import linear
 from .lm import sinusoidal_positions
@@ -151,7 +152,7 @@ class RFASeq2Seq(nn.Module):
             block.cross_attn.phi.resample(generator)
 
     def _embed(self, embed: nn.Embedding, ids: torch.Tensor, position_ids: Optional[torch.Tensor]) -> torch.Tensor:
-        x = embed(ids) * math.sqrt(self.config.d_model)
+        x = scaled_embedding(ids, embed.weight, math.sqrt(self.config.d_model))
         if self.config.positional == "sinusoidal":
             if position_ids is None:
                 position_ids = torch.arange(ids.shape[1], device=ids.device).expand(*ids.shape)
