@@ -12,6 +12,7 @@
 #include "decode_prologue.cuh"
 #include "dependent_launch.cuh"
 #include "scan_common.cuh"
+#include "timeline.cuh"
 #include "scan_launch.h"
 #include "tma.cuh"
 
@@ -124,6 +125,13 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     {
         red[2] = 0.f; // before the first barrier
     }
+    unsigned long long* const timeline
+        = kMapFeatures && p.timeline && p.overlapStateLoad ? p.timeline + (size_t) bh * kStepTimelineFields : nullptr;
+    if (timeline != nullptr && threadIdx.x == 0)
+    {
+        timeline[0] = globalTimer();
+    }
+    stampCycles(timeline, 1);
     bool const nextAtStart = kMapFeatures && allowsNextKernelAtStart(p.allowNextEarly);
     if (nextAtStart)
     {
@@ -232,6 +240,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
     {
         loadBatch(0);
     }
+    stampCycles(timeline, 2);
 
     if constexpr (kMapFeatures)
     {
@@ -239,6 +248,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         // logits and the keep mask come from the kernels before this one.
         waitForPreviousKernel();
     }
+    stampCycles(timeline, 3);
     int const headQK = kMapFeatures ? Dv : F; // elements of one head in q and k
     T const* q = static_cast<T const*>(p.q) + (size_t) b * p.qkBatchStride + (size_t) h * headQK;
     T const* k = static_cast<T const*>(p.k) + (size_t) b * p.qkBatchStride + (size_t) h * headQK;
@@ -266,6 +276,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         masked = mapDecodeInputs<T, kStaged ? 1 : 0>(p, b, h, q, k, qk, xs, wsm, gate);
     }
     __syncthreads();
+    stampCycles(timeline, 4);
     int const warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     if (warp == 0)
     {
@@ -322,6 +333,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         {
             __syncthreads(); // every thread's copies
         }
+        stampCycles(timeline, 5);
 #pragma unroll 1 // unrolled, it spills a register and is slower
         for (int u = 0; u < passes; ++u)
         {
@@ -373,6 +385,7 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         }
     }
     __syncthreads();
+    stampCycles(timeline, 6);
 
     // num[c] = keep * (q^T S_old)[c] + write * (q . k) * [v, 1][c]; then max |num| over the Dv value columns.
     float const qDotK = red[1];
@@ -411,6 +424,11 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
         {
             tmaStoreWaitRead(); // the bulk store has read the slab before the block's shared memory goes
         }
+    }
+    stampCycles(timeline, 7);
+    if (timeline != nullptr && threadIdx.x == 0)
+    {
+        timeline[8] = globalTimer();
     }
 }
 

@@ -74,6 +74,7 @@ int rfa_decode_attention_step(rfa_decode_args_t const* a, cudaStream_t stream)
     p.out = a->out;
     p.overlapStateLoad = a->overlap_state_load != 0;
     p.allowNextEarly = p.overlapStateLoad && a->allow_next_early != 0;
+    p.timeline = a->timeline;
     p.proj = a->proj;
     p.projParts = a->proj ? a->proj_parts : 0;
     p.qkBatchStride = p.vBatchStride = p.gBatchStride = size_t(a->row_stride);

@@ -28,6 +28,11 @@ extern "C" {
 // allow_next_early != 0 (with overlap_state_load): where the grid has at most one block per multiprocessor
 // (B * H of them), the kernel lets the next kernel on the stream launch at its start instead of after its
 // state update, so that kernel's reads before its own wait overlap this whole step.
+// timeline (profiling, fp32 and bf16 states with overlap_state_load; may be null): 16 uint64 per block
+// b * H + h, written by its thread 0: [0] the global timer (ns) at its start; the cycle counter at [1] its start,
+// [2] its state loads issued, [3] the kernel before finished (its wait returned), [4] phi(q), phi(k) and the
+// gate ready, [5] its state slab arrived (kernels staging the slab: dh <= 64; else not written), [6] the state
+// updated, [7] its end; [8] the global timer at its end.
 typedef struct
 {
     int B, H, dh, D;
@@ -49,6 +54,7 @@ typedef struct
     int proj_parts;
     rfa_dtype_t state_dtype; // RFA_FLOAT32 (a zeroed struct), RFA_BFLOAT16 or RFA_INT8 (docs/op_contract.md)
     int allow_next_early;
+    unsigned long long* timeline; // may be null: profiling only (above)
 } rfa_decode_args_t;
 
 // 0 when supported: B, H >= 1; dh and D in [1, 128] with F and dh multiples of 16 in [16, 256] (the step

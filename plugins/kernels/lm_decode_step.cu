@@ -13,6 +13,7 @@
 #include "lm_decode_step.h"
 
 #include "random_features.h"
+#include "timeline.cuh"
 #include "tma.cuh"
 
 #include <cuda_bf16.h>
@@ -492,12 +493,6 @@ struct Ring
     }
 };
 
-__device__ __forceinline__ unsigned long long globalTimer()
-{
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
 
 __device__ float blockSum(float v, float* red, int tid)
 {

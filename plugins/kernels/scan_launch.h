@@ -39,6 +39,9 @@ struct StepParams
     // Decode prologue only, with overlapStateLoad: a grid of at most one block per multiprocessor lets the
     // next kernel launch at its start (rfa_decode_args_t::allow_next_early)
     bool allowNextEarly;
+    // Decode prologue only, may be null (profiling): kStepTimelineFields timestamps per block
+    // (rfa_decode_args_t::timeline)
+    unsigned long long* timeline;
     // Decode prologue only, may be null: q and k already projected (rfa_decode_args_t::proj); then q, k,
     // sigma and wTilde are not read
     float const* proj;
@@ -46,6 +49,7 @@ struct StepParams
 };
 
 constexpr int kMaxProjParts = 4; // rfa_decode_args_t::proj_parts
+constexpr int kStepTimelineFields = 16; // rfa_decode_args_t::timeline
 
 struct ChunkParams
 {

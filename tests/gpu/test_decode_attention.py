@@ -330,6 +330,18 @@ def _project_and_step(x, weight, sigma, w, state, overlap):
                                        overlap_state_load=overlap)
 
 
+def _projection_case(B, seed, state_dtype=torch.float32):
+    """H 16 heads of dh 64 (D 64, gaussian) behind a d_model 1024 q/k/v/gate projection, bf16: (sigma, w_tilde,
+    x [B, 1024], the projection's weight, a state after a prefix)."""
+    g = torch.Generator().manual_seed(seed)
+    H, dh, D = 16, 64, 64
+    sigma = (torch.rand(H, dh, generator=g) + 0.5).to("cuda", torch.bfloat16)
+    w = torch.randn(H, D, dh, generator=g).to("cuda", torch.bfloat16)
+    x = torch.randn(B, 1024, generator=g).to("cuda", torch.bfloat16)
+    weight = (torch.randn(3 * H * dh + H, 1024, generator=g) / 32).to("cuda", torch.bfloat16)
+    return sigma, w, x, weight, prefix_state(B, H, dh, "gaussian", sigma, w, g).to("cuda", state_dtype)
+
+
 def test_overlapped_state_load_waits_for_the_projection():
     """overlap_state_load lets the step start while the projection that makes q, k, v and the gate is still
     running (a programmatic dependent launch after the Triton projection, which lets its successor start
@@ -338,13 +350,7 @@ def test_overlapped_state_load_waits_for_the_projection():
 
     if triton is None:
         pytest.skip("triton not installed")
-    g = torch.Generator().manual_seed(7)
-    B, H, dh, D = 64, 16, 64, 64
-    sigma = (torch.rand(H, dh, generator=g) + 0.5).to("cuda", torch.bfloat16)
-    w = torch.randn(H, D, dh, generator=g).to("cuda", torch.bfloat16)
-    x = torch.randn(B, 1024, generator=g).to("cuda", torch.bfloat16)
-    weight = (torch.randn(3 * H * dh + H, 1024, generator=g) / 32).to("cuda", torch.bfloat16)
-    state0 = prefix_state(B, H, dh, "gaussian", sigma, w, g).cuda()
+    sigma, w, x, weight, state0 = _projection_case(64, 7)
 
     def step(overlap):
         state = state0.clone()
@@ -394,3 +400,33 @@ def test_step_letting_the_next_kernel_start_early_is_still_waited_for(B, monkeyp
         for _ in range(3):
             y, state = chain(x, True)
             assert torch.equal(y, serial_y) and torch.equal(state, serial_state)
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=["fp32_state", "bf16_state"])
+def test_step_timeline_stamps_every_phase_in_order_and_changes_nothing(state_dtype, monkeypatch):
+    """decode_attention.cuda.TIMELINE (profiling): each launch with overlap_state_load writes its slot, every
+    block's cycle stamps rise phase by phase within its global-timer span, and the outputs and state are those
+    of the same step without a timeline, bit for bit."""
+    import rfa_export.ops.decode_attention.cuda as decode_attention_cuda
+    from rfa_export.ops.decode_linear.triton_linear import triton
+
+    if triton is None:
+        pytest.skip("triton not installed")
+    B, H = 1, 16
+    sigma, w, x, weight, state0 = _projection_case(B, 11, state_dtype)
+    plain_state = state0.clone()
+    plain = _project_and_step(x, weight, sigma, w, plain_state, True)
+    timeline = decode_attention_cuda.StepTimeline(2, B * H, "cuda")
+    monkeypatch.setattr(decode_attention_cuda, "TIMELINE", timeline)
+    states = [state0.clone(), state0.clone(), state0.clone()]
+    outs = [_project_and_step(x, weight, sigma, w, s, True) for s in states]  # the third overwrites slot 0
+    _project_and_step(x, weight, sigma, w, state0.clone(), False)  # not overlapped: no slot taken
+    torch.cuda.synchronize()
+    assert timeline.calls == 3
+    for out, state in zip(outs, states):
+        assert torch.equal(out, plain) and torch.equal(state, plain_state)
+    stamps = timeline.stamps.cpu()
+    cycles = stamps[..., 1:8]
+    assert (cycles > 0).all() and (cycles[..., 1:] >= cycles[..., :-1]).all()
+    assert (stamps[..., 8] >= stamps[..., 0]).all() and (stamps[..., 0] > 0).all()
+    assert (stamps[..., 9:] == 0).all()

@@ -19,12 +19,35 @@ class _DecodeArgs(ctypes.Structure):
         ("sigma", ctypes.c_void_p), ("w_tilde", ctypes.c_void_p), ("keep", ctypes.c_void_p),
         ("state", ctypes.c_void_p), ("out", ctypes.c_void_p), ("overlap_state_load", ctypes.c_int),
         ("proj", ctypes.c_void_p), ("proj_parts", ctypes.c_int), ("state_dtype", ctypes.c_int),
-        ("allow_next_early", ctypes.c_int),
+        ("allow_next_early", ctypes.c_int), ("timeline", ctypes.c_void_p),
     ]
 
 # with overlap_state_load, a step of at most one block per multiprocessor (B * H) lets the next kernel launch at
 # its start, so that kernel's reads before its wait overlap the whole step (benchmarks/bench_decode_variants_gpu.py)
 NEXT_KERNEL_AT_START = True
+TIMELINE_FIELDS = 16  # kStepTimelineFields: timestamps per block (decode_attention_step.h, "timeline")
+
+
+class StepTimeline:
+    """Profiling: where each block of the fused step spends its time (decode_attention_step.h, "timeline").
+    While set as TIMELINE, the steps launched with overlap_state_load write into `stamps`, the k-th launch into
+    slot k mod `launches` (a decoding step's layers, in order, when launches = n_layers)."""
+
+    def __init__(self, launches: int, blocks: int, device):
+        self.launches, self.blocks = launches, blocks
+        self.stamps = torch.zeros((launches, blocks, TIMELINE_FIELDS), dtype=torch.int64, device=device)
+        self.calls = 0
+
+    def slot(self, blocks: int) -> int:
+        """The address of the next launch's timestamps."""
+        if blocks > self.blocks:
+            raise ValueError(f"the timeline holds {self.blocks} blocks per launch, the step has {blocks}")
+        address = self.stamps[self.calls % self.launches].data_ptr()
+        self.calls += 1
+        return address
+
+
+TIMELINE = None  # a StepTimeline while profiling
 
 
 def _bind(lib) -> None:
@@ -52,7 +75,8 @@ def _args(q, k, v, gate_logits, sigma, w_tilde, kind, state, eps, keep, out_ptr,
                        data_ptr(q), data_ptr(k), data_ptr(v), data_ptr(gate_logits), data_ptr(sigma), data_ptr(w_tilde),
                        data_ptr(keep), data_ptr(state), out_ptr, int(overlap), data_ptr(proj),
                        0 if proj is None else proj.shape[3], STATE_DTYPE_CODES[state.dtype],
-                       int(NEXT_KERNEL_AT_START))  # the kernel honours it only with overlap_state_load
+                       int(NEXT_KERNEL_AT_START),  # the kernel honours it only with overlap_state_load
+                       TIMELINE.slot(B * H) if TIMELINE is not None and overlap and out_ptr else None)
 
 
 def decode_attention_kernel_supports(q, k, v, gate_logits, sigma, w_tilde, kind, state, keep=None) -> bool:
