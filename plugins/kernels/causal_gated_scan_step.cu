@@ -260,20 +260,23 @@ __global__ void __launch_bounds__(kMaxThreads, kMinBlocks) scanStepKernel(StepPa
             qk[i] = i < F ? make_float2(toFloat(q[i]), toFloat(k[i])) : make_float2(0.f, 0.f);
         }
     }
-    for (int i = threadIdx.x; i < cols; i += blockDim.x)
-    {
-        vs[i] = i < Dv ? toFloat(v[i]) : 1.f;
-    }
     float gate = 0.f;
     bool const gated = p.g != nullptr;
-    if (gated)
-    {
-        gate = toFloat(static_cast<T const*>(p.g)[(size_t) b * p.gBatchStride + h]);
-    }
     bool masked = false;
     if constexpr (kMapFeatures)
     {
-        masked = mapDecodeInputs<T, kStaged ? 1 : 0>(p, b, h, q, k, qk, xs, wsm, gate);
+        masked = mapDecodeInputs<T, kStaged ? 1 : 0>(p, b, h, q, k, v, qk, vs, xs, wsm, gate);
+    }
+    else
+    {
+        for (int i = threadIdx.x; i < cols; i += blockDim.x)
+        {
+            vs[i] = i < Dv ? toFloat(v[i]) : 1.f;
+        }
+        if (gated)
+        {
+            gate = toFloat(static_cast<T const*>(p.g)[(size_t) b * p.gBatchStride + h]);
+        }
     }
     __syncthreads();
     stampCycles(timeline, 4);

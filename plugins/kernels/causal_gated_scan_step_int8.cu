@@ -85,27 +85,29 @@ __global__ void __launch_bounds__(kInt8Warps * 32) scanStepInt8Kernel(StepParams
     T const* const q = static_cast<T const*>(p.q) + (size_t) b * p.qkBatchStride + (size_t) h * headQK;
     T const* const k = static_cast<T const*>(p.k) + (size_t) b * p.qkBatchStride + (size_t) h * headQK;
     T const* const v = static_cast<T const*>(p.v) + (size_t) b * p.vBatchStride + (size_t) h * Dv;
-    if constexpr (!kMapFeatures)
-    {
-        for (int i = threadIdx.x; i < F; i += blockDim.x)
-        {
-            qk[i] = make_float2(toFloat(q[i]), toFloat(k[i]));
-        }
-    }
-    for (int i = threadIdx.x; i < cols; i += blockDim.x)
-    {
-        vs[i] = i < Dv ? toFloat(v[i]) : 1.f;
-    }
     if (threadIdx.x == 0)
     {
         red[2] = 0.f;
     }
     bool const gated = p.g != nullptr;
-    float gate = gated ? toFloat(static_cast<T const*>(p.g)[(size_t) b * p.gBatchStride + h]) : 0.f;
+    float gate = 0.f;
     bool masked = false;
     if constexpr (kMapFeatures)
     {
-        masked = mapDecodeInputs<T, 1>(p, b, h, q, k, qk, xs, wsm, gate); // the state's cp.async group is later
+        // the state's cp.async group is later
+        masked = mapDecodeInputs<T, 1>(p, b, h, q, k, v, qk, vs, xs, wsm, gate);
+    }
+    else
+    {
+        for (int i = threadIdx.x; i < F; i += blockDim.x)
+        {
+            qk[i] = make_float2(toFloat(q[i]), toFloat(k[i]));
+        }
+        for (int i = threadIdx.x; i < cols; i += blockDim.x)
+        {
+            vs[i] = i < Dv ? toFloat(v[i]) : 1.f;
+        }
+        gate = gated ? toFloat(static_cast<T const*>(p.g)[(size_t) b * p.gBatchStride + h]) : 0.f;
     }
     // a masked entry keeps its state (as k = 0 and g = 1 in the model): its rows narrow back to the same bytes
     float const keep = masked ? 1.f : (gated ? gate : 1.f), write = masked ? 0.f : (gated ? 1.f - gate : 1.f);

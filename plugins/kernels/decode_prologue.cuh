@@ -183,13 +183,18 @@ __device__ void mapProjectedFeatures(StepParams const& p, int b, int h, float2* 
 }
 
 // Part 3, after the kernel before has finished: phi(q) and phi(k) into qk (from p.proj where given, else projected
-// here, kLaterGroups cp.async groups committed after W~'s), the gate logit through the sigmoid as torch.sigmoid on a
-// T tensor (fp32, rounded to T); returns whether the keep mask leaves entry b's state unchanged. All threads must
-// call it.
+// here, kLaterGroups cp.async groups committed after W~'s), [v, 1] into vs ([Dv + 1]), the gate logit through the
+// sigmoid as torch.sigmoid on a T tensor (fp32, rounded to T; 0 where p.g is null); returns whether the keep mask
+// leaves entry b's state unchanged. v, the gate logit and the keep flag are requested before the features' inputs
+// and used only after those: one L2 round trip for all of them, not one per input. All threads must call it.
 template <typename T, int kLaterGroups>
-__device__ __forceinline__ bool mapDecodeInputs(
-    StepParams const& p, int b, int h, T const* q, T const* k, float2* qk, float* xs, T const* wsm, float& gate)
+__device__ __forceinline__ bool mapDecodeInputs(StepParams const& p, int b, int h, T const* q, T const* k, T const* v,
+    float2* qk, float* vs, float* xs, T const* wsm, float& gate)
 {
+    int const Dv = p.Dv, i = threadIdx.x;
+    T const vOwn = i < Dv ? v[i] : fromFloat<T>(1.f);
+    T const gateLogit = p.g ? static_cast<T const*>(p.g)[(size_t) b * p.gBatchStride + h] : fromFloat<T>(0.f);
+    long long const keepFlag = p.keepMask != nullptr ? p.keepMask[b] : 1; // compared only at the end
     if (p.proj)
     {
         mapProjectedFeatures<T>(p, b, h, qk);
@@ -198,8 +203,16 @@ __device__ __forceinline__ bool mapDecodeInputs(
     {
         mapFeatures<T, kLaterGroups>(p, q, k, h, qk, xs, wsm);
     }
-    gate = toFloat(fromFloat<T>(1.f / (1.f + expf(-gate))));
-    return p.keepMask != nullptr && p.keepMask[b] == 0;
+    if (i <= Dv)
+    {
+        vs[i] = toFloat(vOwn);
+    }
+    for (int j = i + blockDim.x; j <= Dv; j += blockDim.x) // blocks narrower than Dv + 1
+    {
+        vs[j] = j < Dv ? toFloat(v[j]) : 1.f;
+    }
+    gate = p.g ? toFloat(fromFloat<T>(1.f / (1.f + expf(-toFloat(gateLogit))))) : 0.f;
+    return keepFlag == 0;
 }
 
 // Launched early, the resident blocks' state requests (~12 MB at B64) reach the memory while the q/k/v GEMM
