@@ -15,6 +15,8 @@ multiprocessor at its start (decode_attention.cuda.NEXT_KERNEL_AT_START), both t
 neither (the linear programs after their wait, the step after its state update).
 embedding: the token lookup and its scaling as one Triton kernel that lets the first q/k/v projection launch at
 its start (ops/embedding, the default), or as PyTorch's two kernels (both models).
+ffn1_trigger: FFN1's strip programs let FFN2 launch after their wait (triton_linear.GELU_STRIP_TRIGGERS_AFTER_WAIT,
+the default), or before it as every other strip layer does (both models).
 RFA with fp32 and bf16 states and softmax at 1k context, all CUDA-graph replays, the settings alternating within
 each round so every one sees the same GPU state; B64 (no variant applies above one row) runs in every round
 as a control of the noise. Prints per-setting medians over rounds and writes <variant>.json to --out.
@@ -33,6 +35,7 @@ import rfa_export.ops.decode_attention.cuda as decode_attention_cuda
 import rfa_export.ops.decode_linear.triton_linear as triton_linear
 import rfa_export.ops.decode_linear.triton_norm_linear as triton_norm_linear
 import rfa_export.ops.embedding.op as embedding_op
+import rfa_export.ops.native as native
 from rfa_export.baselines import SoftmaxLanguageModel
 from rfa_export.model import RFALanguageModel
 
@@ -59,6 +62,8 @@ VARIANTS = {
                 "linear_before_wait": [(decode_attention_cuda, "NEXT_KERNEL_AT_START", False)],
                 "step_at_start": [(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", False)]},
     "embedding": {"kernel": [], "torch": [(embedding_op, "scaled_embedding_kernel_supports", _refused)]},
+    "ffn1_trigger": {"after_wait": [(triton_linear, "GELU_STRIP_TRIGGERS_AFTER_WAIT", True)],
+                     "before_wait": [(triton_linear, "GELU_STRIP_TRIGGERS_AFTER_WAIT", False)]},
 }
 
 
@@ -100,7 +105,7 @@ def main():
         print(f"{v:22s} " + " ".join(f"{medians[v][c]:22.1f}" for c in cases))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.variant}.json").write_text(json.dumps(
-        {"gpu": torch.cuda.get_device_name(), "variant": args.variant, "rounds": args.rounds, "medians_us": medians,
+        {"gpu": torch.cuda.get_device_name(), "kernels_library": str(native.library_path()), "variant": args.variant, "rounds": args.rounds, "medians_us": medians,
          "samples_us": samples}, indent=2))
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import rfa_export.ops.decode_attention.cuda as decode_attention_cuda
+import rfa_export.ops.native as native
 from rfa_export.model import RFALanguageModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,7 +100,7 @@ def main():
             setattr(module, name, value)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "step_phases.json").write_text(json.dumps(
-        {"gpu": torch.cuda.get_device_name(), "batch": args.batch, "reps": args.reps, "phases": [p[0] for p in PHASES],
+        {"gpu": torch.cuda.get_device_name(), "kernels_library": str(native.library_path()), "batch": args.batch, "reps": args.reps, "phases": [p[0] for p in PHASES],
          "results": results}, indent=2))
 
 

@@ -591,13 +591,17 @@ def test_one_row_forward_adds_and_normalises_inside_the_next_linear_kernel(model
 
 @pytest.mark.usefixtures("needs_kernels")
 @pytest.mark.parametrize("d_model", [128, 1024], ids=["output_projection_whole", "output_projection_split"])
-@pytest.mark.parametrize("early_triggers", [False, True], ids=["triggers_after_waits", "triggers_early"])
-def test_one_row_decode_step_adds_and_normalises_inside_the_projecting_kernel(d_model, early_triggers, monkeypatch):
+@pytest.mark.parametrize("early_triggers, ffn1_after_wait", [(False, False), (True, False), (True, True)],
+                         ids=["triggers_after_waits", "triggers_early", "triggers_early_but_ffn1"])
+def test_one_row_decode_step_adds_and_normalises_inside_the_projecting_kernel(d_model, early_triggers, ffn1_after_wait,
+                                                                              monkeypatch):
     """The RFA model's decode step at one row: the add and norm before each block's q/k/v GEMM run in that GEMM's
     kernel, with the feature projections in its epilogue; logits and updated states match the float64 step,
     and the separate kernels; bit-identical with and without dependent launches, also where each strip
-    program and the attention step let the next kernel launch early (their settings early_triggers)."""
+    program and the attention step let the next kernel launch early (their settings early_triggers), with
+    FFN1 alone triggering after its wait or not (ffn1_after_wait)."""
     monkeypatch.setattr(triton_linear, "STRIP_TRIGGERS_BEFORE_WAIT", early_triggers)
+    monkeypatch.setattr(triton_linear, "GELU_STRIP_TRIGGERS_AFTER_WAIT", ffn1_after_wait)
     monkeypatch.setattr(decode_attention_cuda, "NEXT_KERNEL_AT_START", early_triggers)
     model, cfg, ids = small_language_model(RFALanguageModel, n_layers=2, d_ffn=2048, d_model=d_model)
     token, pos = ids[:1, 0], torch.tensor([3])

@@ -41,6 +41,9 @@ STRIP_MAX_ELEMENTS = 32 * 1024
 # a program holding its whole strip lets the next kernel launch before its own wait, not after it: that kernel
 # then reads its weights while this one waits (benchmarks/bench_decode_variants_gpu.py, "trigger")
 STRIP_TRIGGERS_BEFORE_WAIT = True
+# except a GELU layer (FFN1): it lets FFN2 launch after its wait, so fewer kernels stream weights beside the
+# attention step (benchmarks/bench_decode_variants_gpu.py, "ffn1_trigger")
+GELU_STRIP_TRIGGERS_AFTER_WAIT = True
 PREFETCH_PROJECTION_WEIGHTS = True  # see triton_decode_linear_projected; tests compare with it off
 WIDE_K_TILE_MIN_ROWS = 32  # see _tiles
 _SHARED_MEMORY = {}
@@ -308,7 +311,7 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, arg
         NORM=norm is not None, ADD_PARTS=n.parts, HAS_ADD=n.add is not None, HAS_ADD_BIAS=n.add_bias is not None,
         HAS_LN_BIAS=n.ln_bias is not None, PRELOAD=preload,
         PROJ=projection is not None, PREFETCH=prefetch, DH=DH, FD=max(16, triton.next_power_of_2(D)),
-        STRIP=strip_width > 0, KW=max(strip_width, 16), EARLY_TRIGGER=strip_width > 0 and STRIP_TRIGGERS_BEFORE_WAIT,
+        STRIP=strip_width > 0, KW=max(strip_width, 16), EARLY_TRIGGER=strip_width > 0 and STRIP_TRIGGERS_BEFORE_WAIT and not (gelu and GELU_STRIP_TRIGGERS_AFTER_WAIT),
         BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK,
         num_warps=strip_num_warps(BN, strip_width), num_stages=stages, launch_pdl=pdl)
 
