@@ -7,6 +7,8 @@
 # per-command limit takes it in several calls): build kernel-tests sanitize-kernels sanitize-python plugin pytest.
 # Without build, the parts run what build/ already holds. RFA_GPU_SANITIZE_TARGETS picks the test files of
 # sanitize-python (default all six below; run side by side, so a limited call takes a few at a time).
+# RFA_TEST_SHARD=i/n (tests/conftest.py) runs every n-th test from the i-th in each pytest run, so a target too
+# long for one call (racecheck of cuda_kernels) is done in n calls, i = 0 .. n-1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}

@@ -12,6 +12,22 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
+def pytest_collection_modifyitems(config, items):
+    """RFA_TEST_SHARD=i/n keeps the tests at positions i, i + n, i + 2n, ... of the collection (0 <= i < n), so
+    that a long run, such as a sanitizer over a GPU test file, can be split over calls of a per-command limit."""
+    shard = os.environ.get("RFA_TEST_SHARD")
+    if not shard:
+        return
+    try:
+        index, count = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"RFA_TEST_SHARD={shard!r}: expected i/n, e.g. 0/2") from None
+    if not 0 <= index < count:
+        raise pytest.UsageError(f"RFA_TEST_SHARD={shard!r}: needs 0 <= i < n")
+    config.hook.pytest_deselected(items=[item for k, item in enumerate(items) if k % count != index])
+    items[:] = items[index::count]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
