@@ -228,7 +228,34 @@ def directory_cases(bundled_export, tmp_path):
         "M5": [bad("model.onnx: modified after export", lambda: _edited_weight(copy())),
                lambda: _data_file_case(tmp_path / "external")],
         "M6": [lambda: _verify_dtype_case(copy())],
+        "M7": [bad(r"tokenizer must name tokenizer.json, its sha256, a vocab_size in \[1, 256\]",
+                   edited_json(lambda m: m.update(tokenizer=entry))) for entry in _bad_tokenizer_entries(256)]
+        + [lambda: _seq2seq_tokenizer_case()],
     }
+
+
+def _bad_tokenizer_entries(vocab_size):
+    good = {"file": "tokenizer.json", "sha256": "0" * 64, "vocab_size": vocab_size, "eos_token_id": 0}
+    return [{**good, "file": "../tokenizer.json"}, {**good, "sha256": "x"}, {**good, "vocab_size": vocab_size + 1},
+            {**good, "vocab_size": True}, {**good, "eos_token_id": vocab_size}, {k: v for k, v in good.items() if k != "file"}]
+
+
+def _seq2seq_tokenizer_case():
+    """The encoder-decoder metadata takes the same entries: a valid one is read back, the bad ones are refused
+    against the smaller vocabulary (source 300, target 200)."""
+    from rfa_export.format.lowerings import LOWERINGS
+    from rfa_export.format.seq2seq_metadata import DECODER_FILE, ENCODER_FILE, Seq2SeqExportMetadata, describe_seq2seq_export
+
+    config = RFASeq2SeqConfig(src_vocab_size=300, tgt_vocab_size=200, shared_vocab=False, bos_token_id=198,
+                              eos_token_id=199)
+    meta = describe_seq2seq_export(config, "plugin", "fp32", LOWERINGS["plugin"].opsets, "test")
+    meta.integrity = {ENCODER_FILE: "0" * 64, DECODER_FILE: "1" * 64}
+    meta.tokenizer = {"file": "tokenizer.json", "sha256": "2" * 64, "vocab_size": 200, "eos_token_id": None}
+    assert Seq2SeqExportMetadata.from_json(meta.to_json()).tokenizer == meta.tokenizer
+    for entry in _bad_tokenizer_entries(200):
+        meta.tokenizer = entry
+        raises(MetadataError, r"tokenizer must name tokenizer.json, its sha256, a vocab_size in \[1, 200\]",
+               lambda: Seq2SeqExportMetadata.from_json(meta.to_json()))
 
 
 def _edited_weight(d):

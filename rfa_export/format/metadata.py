@@ -120,15 +120,7 @@ class ExportMetadata:
                 raise MetadataError(f"{source}: {name}{_first_difference(got, want)}")
         if self.lowering != TORCH_LOWERING and not _is_digest(self.integrity.get("model")):
             raise MetadataError(f"{source}: no content digest")
-        if not isinstance(self.tokenizer, dict):
-            raise MetadataError(f"{source}: tokenizer must be an object")
-        if self.tokenizer:
-            size, eos = self.tokenizer.get("vocab_size"), self.tokenizer.get("eos_token_id")
-            if (self.tokenizer.get("file") != "tokenizer.json" or not _is_digest(self.tokenizer.get("sha256"))
-                    or not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= config.vocab_size
-                    or not (eos is None or isinstance(eos, int) and not isinstance(eos, bool) and 0 <= eos < size)):
-                raise MetadataError(f"{source}: tokenizer must name tokenizer.json, its sha256 and a vocab_size in "
-                                    f"[1, {config.vocab_size}]")
+        validate_tokenizer_entry(self.tokenizer, config.vocab_size, source)
 
     @property
     def model_config(self) -> RFAConfig:
@@ -166,6 +158,25 @@ def _first_difference(got: list, want: list) -> str:
 
 def _is_digest(value) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_tokenizer_entry(tokenizer, vocab_size: int, source: str) -> None:
+    """Raise MetadataError unless `tokenizer` is empty or records a stored tokenizer.json as
+    format/tokenizer_file.py writes it: the file's name and sha256, a vocab_size in [1, vocab_size] (the ids the
+    model takes) and an eos_token_id below it, or null."""
+    if not isinstance(tokenizer, dict):
+        raise MetadataError(f"{source}: tokenizer must be an object")
+    if not tokenizer:
+        return
+    size, eos = tokenizer.get("vocab_size"), tokenizer.get("eos_token_id")
+    if (tokenizer.get("file") != "tokenizer.json" or not _is_digest(tokenizer.get("sha256"))
+            or not _is_int(size) or not 1 <= size <= vocab_size or not (eos is None or _is_int(eos) and 0 <= eos < size)):
+        raise MetadataError(f"{source}: tokenizer must name tokenizer.json, its sha256, a vocab_size in "
+                            f"[1, {vocab_size}] and an eos_token_id below it (or null)")
 
 
 def input_names(config: RFAConfig) -> List[str]:

@@ -9,7 +9,8 @@ from typing import Any, Dict, List
 
 from .config import ConfigError, RFASeq2SeqConfig
 from .lowerings import LOWERINGS
-from .metadata import DTYPES, MetadataError, StateSpec, TensorSpec, _first_difference, _is_digest, describe_state
+from .metadata import (DTYPES, MetadataError, StateSpec, TensorSpec, _first_difference, _is_digest, describe_state,
+                       validate_tokenizer_entry)
 
 SEQ2SEQ_FORMAT_NAME = "rfa-export/onnx-seq2seq"
 SEQ2SEQ_FORMAT_VERSION = 1
@@ -100,8 +101,7 @@ class Seq2SeqExportMetadata:
         if not isinstance(self.integrity, dict) or not all(_is_digest(self.integrity.get(f))
                                                             for f in (ENCODER_FILE, DECODER_FILE)):
             raise MetadataError(f"{source}: no content digest for both graphs")
-        if not isinstance(self.tokenizer, dict):
-            raise MetadataError(f"{source}: tokenizer must be an object")
+        validate_tokenizer_entry(self.tokenizer, min(config.src_vocab_size, config.tgt_vocab_size), source)
 
     @property
     def model_config(self) -> RFASeq2SeqConfig:
