@@ -1,6 +1,7 @@
 """Models with a Hugging Face tokenizer.json: a small byte-level BPE trained here on the bundled corpus, an
 RFA model with that vocabulary, exported with --tokenizer and decoded as text by generate (onnxruntime and
-torch), onnxruntime-genai and the runtime's incremental detokenizer."""
+torch), onnxruntime-genai and the runtime's incremental detokenizer; an encoder-decoder over the same vocabulary
+translating text through its stored tokenizer."""
 
 import json
 import shutil
@@ -113,6 +114,40 @@ def test_onnxruntime_genai_uses_the_stored_tokenizer(bpe_model):
     want = Decoder(OnnxRuntimeBackend(out)).generate([PROMPTS[0]], 15)[0]
     assert list(generator.get_sequence(0))[len(ids):] == want.tokens
     assert genai_tokenizer.decode(generator.get_sequence(0)[len(ids):]) == want.text
+
+
+def test_an_encoder_decoder_export_translates_text_with_its_tokenizer(bpe_model, tmp_path, capsys):
+    """A seq2seq model over the BPE vocabulary (plus BOS and EOS after it), exported with --tokenizer: the source
+    text is encoded and the output decoded through the stored tokenizer.json, the same on onnxruntime as on
+    torch with the same file, and the same as the tokenizer's own encode and decode of the ids."""
+    from rfa_export.model.checkpoint import save_seq2seq_checkpoint
+    from rfa_export.model.seq2seq import RFASeq2Seq, RFASeq2SeqConfig
+    from rfa_export.runtime.seq2seq import OnnxRuntimeSeq2SeqBackend, Seq2SeqDecoder
+
+    tokenizer = bpe_model[0]
+    torch.manual_seed(1)
+    config = RFASeq2SeqConfig(src_vocab_size=VOCAB + 2, tgt_vocab_size=VOCAB + 2, bos_token_id=VOCAB,
+                              eos_token_id=VOCAB + 1, d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=1,
+                              d_ffn=64, num_features=8)
+    checkpoint, out = tmp_path / "s2s.pt", tmp_path / "s2s"
+    save_seq2seq_checkpoint(RFASeq2Seq(config).eval(), checkpoint)
+    assert main([str(checkpoint), "-o", str(out), "--tokenizer", str(tokenizer), "-q"]) == 0
+    capsys.readouterr()
+    meta = json.loads((out / "rfa_export.json").read_text())
+    assert meta["tokenizer"]["vocab_size"] == VOCAB and (out / "tokenizer.json").read_bytes() == tokenizer.read_bytes()
+    decoder = Seq2SeqDecoder(OnnxRuntimeSeq2SeqBackend(out))
+    ours = HuggingFaceTokenizer(tokenizer)
+    sampling = SamplingParams(temperature=1.0, top_k=50, seed=3)
+    for source in PROMPTS:
+        assert decoder.encode_source(source) == ours.encode(source)
+        result = decoder.generate([source], 12, sampling)[0]
+        assert result.text and result.text == ours.decode([t for t in result.tokens if t < VOCAB])
+        for argv in (["translate", str(out)], ["translate", "--backend", "torch", "--checkpoint", str(checkpoint),
+                                               "--tokenizer", str(tokenizer)]):
+            code = main([*argv, "--source", source, "--max-new-tokens", "12", "--temperature", "1.0", "--top-k", "50",
+                         "--seed", "3"])
+            got, _ = capsys.readouterr()
+            assert code == 0 and got == result.text + "\n", (argv, got)
 
 
 def test_tokenizer_problems_are_one_line_errors(bpe_model, tmp_path, capsys):
