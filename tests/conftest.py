@@ -13,19 +13,19 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """RFA_TEST_SHARD=i/n keeps the tests at positions i, i + n, i + 2n, ... of the collection (0 <= i < n), so
-    that a long run, such as a sanitizer over a GPU test file, can be split over calls of a per-command limit."""
+    """RFA_TEST_SHARD=i/n keeps every n-th test from the i-th (helpers.shard_items), so that a long run, such as a
+    sanitizer over a GPU test file, can be split over calls of a per-command limit."""
     shard = os.environ.get("RFA_TEST_SHARD")
     if not shard:
         return
+    from helpers import shard_items
+
     try:
-        index, count = (int(part) for part in shard.split("/"))
-    except ValueError:
-        raise pytest.UsageError(f"RFA_TEST_SHARD={shard!r}: expected i/n, e.g. 0/2") from None
-    if not 0 <= index < count:
-        raise pytest.UsageError(f"RFA_TEST_SHARD={shard!r}: needs 0 <= i < n")
-    config.hook.pytest_deselected(items=[item for k, item in enumerate(items) if k % count != index])
-    items[:] = items[index::count]
+        kept, deselected = shard_items(items, shard)
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.hook.pytest_deselected(items=deselected)
+    items[:] = kept
 
 
 @pytest.fixture(autouse=True)

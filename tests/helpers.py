@@ -100,3 +100,15 @@ def workspace_bounds(lib: Path):
     bound = ctypes.CDLL(str(lib)).rfa_scan_workspace_bound
     bound.argtypes, bound.restype = [ctypes.c_int], ctypes.c_size_t
     return [bound(dtype) for dtype in (0, 1, 2)]
+
+
+def shard_items(items: list, spec: str) -> tuple:
+    """(kept, deselected) for RFA_TEST_SHARD=spec "i/n" (tests/conftest.py): the items at positions i, i + n,
+    i + 2n, ... (0 <= i < n) and the rest; ValueError for anything else."""
+    try:
+        index, count = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"RFA_TEST_SHARD={spec!r}: expected i/n, e.g. 0/2") from None
+    if not 0 <= index < count:
+        raise ValueError(f"RFA_TEST_SHARD={spec!r}: needs 0 <= i < n")
+    return items[index::count], [item for k, item in enumerate(items) if k % count != index]

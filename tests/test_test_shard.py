@@ -1,10 +1,13 @@
 """RFA_TEST_SHARD (tests/conftest.py): the shards of a collection are disjoint and together are all of it."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+
+from helpers import shard_items
 
 TARGET = "tests/test_state_dtype.py"
 
@@ -27,9 +30,11 @@ def test_shards_partition_the_collection():
 
 
 @pytest.mark.parametrize("shard", ["2/2", "-1/2", "a/2", "1"])
-def test_a_malformed_shard_is_a_usage_error(shard, monkeypatch):
-    from conftest import pytest_collection_modifyitems
+def test_a_malformed_shard_is_refused(shard):
+    with pytest.raises(ValueError, match=re.escape(f"RFA_TEST_SHARD={shard!r}")):
+        shard_items(list(range(5)), shard)
 
-    monkeypatch.setenv("RFA_TEST_SHARD", shard)
-    with pytest.raises(pytest.UsageError, match=f"RFA_TEST_SHARD={shard!r}"):
-        pytest_collection_modifyitems(None, [])
+
+def test_a_malformed_shard_is_a_usage_error():
+    rc, _, output = _collected("3/2")
+    assert rc == 4 and "RFA_TEST_SHARD='3/2'" in output
