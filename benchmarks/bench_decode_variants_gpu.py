@@ -105,8 +105,8 @@ def main():
         print(f"{v:22s} " + " ".join(f"{medians[v][c]:22.1f}" for c in cases))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.variant}.json").write_text(json.dumps(
-        {"gpu": torch.cuda.get_device_name(), "kernels_library": str(native.library_path()), "variant": args.variant, "rounds": args.rounds, "medians_us": medians,
-         "samples_us": samples}, indent=2))
+        {"gpu": torch.cuda.get_device_name(), "kernels_library": str(native.library_path()), "variant": args.variant,
+         "rounds": args.rounds, "medians_us": medians, "samples_us": samples}, indent=2))
 
 
 if __name__ == "__main__":

@@ -100,8 +100,8 @@ def main():
             setattr(module, name, value)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "step_phases.json").write_text(json.dumps(
-        {"gpu": torch.cuda.get_device_name(), "kernels_library": str(native.library_path()), "batch": args.batch, "reps": args.reps, "phases": [p[0] for p in PHASES],
-         "results": results}, indent=2))
+        {"gpu": torch.cuda.get_device_name(), "kernels_library": str(native.library_path()), "batch": args.batch,
+         "reps": args.reps, "phases": [p[0] for p in PHASES], "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -294,6 +294,7 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, arg
     # early weight reads pay off at a few rows; with more they compete with the kernel before for memory
     preload = pdl and M <= PRELOAD_MAX_ROWS
     strip_width = strip_columns(M, BN, k_range)
+    early_trigger = strip_width > 0 and STRIP_TRIGGERS_BEFORE_WAIT and not (gelu and GELU_STRIP_TRIGGERS_AFTER_WAIT)
     # 16-bit weights whose rows start 16-byte aligned, as the bulk prefetch needs
     prefetch = (PREFETCH_PROJECTION_WEIGHTS and projection is not None and pdl and not preload and K % 8 == 0
                 and weight.data_ptr() % 16 == 0)
@@ -311,7 +312,7 @@ def _launch(x, weight, bias, out, gelu: bool, k_range: int, projection=None, arg
         NORM=norm is not None, ADD_PARTS=n.parts, HAS_ADD=n.add is not None, HAS_ADD_BIAS=n.add_bias is not None,
         HAS_LN_BIAS=n.ln_bias is not None, PRELOAD=preload,
         PROJ=projection is not None, PREFETCH=prefetch, DH=DH, FD=max(16, triton.next_power_of_2(D)),
-        STRIP=strip_width > 0, KW=max(strip_width, 16), EARLY_TRIGGER=strip_width > 0 and STRIP_TRIGGERS_BEFORE_WAIT and not (gelu and GELU_STRIP_TRIGGERS_AFTER_WAIT),
+        STRIP=strip_width > 0, KW=max(strip_width, 16), EARLY_TRIGGER=early_trigger,
         BM=max(16, triton.next_power_of_2(M)), BN=BN, BK=BK,
         num_warps=strip_num_warps(BN, strip_width), num_stages=stages, launch_pdl=pdl)
 
