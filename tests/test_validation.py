@@ -215,7 +215,8 @@ def directory_cases(bundled_export, tmp_path):
         "M1": [bad("no rfa_export.json", replaced("rfa_export.json", None)),
                bad("unreadable", replaced("rfa_export.json", b"\xff\xfe{}")),
                bad("format 1, no content digest", edited_json(lambda m: m.update(format_version=1))),
-               bad("not rfa-export metadata", edited_json(lambda m: m.update(format="other")))],
+               bad("not rfa-export metadata", edited_json(lambda m: m.update(format="other"))),
+               lambda: _seq2seq_header_case()],
         "M2": [bad(r"config field n_layers must be an integer in \[1, 1024\], got 0",
                    edited_json(lambda m: m["config"].update(n_layers=0))),
                bad("unknown lowering 'magic'", edited_json(lambda m: m.update(lowering="magic"))),
@@ -240,16 +241,37 @@ def _bad_tokenizer_entries(vocab_size):
             {**good, "vocab_size": True}, {**good, "eos_token_id": vocab_size}, {k: v for k, v in good.items() if k != "file"}]
 
 
+def _seq2seq_meta(**fields):
+    from rfa_export.format.lowerings import LOWERINGS
+    from rfa_export.format.seq2seq_metadata import DECODER_FILE, ENCODER_FILE, describe_seq2seq_export
+
+    config = RFASeq2SeqConfig(**fields)
+    meta = describe_seq2seq_export(config, "plugin", "fp32", LOWERINGS["plugin"].opsets, "test")
+    meta.integrity = {ENCODER_FILE: "0" * 64, DECODER_FILE: "1" * 64}
+    return meta
+
+
+def _seq2seq_header_case():
+    """The encoder-decoder metadata's JSON is refused for another format, another version or a missing field."""
+    from rfa_export.format.seq2seq_metadata import Seq2SeqExportMetadata
+
+    good = json.loads(_seq2seq_meta().to_json())
+    assert Seq2SeqExportMetadata.from_json(json.dumps(good)).cross_state[0].input == "encoder.0.cross_state"
+    for edit, message in [(lambda m: m.update(format="rfa-export/onnx"), "not rfa-export encoder-decoder metadata"),
+                          (lambda m: m.update(format_version=2), "metadata format_version 2 is not 1"),
+                          (lambda m: m.pop("cross_state"), r"malformed rfa-export metadata \('cross_state'\)"),
+                          (lambda m: m["encoder"].update(inputs=[{"nam": 1}]), "malformed rfa-export metadata")]:
+        data = json.loads(json.dumps(good))
+        edit(data)
+        raises(MetadataError, message, lambda: Seq2SeqExportMetadata.from_json(json.dumps(data)))
+
+
 def _seq2seq_tokenizer_case():
     """The encoder-decoder metadata takes the same entries: a valid one is read back, the bad ones are refused
     against the smaller vocabulary (source 300, target 200)."""
-    from rfa_export.format.lowerings import LOWERINGS
-    from rfa_export.format.seq2seq_metadata import DECODER_FILE, ENCODER_FILE, Seq2SeqExportMetadata, describe_seq2seq_export
+    from rfa_export.format.seq2seq_metadata import Seq2SeqExportMetadata
 
-    config = RFASeq2SeqConfig(src_vocab_size=300, tgt_vocab_size=200, shared_vocab=False, bos_token_id=198,
-                              eos_token_id=199)
-    meta = describe_seq2seq_export(config, "plugin", "fp32", LOWERINGS["plugin"].opsets, "test")
-    meta.integrity = {ENCODER_FILE: "0" * 64, DECODER_FILE: "1" * 64}
+    meta = _seq2seq_meta(src_vocab_size=300, tgt_vocab_size=200, shared_vocab=False, bos_token_id=198, eos_token_id=199)
     meta.tokenizer = {"file": "tokenizer.json", "sha256": "2" * 64, "vocab_size": 200, "eos_token_id": None}
     assert Seq2SeqExportMetadata.from_json(meta.to_json()).tokenizer == meta.tokenizer
     for entry in _bad_tokenizer_entries(200):

@@ -77,27 +77,15 @@ class ExportMetadata:
 
     @classmethod
     def from_json(cls, text: str, source: str = "metadata") -> "ExportMetadata":
-        try:
-            data = json.loads(text)
-            if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-                raise MetadataError(f"{source}: not rfa-export metadata")
-            version = data.get("format_version")
-            if version == 1:
-                raise MetadataError(f"{source}: exported by an older rfa-export (format 1, no content digest); "
-                                    "export the checkpoint again")
-            if version != FORMAT_VERSION:
-                raise MetadataError(f"{source}: metadata format_version {version!r} is not {FORMAT_VERSION}")
+        def build(data):
             data["inputs"] = [TensorSpec(**t) for t in data["inputs"]]
             data["outputs"] = [TensorSpec(**t) for t in data["outputs"]]
             data["state"] = [StateSpec(**s) for s in data["state"]]
             data["extra_state"] = [StateSpec(**s) for s in data.get("extra_state", [])]
-            meta = cls(**data)
-        except MetadataError:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise MetadataError(f"{source}: malformed rfa-export metadata ({e})") from None
-        meta.validate(source)
-        return meta
+            return cls(**data)
+
+        older = {1: "exported by an older rfa-export (format 1, no content digest); export the checkpoint again"}
+        return parse_metadata_json(text, source, FORMAT_NAME, FORMAT_VERSION, "rfa-export metadata", build, older)
 
     def validate(self, source: str = "metadata") -> None:
         """Raise MetadataError unless every field is consistent with the config (which is range-checked)."""
@@ -145,6 +133,29 @@ class ExportMetadata:
             else:
                 names.append(key)
         return names
+
+
+def parse_metadata_json(text: str, source: str, format_name: str, format_version: int, what: str, build,
+                        older: Optional[Dict[int, str]] = None):
+    """Parse metadata JSON of one format: refuse another format or version (older versions with their own
+    message), build the dataclass from the dict with `build`, turn any malformed field into MetadataError and
+    validate the result."""
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != format_name:
+            raise MetadataError(f"{source}: not {what}")
+        version = data.get("format_version")
+        if older and version in older:
+            raise MetadataError(f"{source}: {older[version]}")
+        if version != format_version:
+            raise MetadataError(f"{source}: metadata format_version {version!r} is not {format_version}")
+        meta = build(data)
+    except MetadataError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise MetadataError(f"{source}: malformed rfa-export metadata ({e})") from None
+    meta.validate(source)
+    return meta
 
 
 def _first_difference(got: list, want: list) -> str:

@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 from .config import ConfigError, RFASeq2SeqConfig
 from .lowerings import LOWERINGS
 from .metadata import (DTYPES, MetadataError, StateSpec, TensorSpec, _first_difference, _is_digest, describe_state,
-                       validate_tokenizer_entry)
+                       parse_metadata_json, validate_tokenizer_entry)
 
 SEQ2SEQ_FORMAT_NAME = "rfa-export/onnx-seq2seq"
 SEQ2SEQ_FORMAT_VERSION = 1
@@ -61,25 +61,17 @@ class Seq2SeqExportMetadata:
 
     @classmethod
     def from_json(cls, text: str, source: str = "metadata") -> "Seq2SeqExportMetadata":
-        try:
-            data = json.loads(text)
-            if not isinstance(data, dict) or data.get("format") != SEQ2SEQ_FORMAT_NAME:
-                raise MetadataError(f"{source}: not rfa-export encoder-decoder metadata")
-            if data.get("format_version") != SEQ2SEQ_FORMAT_VERSION:
-                raise MetadataError(f"{source}: metadata format_version {data.get('format_version')!r} is not "
-                                    f"{SEQ2SEQ_FORMAT_VERSION}")
+        def build(data):
             for graph in ("encoder", "decoder"):
                 g = data[graph]
-                data[graph] = GraphSpec(g["file"], [TensorSpec(**t) for t in g["inputs"]], [TensorSpec(**t) for t in g["outputs"]])
+                data[graph] = GraphSpec(g["file"], [TensorSpec(**t) for t in g["inputs"]],
+                                        [TensorSpec(**t) for t in g["outputs"]])
             data["state"] = [StateSpec(**s) for s in data["state"]]
             data["cross_state"] = [CrossStateSpec(**s) for s in data["cross_state"]]
-            meta = cls(**data)
-        except MetadataError:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise MetadataError(f"{source}: malformed rfa-export metadata ({e})") from None
-        meta.validate(source)
-        return meta
+            return cls(**data)
+
+        return parse_metadata_json(text, source, SEQ2SEQ_FORMAT_NAME, SEQ2SEQ_FORMAT_VERSION,
+                                   "rfa-export encoder-decoder metadata", build)
 
     def validate(self, source: str = "metadata") -> None:
         try:
