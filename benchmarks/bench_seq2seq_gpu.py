@@ -35,7 +35,7 @@ from rfa_export.ops.causal_gated_scan.state_storage import narrow_state
 from rfa_export.ops.embedding import scaled_embedding
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decode_gpu import time_graph  # noqa: E402  (same capture, warm-up and median of 50 replays)
+from bench_decode_gpu import measure, time_graph  # noqa: E402  (same capture, warm-up, median of 50 replays and peak)
 
 CONFIG = RFASeq2SeqConfig(src_vocab_size=32000, tgt_vocab_size=32000, d_model=512, n_heads=8, n_encoder_layers=6,
                           n_decoder_layers=6, d_ffn=2048, num_features=64, gated=True, positional="sinusoidal",
@@ -104,17 +104,6 @@ def softmax_step_ms(model, batch, beams, source, position):
         step_module(token)
 
     return time_graph(step)
-
-
-def measure(fn, *args):
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    ms = fn(*args)
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    torch.cuda.empty_cache()
-    return ms, peak
 
 
 def main():

@@ -195,6 +195,42 @@ def test_tied_embeddings():
     assert untied.lm_head.weight is not untied.embed.weight
 
 
+def _outside_attention(model):
+    attention = ("attn.", ".qkv.", ".o_proj.")  # the softmax LM block holds its projections itself
+    return {k: v for k, v in model.state_dict().items() if not any(a in k for a in attention)}
+
+
+def test_softmax_baselines_share_the_layout_outside_attention():
+    """The decode benchmarks compare models that differ only in attention: each softmax baseline has the RFA
+    model's embeddings, LayerNorms, FFNs and LM head (names and shapes), tied the same way; under one seed the
+    embeddings, built first, are equal."""
+    from rfa_export.baselines import SoftmaxLanguageModel, SoftmaxSeq2Seq
+    from rfa_export.format.config import RFASeq2SeqConfig
+    from rfa_export.model.seq2seq import RFASeq2Seq
+
+    cases = [(RFALanguageModel, SoftmaxLanguageModel, small_config(positional="sinusoidal", tie_embeddings=tie))
+             for tie in (True, False)]
+    cases += [(RFASeq2Seq, SoftmaxSeq2Seq, RFASeq2SeqConfig(d_model=32, n_heads=2, n_encoder_layers=1, n_decoder_layers=2,
+                                                            d_ffn=64, num_features=8, shared_vocab=shared,
+                                                            src_vocab_size=300, tgt_vocab_size=200 if not shared else 300,
+                                                            bos_token_id=198, eos_token_id=199))
+              for shared in (True, False)]
+    for rfa_class, softmax_class, config in cases:
+        torch.manual_seed(0)
+        rfa = rfa_class(config)
+        torch.manual_seed(0)
+        softmax = softmax_class(config)
+        a, b = _outside_attention(rfa), _outside_attention(softmax)
+        assert sorted(a) == sorted(b) and len(a) >= 10
+        assert all(a[k].shape == b[k].shape for k in a)
+        embeds = [n for n in ("embed", "src_embed", "tgt_embed") if hasattr(rfa, n)]
+        for name in embeds:  # built first, so the same seed gives the same values
+            assert torch.equal(getattr(rfa, name).weight, getattr(softmax, name).weight), name
+        for model in (rfa, softmax):
+            head = model.tgt_embed if hasattr(model, "tgt_embed") else model.embed
+            assert (model.lm_head.weight is head.weight) == config.tie_embeddings
+
+
 @pytest.mark.parametrize(
     "kw, message",
     [

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..model.config import RFAConfig
+from ..model.layout import init_lm_layout
 from ..model.lm import sinusoidal_positions
 from ..model.linear_layers import linear, linear_dropout
 from ..model.residual_norm import residual_feed_forward, residual_linear, residual_norm
@@ -58,15 +59,7 @@ class SoftmaxLanguageModel(nn.Module):
 
     def __init__(self, config: RFAConfig):
         super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        nn.init.normal_(self.embed.weight, std=config.d_model ** -0.5)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(_SoftmaxBlock(config) for _ in range(config.n_layers))
-        self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
+        init_lm_layout(self, config, _SoftmaxBlock)
 
     def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,
                 position_ids: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, KVCache]:

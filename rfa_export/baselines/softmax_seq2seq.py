@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..format.config import RFASeq2SeqConfig
+from ..model.layout import init_seq2seq_layout
 from ..model.linear_layers import linear, linear_dropout
 from ..model.lm import sinusoidal_positions
 from ..model.residual_norm import residual_feed_forward, residual_norm
@@ -112,23 +113,7 @@ class SoftmaxSeq2Seq(nn.Module):
         super().__init__()
         if config.positional != "sinusoidal":
             raise ValueError("the softmax baseline needs positional='sinusoidal'")
-        self.config = config
-        d = config.d_model
-        self.src_embed = nn.Embedding(config.src_vocab_size, d)
-        nn.init.normal_(self.src_embed.weight, std=d ** -0.5)
-        if config.shared_vocab:
-            self.tgt_embed = self.src_embed
-        else:
-            self.tgt_embed = nn.Embedding(config.tgt_vocab_size, d)
-            nn.init.normal_(self.tgt_embed.weight, std=d ** -0.5)
-        self.drop = nn.Dropout(config.dropout)
-        self.encoder = nn.ModuleList(_EncoderBlock(config) for _ in range(config.n_encoder_layers))
-        self.ln_encoder = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.decoder = nn.ModuleList(_DecoderBlock(config) for _ in range(config.n_decoder_layers))
-        self.ln_f = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.lm_head = nn.Linear(d, config.tgt_vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.tgt_embed.weight
+        init_seq2seq_layout(self, config, _EncoderBlock, _DecoderBlock)
 
     def _embed(self, embed, ids, position_ids=None):
         if position_ids is None:

@@ -12,6 +12,7 @@ from ..ops.embedding import scaled_embedding
 from ..ops.positions import sinusoidal_positions
 from .attention import CausalRFASelfAttention
 from .config import RFAConfig
+from .layout import init_lm_layout
 from .linear_layers import linear
 from .rebuild import rebuilt
 from .residual_norm import residual_feed_forward, residual_linear_argmax, residual_norm
@@ -84,15 +85,7 @@ class RFABlock(nn.Module):
 class RFALanguageModel(nn.Module):
     def __init__(self, config: RFAConfig):
         super().__init__()
-        self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        nn.init.normal_(self.embed.weight, std=config.d_model ** -0.5)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(RFABlock(config) for _ in range(config.n_layers))
-        self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
+        init_lm_layout(self, config, RFABlock)
 
     @property
     def state_dtype(self) -> torch.dtype:

@@ -13,6 +13,7 @@ from ..format.config import RFASeq2SeqConfig
 from ..ops.causal_gated_scan.state_storage import narrow_state
 from ..ops.embedding import scaled_embedding
 from .attention import CausalRFASelfAttention, RFAAttention
+from .layout import init_seq2seq_layout
 from .linear_layers import linear
 from .lm import sinusoidal_positions
 from .rebuild import rebuilt
@@ -105,23 +106,7 @@ def seq2seq_weight_shapes(config: RFASeq2SeqConfig) -> Dict[str, Tuple[int, ...]
 class RFASeq2Seq(nn.Module):
     def __init__(self, config: RFASeq2SeqConfig):
         super().__init__()
-        self.config = config
-        d = config.d_model
-        self.src_embed = nn.Embedding(config.src_vocab_size, d)
-        nn.init.normal_(self.src_embed.weight, std=d ** -0.5)
-        if config.shared_vocab:
-            self.tgt_embed = self.src_embed
-        else:
-            self.tgt_embed = nn.Embedding(config.tgt_vocab_size, d)
-            nn.init.normal_(self.tgt_embed.weight, std=d ** -0.5)
-        self.drop = nn.Dropout(config.dropout)
-        self.encoder = nn.ModuleList(RFAEncoderBlock(config) for _ in range(config.n_encoder_layers))
-        self.ln_encoder = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.decoder = nn.ModuleList(RFADecoderBlock(config) for _ in range(config.n_decoder_layers))
-        self.ln_f = nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.lm_head = nn.Linear(d, config.tgt_vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.tgt_embed.weight
+        init_seq2seq_layout(self, config, RFAEncoderBlock, RFADecoderBlock)
 
     @property
     def state_dtype(self) -> torch.dtype:
