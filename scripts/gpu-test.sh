@@ -8,7 +8,7 @@
 # Without build, the parts run what build/ already holds. RFA_GPU_SANITIZE_TARGETS picks the test files of
 # sanitize-python (default all six below; run side by side, so a limited call takes a few at a time).
 # RFA_TEST_SHARD=i/n (tests/conftest.py) runs every n-th test from the i-th in each pytest run, so a target too
-# long for one call (racecheck of cuda_kernels) is done in n calls, i = 0 .. n-1.
+# long for one call (racecheck of scan_kernels) is done in n calls, i = 0 .. n-1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
@@ -20,7 +20,7 @@ for part in $parts; do
     *) echo "RFA_GPU_PARTS: unknown part '$part'" >&2; exit 2 ;;
   esac
 done
-targets=${RFA_GPU_SANITIZE_TARGETS:-cuda_kernels decode_attention add_layer_norm decode_linear cross_read lm_decode_step}
+targets=${RFA_GPU_SANITIZE_TARGETS:-scan_kernels decode_attention add_layer_norm decode_linear cross_read lm_decode_step}
 for target in $targets; do
   [ -f "tests/gpu/test_$target.py" ] || { echo "RFA_GPU_SANITIZE_TARGETS: no tests/gpu/test_$target.py" >&2; exit 2; }
 done

@@ -1,4 +1,4 @@
-"""The rfa-export command line: export/verify/inspect, and one-line errors for bad input."""
+"""The rfa-export command line: export/verify/inspect/generate, and one-line errors for bad input."""
 
 import json
 import os
@@ -16,6 +16,7 @@ from helpers import reseal
 from rfa_export.cli import main
 from rfa_export.model import RFAConfig, RFALanguageModel
 from rfa_export.model.checkpoint import save_checkpoint
+from rfa_export.runtime import Decoder, TorchBackend
 
 BUNDLED = str(Path(__file__).resolve().parents[1] / "examples" / "tiny_rfa.pt")
 
@@ -256,3 +257,33 @@ def test_console_script_has_no_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"rfa-export: error: {tmp_path / 'missing.pt'}: no such file"]
     help_text = subprocess.run([exe, "export", "--help"], capture_output=True, text=True).stdout
     assert "--scan {plugin,onnx,ort}" in help_text and "LinearAttention" in help_text
+
+
+# --- generate -------------------------------------------------------------------------------------------
+
+
+def test_generate_cli_prints_only_text(exported, capsys):
+    assert main(["generate", str(exported), "--prompt", "The import statement", "--max-new-tokens", "25"]) == 0
+    out, err = capsys.readouterr()
+    expected = Decoder(TorchBackend(BUNDLED)).generate(["The import statement"], 25)[0].text
+    assert out == expected + "\n"
+    assert "tokens/s" in err and "[onnxruntime cpu]" in err
+    assert main(["generate", "--backend", "torch", "--checkpoint", BUNDLED, "--prompt", "The import statement",
+                 "--max-new-tokens", "25"]) == 0
+    out, _ = capsys.readouterr()
+    assert out == expected + "\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--prompt", ""], "prompt 0 is empty"),
+    (["--prompt", "x", "--temperature", "nan"], "temperature must be a finite number in [0, 10000], got nan"),
+    (["--prompt", "x", "--temperature", "0.5", "--top-p", "2"], "top_p must be a finite number in (0, 1], got 2.0"),
+    (["--prompt", "x", "--temperature", "0.5", "--top-k", "-1"], "top_k must be an integer in [0, 2147483647], got -1"),
+    (["--prompt", "x", "--stop-token", "300"], "stop_tokens: token id 300 is out of range [0, 256)"),
+    (["--backend", "torch", "--prompt", "x"], "pass --checkpoint"),
+    (["--backend", "tensorrt", "--prompt", "x"], "TensorRT not installed"),
+])
+def test_generate_cli_errors(exported, capsys, argv, message):
+    code = main(["generate", str(exported), *argv])
+    _, err = capsys.readouterr()
+    assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err

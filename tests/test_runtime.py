@@ -1,13 +1,12 @@
-"""The runtime wrapper: one API over backends, ragged batches, slots, snapshots, beam search, bad input."""
+"""The runtime wrapper: one API over backends, ragged batches, slots, snapshots, beam search, bad input (the
+TensorRT backend: test_tensorrt_backend.py; the generate verb: test_cli.py)."""
 
 import numpy as np
 import pytest
 
 from helpers import rel_err
-from rfa_export.format.metadata import read_metadata_file as read_export_dir
 from rfa_export.runtime import (ContinuousBatch, Decoder, InputError, OnnxRuntimeBackend, SamplingParams, TorchBackend,
-                                load_snapshot, open_backend, restore, save_snapshot, snapshot)
-from rfa_export.runtime.tensorrt_backend import engine_cache_key, find_plugin_library, optimization_profile
+                                load_snapshot, restore, save_snapshot, snapshot)
 
 BUNDLED = "examples/tiny_rfa.pt"
 PROMPTS = [
@@ -238,88 +237,6 @@ def test_top_k_and_top_p_restrict_the_support():
     assert draws == {0, 1}
     draws = [sample_token(logits, SamplingParams(1.0), rng) for _ in range(4000)]
     np.testing.assert_allclose(np.bincount(draws, minlength=4) / 4000, [0.5, 0.3, 0.15, 0.05], atol=0.03)
-
-
-# --- CLI ---------------------------------------------------------------------------------------------
-
-
-def test_generate_cli_prints_only_text(ort_dir, capsys):
-    from rfa_export.cli import main
-
-    assert main(["generate", str(ort_dir), "--prompt", "The import statement", "--max-new-tokens", "25"]) == 0
-    out, err = capsys.readouterr()
-    expected = Decoder(TorchBackend(BUNDLED)).generate(["The import statement"], 25)[0].text
-    assert out == expected + "\n"
-    assert "tokens/s" in err and "[onnxruntime cpu]" in err
-    assert main(["generate", "--backend", "torch", "--checkpoint", BUNDLED, "--prompt", "The import statement",
-                 "--max-new-tokens", "25"]) == 0
-    out, _ = capsys.readouterr()
-    assert out == expected + "\n"
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--prompt", ""], "prompt 0 is empty"),
-    (["--prompt", "x", "--temperature", "nan"], "temperature must be a finite number in [0, 10000], got nan"),
-    (["--prompt", "x", "--temperature", "0.5", "--top-p", "2"], "top_p must be a finite number in (0, 1], got 2.0"),
-    (["--prompt", "x", "--temperature", "0.5", "--top-k", "-1"], "top_k must be an integer in [0, 2147483647], got -1"),
-    (["--prompt", "x", "--stop-token", "300"], "stop_tokens: token id 300 is out of range [0, 256)"),
-    (["--backend", "torch", "--prompt", "x"], "pass --checkpoint"),
-    (["--backend", "tensorrt", "--prompt", "x"], "TensorRT not installed"),
-])
-def test_generate_cli_errors(ort_dir, capsys, argv, message):
-    from rfa_export.cli import main
-
-    code = main(["generate", str(ort_dir), *argv])
-    _, err = capsys.readouterr()
-    assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
-
-
-# --- TensorRT: what can be tested without it ------------------------------------------------------------
-
-
-def test_tensorrt_profile_covers_every_input(ort_dir):
-    spec = read_export_dir(ort_dir)
-    profile = optimization_profile(spec, max_batch=64, max_sequence=2048, opt_batch=8, opt_sequence=1)
-    assert profile["input_ids"] == ((1, 1), (8, 1), (64, 2048))
-    assert profile["attention_mask"] == ((1, 1), (8, 1), (64, 2048))
-    assert profile["past_key_values.3.recurrent_state"] == ((1, 4, 64, 33), (8, 4, 64, 33), (64, 4, 64, 33))
-    assert set(profile) == {"input_ids", "attention_mask"} | {f"past_key_values.{i}.recurrent_state" for i in range(4)}
-    with pytest.raises(ValueError):
-        optimization_profile(spec, max_batch=4, max_sequence=16, opt_batch=8)
-
-
-def test_tensorrt_engine_cache_key(ort_dir, tmp_path):
-    spec = read_export_dir(ort_dir)
-    p1 = optimization_profile(spec, 64, 2048)
-    p2 = optimization_profile(spec, 32, 2048)
-    lib = tmp_path / "lib.so"
-    lib.write_bytes(b"plugin v1")
-    model = ort_dir / "model.onnx"
-    k = engine_cache_key(model, lib, "11.1.0", "NVIDIA H200", p1)
-    assert k == engine_cache_key(model, lib, "11.1.0", "NVIDIA H200", p1)
-    assert k != engine_cache_key(model, lib, "11.1.0", "NVIDIA H200", p2)
-    assert k != engine_cache_key(model, lib, "10.8.0", "NVIDIA H200", p1)
-    assert k != engine_cache_key(model, lib, "11.1.0", "NVIDIA A100", p1)
-    lib.write_bytes(b"plugin v2")
-    assert k != engine_cache_key(model, lib, "11.1.0", "NVIDIA H200", p1)
-
-
-def test_tensorrt_plugin_library_is_required(tmp_path, monkeypatch):
-    monkeypatch.delenv("RFA_TRT_PLUGIN", raising=False)
-    with pytest.raises(ValueError, match="pass the plugin library"):
-        find_plugin_library(None)
-    with pytest.raises(ValueError, match="not found"):
-        find_plugin_library(tmp_path / "missing.so")
-
-
-def test_tensorrt_backend_runs(ort_dir):
-    pytest.importorskip("tensorrt", reason="TensorRT not installed")
-    plugin = pytest.importorskip("os").environ.get("RFA_TRT_PLUGIN")
-    if not plugin:
-        pytest.skip("RFA_TRT_PLUGIN (path of the built plugin library) not set")
-    trt_dec = Decoder(open_backend("tensorrt", ort_dir, plugin_library=plugin))
-    ref = Decoder(TorchBackend(BUNDLED))
-    assert trt_dec.generate(PROMPTS[:4], 50)[0].tokens == ref.generate(PROMPTS[:4], 50)[0].tokens
 
 
 def test_onnxruntime_backend_refuses_metadata_that_disagrees_with_the_model(ort_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""The native CUDA kernels behind torch.ops.rfa.causal_gated_scan, against the float64 reference."""
+"""The native CUDA kernels of the scan (torch.ops.rfa.causal_gated_scan and its int8/bf16 states), against the
+float64 reference."""
 
 import pytest
 import torch
