@@ -63,7 +63,8 @@ def test_generate_on_onnxruntime_does_not_import_torch(bundled_export):
     assert not imported & {"torch", "onnx", "onnxscript"}, sorted(imported & {"torch", "onnx", "onnxscript"})
 
 
-@pytest.mark.parametrize("module", ["rfa_export.runtime", "rfa_export.format.export_dir", "rfa_export.cli"])
+@pytest.mark.parametrize("module", ["rfa_export.runtime", "rfa_export.runtime.seq2seq", "rfa_export.format.export_dir",
+                                    "rfa_export.cli"])
 def test_light_modules_import_without_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'onnx', 'onnxscript') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
