@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from ...format.feature_maps import feature_map
 from ..native import DTYPE_CODES, FEATURE_KIND_CODES, check_status, load_kernels_for, require_kernels
 from .weights import LayerWeights, LMStepWeights
 
@@ -101,7 +102,7 @@ def lm_step_kernel_supports(w: LMStepWeights, token: torch.Tensor, position: tor
         if t.device != device or t.dtype != torch.int64 or t.numel() != 1:
             return False
     H, dh = w.layers[0].sigma.shape
-    F = (2 if w.feature_map == "gaussian" else 1) * w.layers[0].w_tilde.shape[1]
+    F = feature_map(w.feature_map).feature_size(w.layers[0].w_tilde.shape[1])
     if any(s.device != device or s.dtype != torch.float32 or tuple(s.shape) != (1, H, F, dh + 1)
            or not s.is_contiguous() for s in states):
         return False
