@@ -202,6 +202,19 @@ def test_options_an_export_would_ignore_are_refused(exported, capsys, command, o
     assert f"{option} is for --backend torch" in err, err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--prompt", "x", "--plugin-library", "lib.so"], "--plugin-library is for --backend tensorrt"),
+    (["generate", "--prompt", "x", "--engine-cache", "cache"], "--engine-cache is for --backend tensorrt"),
+    (["generate", "--prompt", "x", "--backend", "tensorrt", "--device", "cpu"],
+     "the tensorrt backend runs on cuda (pick the GPU with device_id), not 'cpu'"),
+    (["serve", "--backend", "torch", "--checkpoint", BUNDLED, "--threads", "2"], "--threads is for --backend onnxruntime"),
+])
+def test_options_the_backend_would_ignore_are_refused(exported, capsys, argv, message):
+    """An option of another backend, or a device the backend cannot run on, is one line, not silently dropped."""
+    code, _, err = run_cli(capsys, argv[0], str(exported), *argv[1:])
+    assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
 def test_ray_serve_needs_a_fixed_port(exported, capsys):
     code, _, err = run_cli(capsys, "serve", str(exported), "--ray", "--port", "0")
     assert code == 1 and err.strip() == ("rfa-export: error: --ray needs a fixed --port (Ray's HTTP proxy does not "

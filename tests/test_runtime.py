@@ -6,7 +6,7 @@ import pytest
 
 from helpers import rel_err
 from rfa_export.runtime import (ContinuousBatch, Decoder, InputError, OnnxRuntimeBackend, SamplingParams, TorchBackend,
-                                load_snapshot, restore, save_snapshot, snapshot)
+                                load_snapshot, open_backend, restore, save_snapshot, snapshot)
 
 BUNDLED = "examples/tiny_rfa.pt"
 PROMPTS = [
@@ -218,6 +218,30 @@ def test_bad_input_is_a_clear_error(decoders, backend, call, message):
 def test_a_device_torch_cannot_use_is_refused_when_the_backend_opens(device, message):
     with pytest.raises(InputError, match=message):
         TorchBackend(BUNDLED, device=device)
+
+
+def test_open_backend_refuses_what_a_backend_would_ignore(ort_dir):
+    """The registry opens each backend with its class's own options: an option it does not take, a checkpoint
+    beside an export or an unknown name is an error; the lazily imported classes are the registered ones."""
+    import rfa_export.runtime as runtime
+    from rfa_export.runtime.seq2seq import SEQ2SEQ_BACKENDS, open_seq2seq_backend
+
+    backend = open_backend("onnxruntime", ort_dir, threads=1)
+    assert isinstance(backend, OnnxRuntimeBackend) and backend.device == "cpu"
+    with pytest.raises(ValueError, match=r"the onnxruntime backend takes no option plugin_library \(it takes threads, "):
+        open_backend("onnxruntime", ort_dir, plugin_library="lib.so")
+    with pytest.raises(ValueError, match="the torch backend takes no option threads"):
+        open_backend("torch", checkpoint=BUNDLED, threads=1)
+    with pytest.raises(ValueError, match="the onnxruntime backend runs an export, which carries its own weights"):
+        open_backend("onnxruntime", ort_dir, checkpoint=BUNDLED)
+    with pytest.raises(ValueError, match="the torch backend runs a checkpoint: pass --checkpoint"):
+        open_backend("torch", ort_dir)
+    with pytest.raises(ValueError, match="unknown backend 'magic'; choose one of onnxruntime, torch, tensorrt"):
+        open_backend("magic", ort_dir)
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'; choose one of onnxruntime, torch"):
+        open_seq2seq_backend("tensorrt", ort_dir)
+    assert runtime.TorchBackend is TorchBackend and runtime.TensorRTBackend.name == "tensorrt"
+    assert [e.opens for e in SEQ2SEQ_BACKENDS.values()] == ["export", "checkpoint"]
 
 
 def test_sampling_params_are_checked():

@@ -16,6 +16,9 @@ DESCRIPTION = """Generate text from a prompt with the exported model (onnxruntim
 """
 
 
+TENSORRT_FLAGS = {"plugin_library": "--plugin-library", "engine_cache": "--engine-cache"}
+
+
 def add_parser(sub):
     p = sub.add_parser("generate", help="generate text with an export or a checkpoint", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -26,7 +29,8 @@ def add_parser(sub):
     p.add_argument("--checkpoint", metavar="MODEL.pt", help="the checkpoint, for --backend torch")
     p.add_argument("--tokenizer", metavar="tokenizer.json",
                    help="--backend torch: the checkpoint's tokenizer.json (an export carries its own)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="onnxruntime/torch device (default cpu)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="where the model runs (default: cpu; TensorRT runs on cuda only)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -43,14 +47,14 @@ def run(args) -> int:
     from ..runtime import ContinuousBatch, Decoder, SamplingParams, open_backend
     from ..runtime.backend import NonFiniteError
 
-    options = {}
-    if args.backend == "tensorrt":
-        options = {"plugin_library": args.plugin_library, "engine_cache": args.engine_cache}
     check_model_source(args)
+    options = {name: getattr(args, name) for name in TENSORRT_FLAGS if getattr(args, name) is not None}
+    if options and args.backend != "tensorrt":
+        raise ValueError(f"{TENSORRT_FLAGS[next(iter(options))]} is for --backend tensorrt")
     if args.tokenizer is not None:
         options["tokenizer"] = args.tokenizer
-    backend = open_backend(args.backend, args.out_dir, checkpoint=args.checkpoint,
-                           **({"device": args.device} if args.backend != "tensorrt" else {}), **options)
+    device = args.device or BACKENDS[args.backend].default_device
+    backend = open_backend(args.backend, args.out_dir, checkpoint=args.checkpoint, device=device, **options)
     decoder = Decoder(backend)
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)
     batch = ContinuousBatch(decoder)
@@ -71,7 +75,7 @@ def run(args) -> int:
     sys.stdout.write("\n")
     prompt_tokens = len(decoder.encode(args.prompt))
     result = batch.results[0]
-    print(f"[{backend.name} {args.device if args.backend != 'tensorrt' else 'cuda'}] prefill {prompt_tokens} tokens "
+    print(f"[{backend.name} {device}] prefill {prompt_tokens} tokens "
           f"in {prefill_s * 1e3:.1f} ms; {produced} new tokens in {decode_s:.2f} s "
           f"({produced / max(decode_s, 1e-9):.0f} tokens/s); finished: {result.finish_reason}", file=sys.stderr)
     return 0

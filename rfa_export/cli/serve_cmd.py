@@ -48,6 +48,8 @@ def server_options(args) -> dict:
     check_model_source(args)
     if args.backend == "torch" and args.checkpoint is None:
         raise ValueError("--backend torch needs --checkpoint MODEL.pt")
+    if args.threads is not None and args.backend != "onnxruntime":
+        raise ValueError("--threads is for --backend onnxruntime")
     source = args.checkpoint if args.backend == "torch" else args.out_dir
     name = args.model_name or Path(source).resolve().name.removesuffix(".pt")
     return {"backend": args.backend, "out_dir": args.out_dir, "checkpoint": args.checkpoint, "tokenizer": args.tokenizer,

@@ -4,6 +4,7 @@ import argparse
 import sys
 import time
 
+from ..runtime.seq2seq.loading import SEQ2SEQ_BACKENDS
 from .arg_types import check_model_source, finite_float, positive_int
 
 DESCRIPTION = """Translate with an encoder-decoder export (onnxruntime) or its checkpoint (PyTorch): one line of
@@ -24,7 +25,7 @@ def add_parser(sub):
     p.add_argument("--beams", type=positive_int, default=1, help="beam search with this many beams (default 1: greedy)")
     p.add_argument("--length-penalty", type=finite_float, default=1.0, help="beam scores are divided by length ** this")
     p.add_argument("--max-new-tokens", type=positive_int, default=200)
-    p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    p.add_argument("--backend", choices=list(SEQ2SEQ_BACKENDS), default="onnxruntime")
     p.add_argument("--checkpoint", metavar="MODEL.pt", help="the checkpoint, for --backend torch")
     p.add_argument("--tokenizer", metavar="tokenizer.json", help="--backend torch: the checkpoint's tokenizer.json")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -12,7 +12,6 @@ from .onnxruntime_backend import OnnxRuntimeBackend
 from .sampling import SamplingParams
 from .snapshot import load_snapshot, restore, save_snapshot, snapshot
 
-_LAZY = {"TorchBackend": ".torch_backend", "TensorRTBackend": ".tensorrt_backend"}
 
 __all__ = ["BACKENDS", "ContinuousBatch", "DecodeState", "Decoder", "DecoderBackend", "GenerationResult",
            "InputError", "NonFiniteError", "OnnxRuntimeBackend", "SamplingParams", "TensorRTBackend", "TokenEvent",
@@ -20,8 +19,7 @@ __all__ = ["BACKENDS", "ContinuousBatch", "DecodeState", "Decoder", "DecoderBack
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    entry = next((e for e in BACKENDS.values() if e.class_name == name), None)
+    if entry is not None:
+        return entry.backend_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -81,7 +81,10 @@ class TensorRTBackend(DecoderBackend):
 
     def __init__(self, out_dir: Union[str, Path], plugin_library: Union[str, Path, None] = None,
                  engine_cache: Union[str, Path, None] = None, max_batch: int = 64, max_sequence: int = 4096,
-                 opt_batch: int = 1, opt_sequence: int = 1, workspace_bytes: int = 4 << 30, device_id: int = 0):
+                 opt_batch: int = 1, opt_sequence: int = 1, workspace_bytes: int = 4 << 30, device_id: int = 0,
+                 device: str = "cuda"):
+        if device != "cuda":
+            raise ValueError(f"the tensorrt backend runs on cuda (pick the GPU with device_id), not {device!r}")
         out_dir = Path(out_dir)
         export = open_export(out_dir)
         try:

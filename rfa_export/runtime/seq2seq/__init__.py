@@ -5,9 +5,9 @@ per beam."""
 
 from .backend import Seq2SeqBackend
 from .decoder import Seq2SeqDecoder, Seq2SeqState, Seq2SeqTokenizer
-from .loading import open_seq2seq_backend
+from .loading import SEQ2SEQ_BACKENDS, open_seq2seq_backend
 from .onnxruntime_backend import OnnxRuntimeSeq2SeqBackend
 from .torch_backend import TorchSeq2SeqBackend
 
-__all__ = ["OnnxRuntimeSeq2SeqBackend", "Seq2SeqBackend", "Seq2SeqDecoder", "Seq2SeqState", "Seq2SeqTokenizer",
-           "TorchSeq2SeqBackend", "open_seq2seq_backend"]
+__all__ = ["OnnxRuntimeSeq2SeqBackend", "SEQ2SEQ_BACKENDS", "Seq2SeqBackend", "Seq2SeqDecoder", "Seq2SeqState",
+           "Seq2SeqTokenizer", "TorchSeq2SeqBackend", "open_seq2seq_backend"]

@@ -1,20 +1,19 @@
-"""open_seq2seq_backend: one entry point for the translate CLI and users."""
+"""open_seq2seq_backend: one entry point for the translate CLI and users, over the encoder-decoder's registry
+of backends (a new one is one entry in SEQ2SEQ_BACKENDS)."""
 
 from pathlib import Path
+from typing import Dict, Optional, Union
 
+from ..loading import BackendEntry, open_registered
 from .backend import Seq2SeqBackend
-from .onnxruntime_backend import OnnxRuntimeSeq2SeqBackend
-from .torch_backend import TorchSeq2SeqBackend
+
+SEQ2SEQ_BACKENDS: Dict[str, BackendEntry] = {
+    "onnxruntime": BackendEntry(".seq2seq.onnxruntime_backend", "OnnxRuntimeSeq2SeqBackend", "export", "cpu"),
+    "torch": BackendEntry(".seq2seq.torch_backend", "TorchSeq2SeqBackend", "checkpoint", "cpu"),
+}
 
 
-def open_seq2seq_backend(kind: str, source=None, checkpoint=None, device: str = "cpu", **options) -> Seq2SeqBackend:
-    if kind == "torch":
-        path = checkpoint or source
-        if path is None or Path(path).is_dir():
-            raise ValueError("the torch backend runs a checkpoint: pass --checkpoint MODEL.pt")
-        return TorchSeq2SeqBackend(path, device=device, **options)
-    if kind == "onnxruntime":
-        if source is None:
-            raise ValueError("the onnxruntime backend needs an export directory")
-        return OnnxRuntimeSeq2SeqBackend(source, device=device, **options)
-    raise ValueError(f"unknown backend {kind!r} for an encoder-decoder; choose onnxruntime or torch")
+def open_seq2seq_backend(kind: str, source: Union[str, Path, None] = None, checkpoint: Union[str, Path, None] = None,
+                         device: Optional[str] = None, **options) -> Seq2SeqBackend:
+    """The encoder-decoder backend `kind` (SEQ2SEQ_BACKENDS), opened as open_backend opens one."""
+    return open_registered(SEQ2SEQ_BACKENDS, kind, source, checkpoint, device, options)
