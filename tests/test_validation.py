@@ -24,7 +24,7 @@ from rfa_export.format.metadata import MetadataError
 from rfa_export.model import RFALanguageModel
 from rfa_export.model.checkpoint import CheckpointError, load_checkpoint, load_seq2seq_checkpoint, save_checkpoint
 from rfa_export.runtime import (ContinuousBatch, Decoder, InputError, OnnxRuntimeBackend, SamplingParams, TorchBackend,
-                                restore, snapshot)
+                                open_backend, restore, snapshot)
 from rfa_export.runtime.backend import NonFiniteError
 from rfa_export.runtime.decoder import DecodeState
 
@@ -397,6 +397,15 @@ def runtime_cases(dec):
                                lambda: TorchBackend(BUNDLED, device="mps")),
                 lambda: raises(InputError, r"device 'cuda:99': (this torch .* is a build without CUDA|torch sees \d+ CUDA)",
                                lambda: TorchBackend(BUNDLED, device="cuda:99"))],
+        "R19": [bad("unknown backend 'magic'; choose one of onnxruntime, torch, tensorrt", lambda: open_backend("magic", "out"),
+                    ValueError),
+                bad(r"the torch backend takes no option threads \(it takes dtype, tokenizer\)",
+                    lambda: open_backend("torch", checkpoint=BUNDLED, threads=1), ValueError),
+                bad("the torch backend runs a checkpoint", lambda: open_backend("torch", ROOT / "examples"), ValueError),
+                bad("the onnxruntime backend runs an export, which carries its own weights",
+                    lambda: open_backend("onnxruntime", "out", checkpoint=BUNDLED), ValueError),
+                bad(r"the tensorrt backend runs on cuda \(pick the GPU with device_id\), not 'cpu'",
+                    lambda: open_backend("tensorrt", "out", device="cpu"), ValueError)],
         "R14": [bad("stop_strings must be a list of strings", lambda: dec.generate(["a"], 2, stop_strings="abc")),
                 bad("stop_strings must be a list of strings", lambda: dec.generate(["a"], 2, stop_strings=[3]))],
     }
