@@ -16,7 +16,8 @@ pytest.importorskip("fastapi", reason="FastAPI not installed")
 uvicorn = pytest.importorskip("uvicorn", reason="uvicorn not installed")
 
 from rfa_export.runtime import Decoder, OnnxRuntimeBackend, SamplingParams  # noqa: E402
-from rfa_export.serving.app import Limits, StopTrimmer, _coalesce, create_app  # noqa: E402
+from rfa_export.serving.app import create_app  # noqa: E402
+from rfa_export.serving.completions import Limits, StopTrimmer, _coalesce  # noqa: E402
 from rfa_export.serving.engine import Engine, GenerationRequest  # noqa: E402
 
 PROMPTS = ["The import statement", "A class definition", "Assignment statements are used to", "Exceptions",
