@@ -3,10 +3,11 @@ TensorRT backend: test_tensorrt_backend.py; the generate verb: test_cli.py)."""
 
 import numpy as np
 import pytest
+import torch
 
 from helpers import rel_err
-from rfa_export.runtime import (ContinuousBatch, Decoder, InputError, OnnxRuntimeBackend, SamplingParams, TorchBackend,
-                                load_snapshot, open_backend, restore, save_snapshot, snapshot)
+from rfa_export.runtime import (ContinuousBatch, Decoder, DecodeState, InputError, OnnxRuntimeBackend, SamplingParams,
+                                TorchBackend, load_snapshot, open_backend, restore, save_snapshot, snapshot)
 
 BUNDLED = "examples/tiny_rfa.pt"
 PROMPTS = [
@@ -242,6 +243,68 @@ def test_open_backend_refuses_what_a_backend_would_ignore(ort_dir):
         open_seq2seq_backend("tensorrt", ort_dir)
     assert runtime.TorchBackend is TorchBackend and runtime.TensorRTBackend.name == "tensorrt"
     assert [e.opens for e in SEQ2SEQ_BACKENDS.values()] == ["export", "checkpoint"]
+
+
+def _graphed_backend(capture=lambda fn: fn):
+    """A TorchBackend whose single-token steps go through StepGraphs, the capture replaced by re-running the step
+    on the same static buffers (CUDA graphs need a GPU: tests/gpu/test_runtime_cuda.py replays real ones)."""
+    backend = TorchBackend(BUNDLED)
+    backend.use_step_graphs(capture)
+    return backend
+
+
+def test_replayed_steps_equal_eager_steps_and_handle_the_state_like_a_device_backend():
+    """Prefill, then greedy steps through the static buffers of each batch size, a sequence added (concat) and
+    one dropped (select): the same logits and state as the eager backend (float64 check of the state), the
+    caller's own state never written, the returned state reused without a copy."""
+    eager, graphed = Decoder(TorchBackend(BUNDLED)), Decoder(_graphed_backend())
+    se, le = eager.prefill(PROMPTS[:3])
+    sg, lg = graphed.prefill(PROMPTS[:3])
+    outside = [t.clone() for t in sg.state]
+    worst = 0.0
+    for i in range(12):
+        tokens = le.argmax(-1)
+        le, se = eager.step(tokens, se)
+        given = sg.state
+        lg, sg = graphed.step(tokens, sg)
+        static = graphed.backend._graphs._graphs[len(tokens)].state
+        assert all(a is b for a, b in zip(sg.state, static))
+        if i == 0:  # the prefill's state was copied in, not written
+            assert all(torch.equal(a, b) for a, b in zip(given, outside))
+        worst = max(worst, rel_err(torch.from_numpy(lg), torch.from_numpy(le)),
+                    *(rel_err(a.double(), b.double()) for a, b in zip(sg.state, se.state)))
+        if i == 4:  # a fourth sequence joins, then the first leaves: batch sizes 4 and 3 again
+            s4e, l4e = eager.prefill([PROMPTS[5]])
+            s4g, _ = graphed.prefill([PROMPTS[5]])
+            se = DecodeState(eager.backend.concat([se.state, s4e.state]), np.concatenate([se.positions, s4e.positions]))
+            sg = DecodeState(graphed.backend.concat([sg.state, s4g.state]), np.concatenate([sg.positions, s4g.positions]))
+            le, lg = np.concatenate([le, l4e]), np.concatenate([lg, l4e])
+        if i == 8:
+            se, sg, le, lg = eager.select(se, [1, 2, 3]), graphed.select(sg, [1, 2, 3]), le[1:], lg[1:]
+    assert worst <= 1e-6
+    assert sorted(graphed.backend._graphs._graphs) == [3, 4]
+
+
+def test_step_graphs_keep_the_recent_batch_sizes_and_fall_back_when_a_capture_fails():
+    backend = _graphed_backend()
+    dec = Decoder(backend)
+    for batch in (1, 2, 3, 4, 5, 2):
+        state, logits = dec.prefill(PROMPTS[:batch])
+        dec.step(logits.argmax(-1), state)
+    assert list(backend._graphs._graphs) == [3, 4, 5, 2]  # at most four, least recently used dropped first
+
+    def refused(fn):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    failing, eager = Decoder(_graphed_backend(refused)), Decoder(TorchBackend(BUNDLED))
+    with pytest.warns(UserWarning, match="batch 2 decodes without a CUDA graph: operation not permitted when stream is capturing$"):
+        got = failing.generate(PROMPTS[:2], 5)
+    assert [r.tokens for r in got] == [r.tokens for r in eager.generate(PROMPTS[:2], 5)]
+
+
+def test_cuda_graph_needs_a_cuda_device():
+    with pytest.raises(InputError, match="cuda_graph=True needs device cuda"):
+        TorchBackend(BUNDLED, cuda_graph=True)
 
 
 def test_sampling_params_are_checked():

@@ -399,7 +399,7 @@ def runtime_cases(dec):
                                lambda: TorchBackend(BUNDLED, device="cuda:99"))],
         "R19": [bad("unknown backend 'magic'; choose one of onnxruntime, torch, tensorrt", lambda: open_backend("magic", "out"),
                     ValueError),
-                bad(r"the torch backend takes no option threads \(it takes dtype, tokenizer\)",
+                bad(r"the torch backend takes no option threads \(it takes dtype, tokenizer, cuda_graph\)",
                     lambda: open_backend("torch", checkpoint=BUNDLED, threads=1), ValueError),
                 bad("the torch backend runs a checkpoint", lambda: open_backend("torch", ROOT / "examples"), ValueError),
                 bad("the onnxruntime backend runs an export, which carries its own weights",

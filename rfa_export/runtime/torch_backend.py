@@ -50,13 +50,17 @@ def copy_checked_model(model):
 
 class TorchBackend(DecoderBackend):
     """State: a list of torch tensors on `device`. dtype "fp64" runs the whole model in float64 (a reference).
-    tokenizer: the model's tokenizer.json, if it has one."""
+    tokenizer: the model's tokenizer.json, if it has one. cuda_graph (device cuda): single-token steps are
+    replayed from CUDA graphs with the state updated in place (runtime/torch_step_graphs.py); a step's input
+    state is then overwritten when it is the state the previous step returned."""
 
     name = "torch"
 
     def __init__(self, model: Union[RFALanguageModel, str, Path], device: str = "cpu", dtype: str = "fp32",
-                 tokenizer: Union[str, Path, None] = None):
+                 tokenizer: Union[str, Path, None] = None, cuda_graph: bool = False):
         self.device = torch_device(device)
+        if not isinstance(cuda_graph, bool) or (cuda_graph and self.device.type != "cuda"):
+            raise InputError(f"cuda_graph=True needs device cuda (got cuda_graph={cuda_graph!r} on {self.device})")
         model_dtype = torch_dtype(dtype)
         model = copy_checked_model(model) if isinstance(model, RFALanguageModel) else load_checkpoint(model)
         self.dtype = dtype
@@ -67,9 +71,25 @@ class TorchBackend(DecoderBackend):
         # storage, which the float64 scan widens on load and rounds once per call, as the contract says
         fp64_state = dtype == "fp64" and self.model.config.state_dtype == "float32"
         self._state_dtype = torch.float64 if fp64_state else self.model.state_dtype
+        self._graphs = None
+        if cuda_graph:
+            self.use_step_graphs(None)
+
+    def use_step_graphs(self, capture) -> None:
+        """Replay single-token steps through StepGraphs; capture: how a step is captured (None: CUDA graphs;
+        tests on the CPU pass one that re-runs the step eagerly on the same static buffers)."""
+        from .torch_step_graphs import StepGraphs
+
+        shapes = [tuple(s.shape[1:]) for s in self.spec.state]
+        self._graphs = StepGraphs(self.model, shapes, self._state_dtype, self.device, self.needs_positions,
+                                  capture=capture)
 
     @torch.no_grad()
     def _run(self, input_ids, attention_mask, position_ids, state):
+        if self._graphs is not None and input_ids.shape[1] == 1:
+            replayed = self._graphs.run(input_ids, attention_mask, position_ids, state)
+            if replayed is not None:
+                return replayed
         ids = torch.tensor(np.asarray(input_ids), dtype=torch.int64, device=self.device)
         mask = torch.tensor(np.asarray(attention_mask), dtype=torch.int64, device=self.device)
         pos = None if position_ids is None else torch.tensor(np.asarray(position_ids), dtype=torch.int64, device=self.device)
