@@ -285,6 +285,28 @@ def test_replayed_steps_equal_eager_steps_and_handle_the_state_like_a_device_bac
     assert sorted(graphed.backend._graphs._graphs) == [3, 4]
 
 
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_replayed_steps_keep_a_reduced_state_bit_for_bit(state_dtype):
+    """A bf16 or int8-row state updated in place through the static buffers equals the eager backend's new state
+    bit for bit (one rounding per step either way), and so do the logits."""
+    from rfa_export.model import RFAConfig, RFALanguageModel
+
+    torch.manual_seed(0)
+    model = RFALanguageModel(RFAConfig(vocab_size=256, d_model=64, n_heads=2, n_layers=2, d_ffn=128, num_features=16,
+                                       positional="sinusoidal", state_dtype=state_dtype)).eval()
+    graphed = TorchBackend(model)
+    graphed.use_step_graphs(lambda fn: fn)
+    eager, graphed = Decoder(TorchBackend(model)), Decoder(graphed)
+    se, le = eager.prefill([[1, 2, 3], [4, 5]])
+    sg, lg = graphed.prefill([[1, 2, 3], [4, 5]])
+    for _ in range(20):
+        tokens = le.argmax(-1)
+        le, se = eager.step(tokens, se)
+        lg, sg = graphed.step(tokens, sg)
+        assert np.array_equal(le, lg)
+    assert all(a.dtype == getattr(torch, state_dtype) and torch.equal(a, b) for a, b in zip(sg.state, se.state))
+
+
 def test_step_graphs_keep_the_recent_batch_sizes_and_fall_back_when_a_capture_fails():
     backend = _graphed_backend()
     dec = Decoder(backend)
