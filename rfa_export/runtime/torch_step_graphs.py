@@ -6,6 +6,10 @@ size gets static input buffers and a static state, captured once around `model(.
 a step copies the tokens in, copies the state in unless it is that static state (the previous step's output),
 replays, and returns the static state. So a step's input state is overwritten when it is the state the previous
 step returned (docs/runtime.md: keep a state you want to return to as a snapshot).
+
+Batches are padded to the next power of two with rows whose mask is 0 (a masked step keeps its state and its
+logits are dropped), so a server whose batch grows and shrinks by one sequence at a time replays a few graphs
+instead of capturing one per size.
 """
 
 import warnings
@@ -40,8 +44,13 @@ def capture_cuda_graph(fn: Callable[[], torch.Tensor], device: torch.device, war
     return replay
 
 
+def padded_batch(batch: int) -> int:
+    """The batch size whose graph serves `batch` sequences: the next power of two."""
+    return 1 << (batch - 1).bit_length()
+
+
 class _BatchGraph:
-    """One batch size: the packed token/mask/position buffer [3, B, 1], the static state and the replay."""
+    """One padded batch size: the packed token/mask/position buffer [3, B, 1], the static state and the replay."""
 
     def __init__(self, model, batch: int, state_shapes, state_dtype, device, with_positions: bool, capture):
         self.inputs = torch.zeros((3, batch, 1), dtype=torch.int64, device=device)
@@ -56,21 +65,33 @@ class _BatchGraph:
         self.replay = capture(step)
 
     def run(self, host_inputs: np.ndarray, state) -> Tuple[np.ndarray, List[torch.Tensor]]:
-        self.inputs.copy_(torch.from_numpy(host_inputs))
-        if not all(given is mine for given, mine in zip(state, self.state)):
-            for given, mine in zip(state, self.state):
+        """host_inputs [3, b, 1] for the first b <= B rows (the rest are masked) -> (logits [b, 1, V] on the host,
+        the first b rows of the static state)."""
+        batch = host_inputs.shape[1]
+        padded = np.zeros(self.inputs.shape, dtype=np.int64)
+        padded[:, :batch] = host_inputs
+        self.inputs.copy_(torch.from_numpy(padded))
+        rows = [mine[:batch] for mine in self.state]
+        if not all(_same_tensor(given, mine) for given, mine in zip(state, rows)):
+            for given, mine in zip(state, rows):
                 mine.copy_(given)
         logits = self.replay()
-        return logits.cpu().numpy(), list(self.state)
+        return logits[:batch].cpu().numpy(), rows
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b view the same memory the same way (the state a previous step returned)."""
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype and a.device == b.device)
 
 
 class StepGraphs:
-    """The replayed single-token steps of one model, for the `max_batches` batch sizes used most recently (each
-    holds a static state of its batch; the least recently used is dropped). A batch size whose capture fails
+    """The replayed single-token steps of one model, for the `max_batches` padded batch sizes used most recently
+    (each holds a static state of its size; the least recently used is dropped). A batch size whose capture fails
     runs eagerly, with one warning naming why."""
 
     def __init__(self, model, state_shapes, state_dtype, device: torch.device, with_positions: bool,
-                 max_batches: int = 4, capture: Optional[Callable] = None):
+                 max_batches: int = 6, capture: Optional[Callable] = None):
         self.model, self.state_shapes, self.state_dtype = model, state_shapes, state_dtype
         self.device, self.with_positions, self.max_batches = device, with_positions, max_batches
         self.capture = capture or (lambda fn: capture_cuda_graph(fn, device))
@@ -80,8 +101,7 @@ class StepGraphs:
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: Optional[np.ndarray], state):
         """input_ids, attention_mask [B, 1] int64, position_ids [B, 1] or None -> (logits [B, 1, V] float32 on
         the host, the new state), or None where this batch size runs eagerly."""
-        batch = input_ids.shape[0]
-        graph = self._graph(batch)
+        graph = self._graph(padded_batch(input_ids.shape[0]))
         if graph is None:
             return None
         host = np.stack([input_ids, attention_mask, position_ids if position_ids is not None
@@ -101,7 +121,7 @@ class StepGraphs:
             graph = _BatchGraph(self.model, batch, self.state_shapes, self.state_dtype, self.device,
                                 self.with_positions, self.capture)
         except RuntimeError as e:  # capture refused (an operation that syncs with the host, a backend limit)
-            warnings.warn(f"rfa-export: batch {batch} decodes without a CUDA graph: {str(e).splitlines()[0]}")
+            warnings.warn(f"rfa-export: batches padded to {batch} decode without a CUDA graph: {str(e).splitlines()[0]}")
             self._eager_batches.add(batch)
             return None
         self._graphs[batch] = graph
