@@ -76,9 +76,9 @@ def main():
         for lowering in LOWERINGS:
             start = time.perf_counter()
             export_checkpoint(BUNDLED, Path(tmp) / lowering, lowering=lowering)
-            results["export_seconds"][f"bundled, --scan {lowering}"] = time.perf_counter() - start
+            results["export_seconds"][f"bundled, --lowering {lowering}"] = time.perf_counter() - start
             backend = OnnxRuntimeBackend(Path(tmp) / lowering, threads=args.threads)
-            results["rows"].append({"backend": f"onnxruntime CPU, --scan {lowering}",
+            results["rows"].append({"backend": f"onnxruntime CPU, --lowering {lowering}",
                                     "prefill": prefill_tokens_per_s(backend), "decode": decode_tokens_per_s(backend)})
         if args.big:
             cfg = RFAConfig(vocab_size=32000, d_model=768, n_heads=12, n_layers=12, d_ffn=3072, num_features=32)
@@ -87,7 +87,7 @@ def main():
             start = time.perf_counter()
             proto, meta = language_model_to_onnx(model)
             write_export(proto, meta, Path(tmp) / "big")
-            results["export_seconds"][f"random {n / 1e6:.0f}M parameters, --scan plugin"] = time.perf_counter() - start
+            results["export_seconds"][f"random {n / 1e6:.0f}M parameters, --lowering plugin"] = time.perf_counter() - start
 
     print(f"# onnxruntime {results['onnxruntime']} vs torch {results['torch']} eager, {results['machine']}")
     print("| backend | prefill T=512 tokens/s | x baseline | decode tokens/s | x baseline |")

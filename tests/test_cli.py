@@ -169,7 +169,7 @@ def test_unwritable_output_directory(tmp_path, capsys):
 
 def test_unknown_scan_value(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main([BUNDLED, "-o", str(tmp_path), "--scan", "magic"])
+        main([BUNDLED, "-o", str(tmp_path), "--lowering", "magic"])
     _, err = capsys.readouterr()
     assert exc.value.code == 2
     assert len(err.strip().splitlines()) == 1 and "invalid choice: 'magic'" in err
@@ -269,7 +269,7 @@ def test_console_script_has_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"rfa-export: error: {tmp_path / 'missing.pt'}: no such file"]
     help_text = subprocess.run([exe, "export", "--help"], capture_output=True, text=True).stdout
-    assert "--scan {plugin,onnx,ort}" in help_text and "LinearAttention" in help_text
+    assert "--lowering {plugin,onnx,ort}, --scan {plugin,onnx,ort}" in help_text and "LinearAttention" in help_text
 
 
 # --- generate -------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ An encoder-decoder checkpoint (RFASeq2Seq) is detected and written as OUT_DIR/en
 ids + mask -> encoder output and every decoder layer's cross state) and decoder_model.onnx (prefill and step:
 self states in and out, cross states in); see docs/seq2seq.md.
 
---scan chooses how each layer's causal gated scan is lowered:
+--lowering (formerly --scan, still accepted) chooses how each layer's causal gated scan is lowered:
 """ + "\n".join(textwrap.fill(low.help, 104, initial_indent=f"  {low.name:8s}", subsequent_indent=" " * 10)
              for low in LOWERINGS.values()) + "\n"
 
@@ -32,7 +32,8 @@ def add_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="MODEL.pt", help="checkpoint written by rfa_export.model.checkpoint.save_checkpoint")
     p.add_argument("-o", "--output", dest="out_dir", metavar="OUT_DIR", required=True, help="output directory (created if needed)")
-    p.add_argument("--scan", choices=list(LOWERINGS), default=DEFAULT_LOWERING, help=f"lowering of the scan (default: {DEFAULT_LOWERING})")
+    p.add_argument("--lowering", "--scan", dest="lowering", choices=list(LOWERINGS), default=DEFAULT_LOWERING,
+                   help=f"how the causal gated scan is lowered (default: {DEFAULT_LOWERING}; --scan is the old name)")
     p.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="activation dtype (the state's is --state-dtype)")
     p.add_argument("--state-dtype", choices=list(STATE_DTYPES),
                    help="what the state is stored in between calls (default: the checkpoint's config.state_dtype); "
@@ -82,7 +83,7 @@ def run(args) -> int:
     start = time.perf_counter()
     if not args.quiet:
         print(f"rfa-export: {checkpoint} -> {out_dir}/model.onnx", file=sys.stderr)
-    proto, meta = language_model_to_onnx(model, args.scan, args.dtype, progress, genai=args.genai)
+    proto, meta = language_model_to_onnx(model, args.lowering, args.dtype, progress, genai=args.genai)
     write_export(proto, meta, out_dir, progress, tokenizer=args.tokenizer)
     if not args.quiet:
         print(f"rfa-export: done in {time.perf_counter() - start:.1f} s: {len(meta.state)} state tensors, "
@@ -112,7 +113,7 @@ def run_seq2seq(args, checkpoint: Path, out_dir: Path) -> int:
     if not args.quiet:
         print(f"rfa-export: {checkpoint} (encoder-decoder) -> {out_dir}/encoder_model.onnx, decoder_model.onnx",
               file=sys.stderr)
-    protos, meta = seq2seq_to_onnx(model, args.scan, args.dtype, progress)
+    protos, meta = seq2seq_to_onnx(model, args.lowering, args.dtype, progress)
     write_seq2seq_export(protos, meta, out_dir, progress, tokenizer=args.tokenizer)
     if not args.quiet:
         print(f"rfa-export: done in {time.perf_counter() - start:.1f} s: {len(meta.state)} self states, "

@@ -78,7 +78,7 @@ def check_exportable(model, model_type: type, lowering: str, dtype: str) -> None
         raise TypeError(f"model must be an {model_type.__name__}, got {type(model).__name__} (a checkpoint file "
                         "exports with `rfa-export MODEL.pt -o OUT_DIR`)")
     if lowering not in LOWERINGS:
-        raise ValueError(f"unknown --scan {lowering!r}; choose one of {', '.join(LOWERINGS)}")
+        raise ValueError(f"unknown --lowering {lowering!r}; choose one of {', '.join(LOWERINGS)}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     for name, t in model.state_dict().items():
@@ -98,7 +98,7 @@ def language_model_to_onnx(model: RFALanguageModel, lowering: str = "plugin", dt
     meta = describe_language_model(model, lowering, dtype)
     sample, axes, names = export_arguments(meta)
     out_names = [t.name for t in meta.outputs] + [s.output for s in meta.state]
-    with progress.step(f"tracing and converting with torch.onnx (--scan {lowering}, --dtype {dtype})"):
+    with progress.step(f"tracing and converting with torch.onnx (--lowering {lowering}, --dtype {dtype})"):
         proto = export_module(StatefulDecoder(model).eval(), sample, out_names, axes, lowering=lowering, input_names=names,
                               check=False)  # write_export checks the final file
     if genai:

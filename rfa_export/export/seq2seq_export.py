@@ -80,7 +80,7 @@ def seq2seq_to_onnx(model: RFASeq2Seq, lowering: str = "plugin", dtype: str = "f
     enc = {t.name: t for t in meta.encoder.inputs}
     sample = {n: _tensor(n, enc[n].shape, enc[n].dtype) for n in ("input_ids", "attention_mask")}
     axes = {n: _axes(enc[n].shape) for n in sample}
-    with progress.step(f"tracing the encoder (--scan {lowering}, --dtype {dtype})"):
+    with progress.step(f"tracing the encoder (--lowering {lowering}, --dtype {dtype})"):
         protos[meta.encoder.file] = export_module(EncoderGraph(model).eval(), sample, [t.name for t in meta.encoder.outputs],
                                                   axes, lowering=lowering, check=False)
     dec = {t.name: t for t in meta.decoder.inputs}

@@ -1,4 +1,4 @@
-"""The lowerings of rfa::CausalGatedScan, registered once: the CLI's --scan choices and help, the opsets an
+"""The lowerings of rfa::CausalGatedScan, registered once: the CLI's --lowering choices and help, the opsets an
 export declares, the function that rewrites the graph (rfa_export/export/lowering.py, resolved on use so this
 module needs no onnx) and whether TensorRT needs our plugin library for it."""
 

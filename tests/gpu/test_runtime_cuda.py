@@ -92,7 +92,7 @@ def test_ragged_batches_and_beam_search_on_cuda(out_dir):
 
 @needs_ort_cuda
 def test_ort_cuda_graph_steps(tmp_path):
-    """onnxruntime captures only graphs without control flow: the --scan ort lowering (no Scan)."""
+    """onnxruntime captures only graphs without control flow: the --lowering ort export (no Scan)."""
     export_checkpoint(BUNDLED, tmp_path, lowering="ort")
     graphed = Decoder(OnnxRuntimeBackend(tmp_path, device="cuda", cuda_graph=True))
     ref = Decoder(TorchBackend(BUNDLED))
