@@ -208,11 +208,25 @@ def test_options_an_export_would_ignore_are_refused(exported, capsys, command, o
     (["generate", "--prompt", "x", "--backend", "tensorrt", "--device", "cpu"],
      "the tensorrt backend runs on cuda (pick the GPU with device_id), not 'cpu'"),
     (["serve", "--backend", "torch", "--checkpoint", BUNDLED, "--threads", "2"], "--threads is for --backend onnxruntime"),
+    (["generate", "--prompt", "x", "--cuda-graph"], "--cuda-graph needs --device cuda"),
+    (["generate", "--prompt", "x", "--backend", "tensorrt", "--cuda-graph"],
+     "--cuda-graph is for --backend onnxruntime or torch, not tensorrt"),
+    (["serve", "--backend", "torch", "--checkpoint", BUNDLED, "--cuda-graph"], "--cuda-graph needs --device cuda"),
 ])
 def test_options_the_backend_would_ignore_are_refused(exported, capsys, argv, message):
     """An option of another backend, or a device the backend cannot run on, is one line, not silently dropped."""
     code, _, err = run_cli(capsys, argv[0], str(exported), *argv[1:])
     assert code == 1 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_serve_passes_cuda_graph_to_the_backend_on_cuda_only():
+    from rfa_export.cli import build_parser
+    from rfa_export.cli.serve_cmd import server_options
+
+    parse = build_parser().parse_args
+    on = server_options(parse(["serve", "--backend", "torch", "--checkpoint", BUNDLED, "--device", "cuda", "--cuda-graph"]))
+    off = server_options(parse(["serve", "--backend", "torch", "--checkpoint", BUNDLED, "--device", "cuda"]))
+    assert on["cuda_graph"] is True and off["cuda_graph"] is False
 
 
 def test_ray_serve_needs_a_fixed_port(exported, capsys):

@@ -66,3 +66,15 @@ def check_model_source(args) -> None:
     for option, value, what in (("--checkpoint", args.checkpoint, "weights"), ("--tokenizer", args.tokenizer, "tokenizer")):
         if value is not None:
             raise ValueError(f"{option} is for --backend torch: an export carries its own {what}")
+
+
+def cuda_graph_option(cuda_graph: bool, backend: str, device: str) -> dict:
+    """The backend option --cuda-graph asks for ({} without it): only where it takes effect, onnxruntime or
+    torch on CUDA (TensorRT replays its own way)."""
+    if not cuda_graph:
+        return {}
+    if backend not in ("onnxruntime", "torch"):
+        raise ValueError(f"--cuda-graph is for --backend onnxruntime or torch, not {backend}")
+    if device != "cuda":
+        raise ValueError("--cuda-graph needs --device cuda")
+    return {"cuda_graph": True}

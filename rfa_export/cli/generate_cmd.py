@@ -5,7 +5,7 @@ import sys
 import time
 
 from ..runtime.loading import BACKENDS
-from .arg_types import check_model_source, non_empty_text, positive_int
+from .arg_types import check_model_source, cuda_graph_option, non_empty_text, positive_int
 
 DESCRIPTION = """Generate text from a prompt with the exported model (onnxruntime, TensorRT) or its checkpoint
 (PyTorch). Prints only the generated text on stdout, as it is generated; timings go to stderr.
@@ -37,6 +37,8 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", type=non_empty_text, default=[], metavar="TEXT", help="stop after this text (repeatable)")
     p.add_argument("--stop-token", action="append", type=int, default=[], metavar="ID", help="stop at this token id (repeatable)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="--device cuda, onnxruntime or torch: replay single-token steps from CUDA graphs (docs/runtime.md)")
     p.add_argument("--plugin-library", help="TensorRT: our plugin library (librfa_trt_plugin.so)")
     p.add_argument("--engine-cache", help="TensorRT: folder for built engines (default OUT_DIR/trt_engines)")
     p.set_defaults(run=run)
@@ -54,6 +56,7 @@ def run(args) -> int:
     if args.tokenizer is not None:
         options["tokenizer"] = args.tokenizer
     device = args.device or BACKENDS[args.backend].default_device
+    options.update(cuda_graph_option(args.cuda_graph, args.backend, device))
     backend = open_backend(args.backend, args.out_dir, checkpoint=args.checkpoint, device=device, **options)
     decoder = Decoder(backend)
     sampling = SamplingParams(args.temperature, args.top_k, args.top_p, args.seed)

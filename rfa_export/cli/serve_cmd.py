@@ -5,7 +5,7 @@ import socket
 import sys
 from pathlib import Path
 
-from .arg_types import check_model_source, port, positive_int
+from .arg_types import check_model_source, cuda_graph_option, port, positive_int
 
 DESCRIPTION = """Serve a language model over HTTP with the OpenAI completions API: POST /v1/completions (text or token
 ids, max_tokens, temperature, top_p, top_k, seed, stop, n, stream), GET /v1/models, GET /health, GET /metrics.
@@ -37,6 +37,8 @@ def add_parser(sub):
     p.add_argument("--max-tokens-limit", type=positive_int, default=4096, help="the largest max_tokens accepted (default 4096)")
     p.add_argument("--max-prompt-tokens", type=positive_int, default=65536, help="the longest prompt accepted (default 65536)")
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="--device cuda: replay single-token steps from CUDA graphs (docs/runtime.md)")
     p.add_argument("--ray", action="store_true", help="serve through Ray Serve (pip install 'rfa-export[ray]')")
     p.add_argument("--replicas", type=positive_int, default=1, help="--ray: replicas, each with its own scheduler")
     p.set_defaults(run=run)
@@ -50,10 +52,11 @@ def server_options(args) -> dict:
         raise ValueError("--backend torch needs --checkpoint MODEL.pt")
     if args.threads is not None and args.backend != "onnxruntime":
         raise ValueError("--threads is for --backend onnxruntime")
+    cuda_graph = cuda_graph_option(args.cuda_graph, args.backend, args.device).get("cuda_graph", False)
     source = args.checkpoint if args.backend == "torch" else args.out_dir
     name = args.model_name or Path(source).resolve().name.removesuffix(".pt")
     return {"backend": args.backend, "out_dir": args.out_dir, "checkpoint": args.checkpoint, "tokenizer": args.tokenizer,
-            "device": args.device, "threads": args.threads, "model_name": name, "max_batch": args.max_batch,
+            "device": args.device, "threads": args.threads, "cuda_graph": cuda_graph, "model_name": name, "max_batch": args.max_batch,
             "max_queue": args.max_queue, "max_tokens": args.max_tokens_limit, "max_prompt_tokens": args.max_prompt_tokens}
 
 
