@@ -1,7 +1,7 @@
 """Serving throughput and time to first token: concurrent clients against the same requests one at a time.
 
     python benchmarks/bench_serve.py OUT_DIR [--clients 1,8,32,64] [--max-tokens 64] [--repeat 5] [--out DIR]
-    python benchmarks/bench_serve.py --backend torch --checkpoint examples/tiny_rfa.pt --device cuda
+    python benchmarks/bench_serve.py --backend torch --checkpoint examples/tiny_rfa.pt --device cuda [--cuda-graph]
 
 Starts `rfa-export serve` in its own process (so the clients here do not share its interpreter), then for each
 client count c: the same c streaming requests (greedy, --max-tokens each) once one after another, then all at
@@ -96,6 +96,8 @@ def engine_alone(args, counts, max_tokens):
     from rfa_export.runtime.batch import ContinuousBatch
 
     extra = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+    if args.cuda_graph:
+        extra["cuda_graph"] = True
     decoder = Decoder(open_backend(args.backend, args.out_dir, device=args.device, **extra))
     rates = {}
     for c in [counts[0]] + counts:  # the first count twice: the first runs warm up
@@ -118,6 +120,7 @@ def main():
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--checkpoint")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cuda-graph", action="store_true", help="serve with --cuda-graph (and the engine alone likewise)")
     ap.add_argument("--clients", default="1,8,32,64")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=5, help="runs per measurement; the median is reported")
@@ -130,6 +133,8 @@ def main():
            "--max-queue", str(4 * max(counts))]
     if args.checkpoint:
         cmd += ["--checkpoint", args.checkpoint]
+    if args.cuda_graph:
+        cmd += ["--cuda-graph"]
     server = subprocess.Popen(cmd, env=os.environ.copy())
     try:
         deadline = time.time() + 120
@@ -160,7 +165,7 @@ def main():
                   f"{s['ttft_p50_ms']:6.1f} ms, p99 {s['ttft_p99_ms']:6.1f} ms)  x{r['speedup_over_one_client']:.1f} "
                   f"of one client (engine alone x{r['engine_alone_speedup']:.1f})", flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "serve.json").write_text(json.dumps({"command": cmd[2:], "max_tokens": args.max_tokens, "rows": rows},
+        (args.out / f"serve{'_cuda_graph' if args.cuda_graph else ''}.json").write_text(json.dumps({"command": cmd[2:], "max_tokens": args.max_tokens, "rows": rows},
                                                         indent=2))
     finally:
         server.terminate()
