@@ -289,6 +289,26 @@ def test_replayed_steps_equal_eager_steps_and_handle_the_state_like_a_device_bac
     assert list(graphed.backend._graphs._graphs) == [4]
 
 
+def test_replayed_steps_serve_a_continuous_batch_and_beam_search_like_eager_steps():
+    """A continuous batch whose size changes (sequences finish at 10, 20 and 30 tokens, one joins at step 5)
+    and beam search, which reorders the state every step, give the eager backend's tokens through the static
+    buffers of the padded batch sizes."""
+    outputs, beams = [], []
+    for dec in (Decoder(_graphed_backend()), Decoder(TorchBackend(BUNDLED))):
+        batch = ContinuousBatch(dec)
+        for i, n in enumerate((30, 10, 20)):
+            batch.add(PROMPTS[i], n)
+        for step in range(40):
+            if step == 5:
+                batch.add(PROMPTS[3], 15)
+            batch.step()
+        outputs.append([batch.results[i].tokens for i in range(4)])
+        beams.append(dec.beam_search(PROMPTS[0], 4, 20))
+    assert outputs[0] == outputs[1] and [len(t) for t in outputs[0]] == [30, 10, 20, 15]
+    assert [seq for seq, _ in beams[0]] == [seq for seq, _ in beams[1]]
+    assert np.allclose([score for _, score in beams[0]], [score for _, score in beams[1]], rtol=1e-5)
+
+
 @pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
 def test_replayed_steps_keep_a_reduced_state_bit_for_bit(state_dtype):
     """A bf16 or int8-row state updated in place through the static buffers equals the eager backend's new state
