@@ -1,5 +1,6 @@
 """The rfa-export command line: export/verify/inspect/generate, and one-line errors for bad input."""
 
+import importlib.util
 import json
 import os
 import pickle
@@ -212,6 +213,12 @@ def test_options_an_export_would_ignore_are_refused(exported, capsys, command, o
     (["generate", "--prompt", "x", "--backend", "tensorrt", "--cuda-graph"],
      "--cuda-graph is for --backend onnxruntime or torch, not tensorrt"),
     (["serve", "--backend", "torch", "--checkpoint", BUNDLED, "--cuda-graph"], "--cuda-graph needs --device cuda"),
+    (["serve", "--plugin-library", "lib.so"], "--plugin-library is for --backend tensorrt"),
+    (["serve", "--backend", "tensorrt", "--device", "cpu", "--port", "0"],
+     "the tensorrt backend runs on cuda (pick the GPU with device_id), not 'cpu'"),
+    pytest.param(["serve", "--backend", "tensorrt", "--port", "0"], "TensorRT not installed",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
+                                          reason="TensorRT installed: the server would start and serve")),
 ])
 def test_options_the_backend_would_ignore_are_refused(exported, capsys, argv, message):
     """An option of another backend, or a device the backend cannot run on, is one line, not silently dropped."""
@@ -226,7 +233,7 @@ def test_serve_passes_cuda_graph_to_the_backend_on_cuda_only():
     parse = build_parser().parse_args
     on = server_options(parse(["serve", "--backend", "torch", "--checkpoint", BUNDLED, "--device", "cuda", "--cuda-graph"]))
     off = server_options(parse(["serve", "--backend", "torch", "--checkpoint", BUNDLED, "--device", "cuda"]))
-    assert on["cuda_graph"] is True and off["cuda_graph"] is False
+    assert on["backend_options"] == {"cuda_graph": True} and off["backend_options"] == {}
 
 
 def test_ray_serve_needs_a_fixed_port(exported, capsys):

@@ -68,6 +68,22 @@ def check_model_source(args) -> None:
             raise ValueError(f"{option} is for --backend torch: an export carries its own {what}")
 
 
+TENSORRT_FLAGS = {"plugin_library": "--plugin-library", "engine_cache": "--engine-cache"}
+
+
+def add_tensorrt_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin-library", help="TensorRT: our plugin library (librfa_trt_plugin.so)")
+    p.add_argument("--engine-cache", help="TensorRT: folder for built engines (default OUT_DIR/trt_engines)")
+
+
+def tensorrt_options(args) -> dict:
+    """--plugin-library and --engine-cache as the TensorRT backend's options; with another backend, an error."""
+    options = {name: getattr(args, name) for name in TENSORRT_FLAGS if getattr(args, name) is not None}
+    if options and args.backend != "tensorrt":
+        raise ValueError(f"{TENSORRT_FLAGS[next(iter(options))]} is for --backend tensorrt")
+    return options
+
+
 def cuda_graph_option(cuda_graph: bool, backend: str, device: str) -> dict:
     """The backend option --cuda-graph asks for ({} without it): only where it takes effect, onnxruntime or
     torch on CUDA (TensorRT replays its own way)."""

@@ -5,7 +5,8 @@ import sys
 import time
 
 from ..runtime.loading import BACKENDS
-from .arg_types import check_model_source, cuda_graph_option, non_empty_text, positive_int
+from .arg_types import (add_tensorrt_flags, check_model_source, cuda_graph_option, non_empty_text, positive_int,
+                         tensorrt_options)
 
 DESCRIPTION = """Generate text from a prompt with the exported model (onnxruntime, TensorRT) or its checkpoint
 (PyTorch). Prints only the generated text on stdout, as it is generated; timings go to stderr.
@@ -14,9 +15,6 @@ DESCRIPTION = """Generate text from a prompt with the exported model (onnxruntim
   rfa-export generate out/ --prompt "..." --backend torch --checkpoint examples/tiny_rfa.pt
   rfa-export generate out/ --prompt "..." --backend tensorrt --plugin-library build/librfa_trt_plugin.so
 """
-
-
-TENSORRT_FLAGS = {"plugin_library": "--plugin-library", "engine_cache": "--engine-cache"}
 
 
 def add_parser(sub):
@@ -39,8 +37,7 @@ def add_parser(sub):
     p.add_argument("--stop-token", action="append", type=int, default=[], metavar="ID", help="stop at this token id (repeatable)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="--device cuda, onnxruntime or torch: replay single-token steps from CUDA graphs (docs/runtime.md)")
-    p.add_argument("--plugin-library", help="TensorRT: our plugin library (librfa_trt_plugin.so)")
-    p.add_argument("--engine-cache", help="TensorRT: folder for built engines (default OUT_DIR/trt_engines)")
+    add_tensorrt_flags(p)
     p.set_defaults(run=run)
     return p
 
@@ -50,9 +47,7 @@ def run(args) -> int:
     from ..runtime.backend import NonFiniteError
 
     check_model_source(args)
-    options = {name: getattr(args, name) for name in TENSORRT_FLAGS if getattr(args, name) is not None}
-    if options and args.backend != "tensorrt":
-        raise ValueError(f"{TENSORRT_FLAGS[next(iter(options))]} is for --backend tensorrt")
+    options = tensorrt_options(args)
     if args.tokenizer is not None:
         options["tokenizer"] = args.tokenizer
     device = args.device or BACKENDS[args.backend].default_device

@@ -5,7 +5,8 @@ import socket
 import sys
 from pathlib import Path
 
-from .arg_types import check_model_source, cuda_graph_option, port, positive_int
+from ..runtime.loading import BACKENDS
+from .arg_types import add_tensorrt_flags, check_model_source, cuda_graph_option, port, positive_int, tensorrt_options
 
 DESCRIPTION = """Serve a language model over HTTP with the OpenAI completions API: POST /v1/completions (text or token
 ids, max_tokens, temperature, top_p, top_k, seed, stop, n, stream), GET /v1/models, GET /health, GET /metrics.
@@ -14,6 +15,7 @@ and leaves when it ends or its client goes away; up to --max-batch run at once, 
 
   rfa-export serve out/ --port 8000
   rfa-export serve --backend torch --checkpoint model.pt --device cuda --max-batch 64
+  rfa-export serve out/ --backend tensorrt --plugin-library build/librfa_trt_plugin.so
   rfa-export serve out/ --ray --replicas 2        (Ray Serve: N replicas behind Ray's HTTP proxy)
 
   curl localhost:8000/v1/completions -H 'content-type: application/json' \\
@@ -25,10 +27,11 @@ def add_parser(sub):
     p = sub.add_parser("serve", help="serve a model over HTTP (OpenAI completions API)", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="export directory (not needed for --backend torch)")
-    p.add_argument("--backend", choices=["onnxruntime", "torch"], default="onnxruntime")
+    p.add_argument("--backend", choices=BACKENDS, default="onnxruntime")
     p.add_argument("--checkpoint", metavar="MODEL.pt", help="the checkpoint, for --backend torch")
     p.add_argument("--tokenizer", metavar="tokenizer.json", help="--backend torch: the checkpoint's tokenizer.json")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="where the model runs (default: cpu; TensorRT runs on cuda only)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=port, default=8000, help="TCP port (default 8000; 0: any free one, printed)")
     p.add_argument("--model-name", help="the model id clients ask for (default: the export or checkpoint name)")
@@ -39,6 +42,7 @@ def add_parser(sub):
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--cuda-graph", action="store_true",
                    help="--device cuda: replay single-token steps from CUDA graphs (docs/runtime.md)")
+    add_tensorrt_flags(p)
     p.add_argument("--ray", action="store_true", help="serve through Ray Serve (pip install 'rfa-export[ray]')")
     p.add_argument("--replicas", type=positive_int, default=1, help="--ray: replicas, each with its own scheduler")
     p.set_defaults(run=run)
@@ -52,11 +56,12 @@ def server_options(args) -> dict:
         raise ValueError("--backend torch needs --checkpoint MODEL.pt")
     if args.threads is not None and args.backend != "onnxruntime":
         raise ValueError("--threads is for --backend onnxruntime")
-    cuda_graph = cuda_graph_option(args.cuda_graph, args.backend, args.device).get("cuda_graph", False)
+    device = args.device or BACKENDS[args.backend].default_device
+    extra = {**tensorrt_options(args), **cuda_graph_option(args.cuda_graph, args.backend, device)}
     source = args.checkpoint if args.backend == "torch" else args.out_dir
     name = args.model_name or Path(source).resolve().name.removesuffix(".pt")
     return {"backend": args.backend, "out_dir": args.out_dir, "checkpoint": args.checkpoint, "tokenizer": args.tokenizer,
-            "device": args.device, "threads": args.threads, "cuda_graph": cuda_graph, "model_name": name, "max_batch": args.max_batch,
+            "device": device, "threads": args.threads, "backend_options": extra, "model_name": name, "max_batch": args.max_batch,
             "max_queue": args.max_queue, "max_tokens": args.max_tokens_limit, "max_prompt_tokens": args.max_prompt_tokens}
 
 

@@ -111,7 +111,8 @@ def api_from_options(options: dict, fingerprint: Optional[str] = None) -> Comple
     rfa_export.cli.serve_cmd.server_options builds from the command line."""
     from ..runtime import Decoder, open_backend
 
-    extra = {name: options[name] for name in ("tokenizer", "threads", "cuda_graph") if options.get(name)}
+    extra = {name: options[name] for name in ("tokenizer", "threads") if options.get(name)}
+    extra.update(options.get("backend_options", {}))
     backend = open_backend(options["backend"], options["out_dir"], checkpoint=options["checkpoint"],
                            device=options["device"], **extra)
     engine = Engine(Decoder(backend), options["max_batch"], options["max_queue"])
