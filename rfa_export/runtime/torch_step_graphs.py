@@ -74,6 +74,8 @@ class _BatchGraph:
         rows = [mine[:batch] for mine in self.state]
         if not all(_same_tensor(given, mine) for given, mine in zip(state, rows)):
             for given, mine in zip(state, rows):
+                if given.untyped_storage().data_ptr() == mine.untyped_storage().data_ptr():
+                    given = given.clone()  # other rows of this static state: copy_ refuses overlapping memory
                 mine.copy_(given)
         logits = self.replay()
         return logits[:batch].cpu().numpy(), rows
