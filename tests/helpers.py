@@ -112,3 +112,18 @@ def shard_items(items: list, spec: str) -> tuple:
     if not 0 <= index < count:
         raise ValueError(f"RFA_TEST_SHARD={spec!r}: needs 0 <= i < n")
     return items[index::count], [item for k, item in enumerate(items) if k % count != index]
+
+
+def changing_batch_tokens(decoder, prompts) -> list:
+    """The tokens of a ContinuousBatch whose size changes: prompts[0..2] for 30, 10 and 20 tokens, prompts[3]
+    joining at step 5 for 15; 40 steps."""
+    from rfa_export.runtime import ContinuousBatch
+
+    batch = ContinuousBatch(decoder)
+    for i, n in enumerate((30, 10, 20)):
+        batch.add(prompts[i], n)
+    for step in range(40):
+        if step == 5:
+            batch.add(prompts[3], 15)
+        batch.step()
+    return [batch.results[i].tokens for i in range(4)]

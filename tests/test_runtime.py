@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import rel_err
+from helpers import changing_batch_tokens, rel_err
 from rfa_export.runtime import (ContinuousBatch, Decoder, DecodeState, InputError, OnnxRuntimeBackend, SamplingParams,
                                 TorchBackend, load_snapshot, open_backend, restore, save_snapshot, snapshot)
 from rfa_export.runtime.torch_step_graphs import padded_batch
@@ -295,14 +295,7 @@ def test_replayed_steps_serve_a_continuous_batch_and_beam_search_like_eager_step
     buffers of the padded batch sizes."""
     outputs, beams = [], []
     for dec in (Decoder(_graphed_backend()), Decoder(TorchBackend(BUNDLED))):
-        batch = ContinuousBatch(dec)
-        for i, n in enumerate((30, 10, 20)):
-            batch.add(PROMPTS[i], n)
-        for step in range(40):
-            if step == 5:
-                batch.add(PROMPTS[3], 15)
-            batch.step()
-        outputs.append([batch.results[i].tokens for i in range(4)])
+        outputs.append(changing_batch_tokens(dec, PROMPTS))
         beams.append(dec.beam_search(PROMPTS[0], 4, 20))
     assert outputs[0] == outputs[1] and [len(t) for t in outputs[0]] == [30, 10, 20, 15]
     assert [seq for seq, _ in beams[0]] == [seq for seq, _ in beams[1]]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from helpers import rel_err
+from helpers import changing_batch_tokens, rel_err
 from rfa_export.export import export_checkpoint
 from rfa_export.runtime import Decoder, OnnxRuntimeBackend, TorchBackend, restore, snapshot
 
@@ -116,7 +116,6 @@ def test_torch_cuda_graph_steps_match_the_cpu_backend():
     import numpy as np
     import torch
 
-    from rfa_export.runtime import ContinuousBatch
 
     graphed = Decoder(TorchBackend(BUNDLED, device="cuda", cuda_graph=True))
     cpu = Decoder(TorchBackend(BUNDLED))
@@ -130,17 +129,7 @@ def test_torch_cuda_graph_steps_match_the_cpu_backend():
         lc, sc = cpu.step(tokens, sc)
         worst = max(worst, rel_err(torch.from_numpy(lg), torch.from_numpy(lc)))
     assert worst <= 1e-4
-    outputs = []
-    for dec in (graphed, cpu):
-        batch = ContinuousBatch(dec)
-        for i, n in enumerate((30, 10, 20)):
-            batch.add(PROMPTS[i], n)
-        for step in range(40):
-            if step == 5:
-                batch.add(PROMPTS[3], 15)
-            batch.step()
-        outputs.append([batch.results[i].tokens for i in range(4)])
-    assert outputs[0] == outputs[1]
+    assert changing_batch_tokens(graphed, PROMPTS) == changing_batch_tokens(cpu, PROMPTS)
     beams = [[seq for seq, _ in dec.beam_search(PROMPTS[0], 4, 20)] for dec in (graphed, cpu)]
     assert beams[0] == beams[1]
     graphs = graphed.backend._graphs
