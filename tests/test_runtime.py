@@ -356,9 +356,11 @@ def test_step_graphs_keep_the_recent_padded_batch_sizes_and_fall_back_when_a_cap
     assert [r.tokens for r in got] == [r.tokens for r in eager.generate(PROMPTS[:3], 5)]
 
 
-def test_cuda_graph_needs_a_cuda_device():
+def test_cuda_graph_needs_a_cuda_device(ort_dir):
     with pytest.raises(InputError, match="cuda_graph=True needs device cuda"):
         TorchBackend(BUNDLED, cuda_graph=True)
+    with pytest.raises(InputError, match="cuda_graph=True needs device cuda"):
+        OnnxRuntimeBackend(ort_dir, cuda_graph=True)
 
 
 def test_sampling_params_are_checked():

@@ -77,6 +77,8 @@ class OnnxRuntimeBackend(DecoderBackend):
                  device_id: int = 0, cuda_graph: bool = False):
         import onnxruntime as ort
 
+        if not isinstance(cuda_graph, bool) or (cuda_graph and device != "cuda"):
+            raise InputError(f"cuda_graph=True needs device cuda (got cuda_graph={cuda_graph!r} on {device})")
         export = open_export(out_dir)  # metadata checked against the model and its content digest
         self.spec = export.meta
         self.tokenizer_path = export.tokenizer_path
@@ -95,7 +97,7 @@ class OnnxRuntimeBackend(DecoderBackend):
         self._free: Dict[Tuple[int, ...], List] = {}  # device buffers ready for reuse, by shape
         self._device_ops = None
         self._graphs: Dict[int, "_GraphedStep"] = {}
-        self.cuda_graph = cuda_graph and device == "cuda"
+        self.cuda_graph = cuda_graph
 
     # --- feeds ----------------------------------------------------------------------------------------
 
