@@ -12,18 +12,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
-# the slowest files (minutes each on two cores, mostly exports and nvcc builds) first, so that under
-# `--dist loadfile` no worker starts one of them while the others are running out of work
-SLOWEST_FILES = ["test_export.py", "test_packaging.py", "test_native_build.py", "test_seq2seq_state_dtype.py",
-                 "test_seq2seq.py", "test_state_dtype.py", "test_scan_op.py"]
-
-
 def pytest_collection_modifyitems(config, items):
-    """The slowest files first (SLOWEST_FILES). RFA_TEST_SHARD=i/n keeps every n-th test from the i-th
-    (helpers.shard_items), so that a long run, such as a sanitizer over a GPU test file, can be split over calls
-    of a per-command limit."""
-    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+    """RFA_TEST_SHARD=i/n keeps every n-th test from the i-th (helpers.shard_items), so that a long run, such as a
+    sanitizer over a GPU test file, can be split over calls of a per-command limit."""
     shard = os.environ.get("RFA_TEST_SHARD")
     if not shard:
         return
